@@ -1,0 +1,130 @@
+//! A raw-QUIC echo application (ALPN `tq-echo`): every byte received on a
+//! bidirectional stream is sent back on the same stream, and the stream is
+//! finished once the peer's side has finished and everything was echoed.
+//! Datagrams, when enabled, are echoed too.
+//!
+//! Each stream buffers at most [`EchoApplication::MAX_PENDING`] bytes; past
+//! that it stops reading, so a peer that never reads its echoes stalls on
+//! flow control instead of growing our memory.
+
+use std::collections::HashMap;
+
+use crate::quic::{ApplicationOverQuic, HandshakeInfo, QuicResult};
+
+/// Echoes streams and datagrams back to the peer.
+#[derive(Debug, Default)]
+pub struct EchoApplication {
+    streams: HashMap<u64, EchoStream>,
+    scratch: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct EchoStream {
+    pending: Vec<u8>,
+    sent: usize,
+    fin_received: bool,
+}
+
+impl EchoStream {
+    fn unsent(&self) -> usize {
+        self.pending.len() - self.sent
+    }
+}
+
+impl EchoApplication {
+    /// Bytes buffered per stream before the echo stops reading it.
+    pub const MAX_PENDING: usize = 1 << 20;
+
+    fn read_stream(&mut self, qconn: &mut quiche::Connection, id: u64) -> QuicResult<()> {
+        if self.scratch.len() < 64 * 1024 {
+            self.scratch.resize(64 * 1024, 0);
+        }
+        let stream = self.streams.entry(id).or_default();
+        while stream.unsent() < Self::MAX_PENDING && !stream.fin_received {
+            match qconn.stream_recv(id, &mut self.scratch) {
+                Ok((n, fin)) => {
+                    stream.pending.extend_from_slice(&self.scratch[..n]);
+                    stream.fin_received = fin;
+                }
+                Err(quiche::Error::Done) => break,
+                Err(quiche::Error::StreamReset(_)) => {
+                    // The peer abandoned the stream: abandon our side too.
+                    let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, 0);
+                    self.streams.remove(&id);
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ApplicationOverQuic for EchoApplication {
+    fn on_conn_established(
+        &mut self,
+        _qconn: &mut quiche::Connection,
+        _info: &HandshakeInfo,
+    ) -> QuicResult<()> {
+        Ok(())
+    }
+
+    async fn wait_for_data(&mut self, _qconn: &mut quiche::Connection) -> QuicResult<()> {
+        // Echo only reacts to packets; it has nothing of its own to wait for.
+        std::future::pending().await
+    }
+
+    fn process_reads(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
+        let readable: Vec<u64> = qconn.readable().collect();
+        for id in readable {
+            self.read_stream(qconn, id)?;
+        }
+        let mut buf = [0u8; 1500];
+        while let Ok(n) = qconn.dgram_recv(&mut buf) {
+            // A full send queue drops the echo, as datagrams may be.
+            let _ = qconn.dgram_send(&buf[..n]);
+        }
+        Ok(())
+    }
+
+    fn process_writes(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
+        let mut finished = Vec::new();
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for id in ids {
+            let Some(stream) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            if stream.unsent() > 0 || stream.fin_received {
+                let fin = stream.fin_received;
+                match qconn.stream_send(id, &stream.pending[stream.sent..], fin) {
+                    Ok(n) => stream.sent += n,
+                    Err(quiche::Error::Done) => {}
+                    Err(quiche::Error::StreamStopped(_))
+                    | Err(quiche::Error::InvalidStreamState(_)) => {
+                        finished.push(id);
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                if stream.sent > Self::MAX_PENDING / 2 {
+                    stream.pending.drain(..stream.sent);
+                    stream.sent = 0;
+                }
+                if stream.fin_received && stream.unsent() == 0 {
+                    finished.push(id);
+                    continue;
+                }
+            }
+            if !stream.fin_received
+                && stream.unsent() < Self::MAX_PENDING
+                && qconn.stream_readable(id)
+            {
+                self.read_stream(qconn, id)?;
+            }
+        }
+        for id in finished {
+            self.streams.remove(&id);
+        }
+        Ok(())
+    }
+}

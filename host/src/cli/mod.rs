@@ -1,0 +1,91 @@
+//! The `tq-host` command line: parses and validates everything before any
+//! socket is bound, then wires the layers together. The only module that
+//! knows every layer.
+
+mod config;
+mod echo_client;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A programmable QUIC and HTTP/3 server.
+///
+/// With no subcommand, `tq-host` serves: today the built-in raw-QUIC echo
+/// application (ALPN `tq-echo`). Without --cert/--key it makes a self-signed
+/// certificate for localhost and prints where it is.
+#[derive(Debug, Parser)]
+#[command(name = "tq-host", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Send a message to a tq-echo server and print what comes back.
+    Echo(echo_client::EchoArgs),
+}
+
+/// Flags of `tq-host serve`.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on; repeat for several sockets.
+    #[arg(
+        long,
+        short = 'l',
+        value_name = "ADDR",
+        default_value = "127.0.0.1:4433"
+    )]
+    listen: Vec<SocketAddr>,
+
+    /// Certificate chain (PEM). Without it a self-signed certificate is made.
+    #[arg(long, value_name = "PEM", requires = "key")]
+    cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    key: Option<PathBuf>,
+
+    /// TOML file with transport settings under `[quic]` (see README). Flags
+    /// given on the command line win over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Turn off stateless Retry (address validation) for new connections.
+    /// Default: Retry on.
+    #[arg(long)]
+    no_retry: bool,
+
+    /// Close connections idle this long, e.g. `30s`, `500ms`. Default: 30s.
+    #[arg(long, value_name = "DURATION", value_parser = humantime_serde::re::humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+
+    /// Write one qlog file per connection into this directory.
+    #[arg(long, value_name = "DIR")]
+    qlog_dir: Option<PathBuf>,
+
+    /// Append TLS secrets to this file in NSS key-log format (for Wireshark).
+    #[arg(long, value_name = "FILE")]
+    keylog_file: Option<PathBuf>,
+}
+
+/// Parses the command line and runs it.
+///
+/// # Errors
+/// Any failure, with context, for `main` to print.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Serve(args)) => serve::run(args).await,
+        Some(Command::Echo(args)) => echo_client::run(args).await,
+        None => serve::run(cli.serve).await,
+    }
+}

@@ -1,0 +1,103 @@
+//! `tq-host serve`: binds the sockets and serves the built-in application.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::UdpSocket;
+use tracing::{info, warn};
+
+use super::config::ConfigFile;
+use super::ServeArgs;
+use crate::builtin::EchoApplication;
+use crate::metrics::DefaultMetrics;
+use crate::quic::{self, ConnectionParams, TlsCertificatePaths};
+use crate::tls::SelfSignedCertificate;
+
+/// How long live connections may take to finish after Ctrl-C.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut settings = match &args.config {
+        Some(p) => ConfigFile::load(p)?.quic,
+        None => Default::default(),
+    };
+    if args.no_retry {
+        settings.enable_retry = false;
+    }
+    if let Some(t) = args.idle_timeout {
+        settings.max_idle_timeout = t;
+    }
+    if let Some(d) = &args.qlog_dir {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("cannot create qlog directory {}", d.display()))?;
+        settings.qlog_dir = Some(d.clone());
+    }
+    if let Some(f) = &args.keylog_file {
+        settings.keylog_file = Some(f.clone());
+    }
+
+    let tls = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => TlsCertificatePaths {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => self_signed()?,
+    };
+    let params = ConnectionParams::new_server(settings, tls);
+    // Validate the whole configuration before binding anything.
+    params.settings.alpn.first().context("no ALPN configured")?;
+
+    let mut sockets = Vec::new();
+    for addr in &args.listen {
+        let s = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind UDP {addr}"))?;
+        sockets.push(s);
+    }
+    let metrics = DefaultMetrics::default();
+    let mut listener = quic::listen(sockets, params.clone(), metrics.clone())
+        .context("cannot start the QUIC listener")?;
+    for a in listener.local_addrs() {
+        info!(addr = %a, alpn = ?params.settings.alpn, retry = params.settings.enable_retry, "listening (built-in echo application)");
+    }
+
+    loop {
+        tokio::select! {
+            incoming = listener.accept() => match incoming {
+                Some(c) => {
+                    info!(peer = %c.peer_addr(), "connection accepted");
+                    c.start(EchoApplication::default());
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => {
+                info!("shutting down: no new connections; waiting up to {SHUTDOWN_GRACE:?} for live ones");
+                break;
+            }
+        }
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, listener.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the grace period; exiting anyway");
+    }
+    info!(metrics = ?metrics.snapshot(), "stopped");
+    Ok(())
+}
+
+fn self_signed() -> anyhow::Result<TlsCertificatePaths> {
+    let cert = SelfSignedCertificate::generate(&["localhost", "127.0.0.1", "::1"])?;
+    let dir = std::env::temp_dir().join(format!("tq-host-{}", std::process::id()));
+    let paths = cert
+        .write_to(&dir)
+        .with_context(|| format!("cannot write self-signed certificate to {}", dir.display()))?;
+    info!(
+        cert = %paths.cert.display(),
+        sha256 = %cert.fingerprint(),
+        "no --cert given: made a self-signed certificate for localhost, 127.0.0.1 and ::1. \
+         Clients must trust this file as a CA (e.g. `tq-host echo --ca {}`) or skip verification (`--insecure`)",
+        paths.cert.display()
+    );
+    Ok(paths)
+}

@@ -1,0 +1,23 @@
+//! # tq-host
+//!
+//! A programmable QUIC and HTTP/3 server. This crate is built in layers, each
+//! depending only on the ones before it:
+//!
+//! ```text
+//!   metrics (leaf) · quic  →  http3  →  plugin runtime  →  cli
+//! ```
+//!
+//! - [`quic`]: a tokio bridge for quiche: [`quic::listen`], [`quic::connect`],
+//!   and the [`quic::ApplicationOverQuic`] trait a connection's application
+//!   implements.
+//! - [`metrics`]: the [`metrics::Metrics`] trait the layers report through.
+//! - [`builtin`]: applications that ship in the binary.
+//! - [`tls`]: self-signed certificates for a first run and for tests.
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+pub mod builtin;
+pub mod cli;
+pub mod metrics;
+pub mod quic;
+pub mod tls;

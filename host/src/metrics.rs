@@ -1,0 +1,268 @@
+//! Connection and packet telemetry.
+//!
+//! The QUIC layer reports what happens through the [`Metrics`] trait; it never
+//! decides where figures go. [`DefaultMetrics`] keeps plain atomic counters that
+//! can be read with [`DefaultMetrics::snapshot`]; an exporter (Prometheus,
+//! OpenTelemetry) can implement the trait later without touching the layers
+//! that call it. This module depends on nothing else in the crate.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Why a packet was dropped before it reached a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PacketDropReason {
+    /// The packet header could not be parsed.
+    Malformed,
+    /// A short-header or non-Initial packet named a connection id we do not know.
+    UnknownConnection,
+    /// An Initial packet arrived in a datagram smaller than the 1200 bytes RFC 9000 requires.
+    InitialTooSmall,
+    /// A Retry token was missing its authentication, expired, or bound to another address.
+    InvalidToken,
+    /// The connection's inbound queue was full (the worker is not keeping up).
+    QueueFull,
+    /// The accept backlog was full, or the listener no longer accepts connections.
+    AcceptBacklogFull,
+    /// quiche refused the packet (decryption failure, protocol violation, ...).
+    Rejected,
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// The idle timeout passed before the handshake finished.
+    Timeout,
+    /// A TLS alert ended the handshake (bad certificate, no common ALPN, ...).
+    Tls,
+    /// The peer closed the connection during the handshake.
+    PeerClosed,
+    /// Any other local error during the handshake.
+    Other,
+}
+
+/// Receives the events the QUIC layer counts.
+///
+/// Implementations must be cheap: methods are called on the packet path. Every
+/// method has a default that does nothing, so an implementation only overrides
+/// what it exports.
+///
+/// ```
+/// use tq_host::metrics::{DefaultMetrics, Metrics};
+/// let m = DefaultMetrics::default();
+/// m.connection_accepted();
+/// assert_eq!(m.snapshot().connections_accepted, 1);
+/// assert_eq!(m.snapshot().connections_active, 1);
+/// ```
+pub trait Metrics: Send + Sync + Clone + 'static {
+    /// A server accepted a connection (its worker was started).
+    fn connection_accepted(&self) {}
+    /// A client connection was opened.
+    fn connection_opened(&self) {}
+    /// A connection ended, successfully or not.
+    fn connection_closed(&self) {}
+    /// A handshake failed.
+    fn handshake_failed(&self, _reason: HandshakeFailure) {}
+    /// `count` datagrams totalling `bytes` were received on a socket.
+    fn packets_in(&self, _count: u64, _bytes: u64) {}
+    /// `count` datagrams totalling `bytes` were sent.
+    fn packets_out(&self, _count: u64, _bytes: u64) {}
+    /// A datagram was dropped before any connection processed it.
+    fn packet_dropped(&self, _reason: PacketDropReason) {}
+    /// A stateless Retry was sent.
+    fn retry_sent(&self) {}
+    /// A version negotiation packet was sent.
+    fn version_negotiation_sent(&self) {}
+}
+
+/// Plain counters, readable at any time through [`DefaultMetrics::snapshot`].
+///
+/// Cloning is cheap and every clone shares the same counters.
+#[derive(Clone, Default)]
+pub struct DefaultMetrics {
+    inner: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    opened: AtomicU64,
+    closed: AtomicU64,
+    hs_timeout: AtomicU64,
+    hs_tls: AtomicU64,
+    hs_peer: AtomicU64,
+    hs_other: AtomicU64,
+    packets_in: AtomicU64,
+    bytes_in: AtomicU64,
+    packets_out: AtomicU64,
+    bytes_out: AtomicU64,
+    drop_malformed: AtomicU64,
+    drop_unknown: AtomicU64,
+    drop_small: AtomicU64,
+    drop_token: AtomicU64,
+    drop_queue: AtomicU64,
+    drop_backlog: AtomicU64,
+    drop_rejected: AtomicU64,
+    retries: AtomicU64,
+    version_negotiations: AtomicU64,
+}
+
+/// A copy of [`DefaultMetrics`]' counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Server connections accepted.
+    pub connections_accepted: u64,
+    /// Client connections opened.
+    pub connections_opened: u64,
+    /// Connections ended.
+    pub connections_closed: u64,
+    /// Connections accepted or opened and not yet closed.
+    pub connections_active: u64,
+    /// Handshakes that timed out.
+    pub handshake_timeouts: u64,
+    /// Handshakes ended by a TLS alert.
+    pub handshake_tls_failures: u64,
+    /// Handshakes the peer closed.
+    pub handshake_peer_closed: u64,
+    /// Handshakes that failed for another reason.
+    pub handshake_other_failures: u64,
+    /// Datagrams received.
+    pub packets_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Datagrams sent.
+    pub packets_out: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Datagrams dropped because their header did not parse.
+    pub dropped_malformed: u64,
+    /// Datagrams dropped because they named an unknown connection.
+    pub dropped_unknown_connection: u64,
+    /// Initial datagrams dropped for being under 1200 bytes.
+    pub dropped_initial_too_small: u64,
+    /// Datagrams dropped for an invalid Retry token.
+    pub dropped_invalid_token: u64,
+    /// Datagrams dropped because a connection's queue was full.
+    pub dropped_queue_full: u64,
+    /// Initial datagrams dropped because the accept backlog was full.
+    pub dropped_accept_backlog: u64,
+    /// Datagrams quiche refused.
+    pub dropped_rejected: u64,
+    /// Retry packets sent.
+    pub retries_sent: u64,
+    /// Version negotiation packets sent.
+    pub version_negotiations_sent: u64,
+}
+
+impl MetricsSnapshot {
+    /// All packets dropped, whatever the reason.
+    pub fn packets_dropped(&self) -> u64 {
+        self.dropped_malformed
+            + self.dropped_unknown_connection
+            + self.dropped_initial_too_small
+            + self.dropped_invalid_token
+            + self.dropped_queue_full
+            + self.dropped_accept_backlog
+            + self.dropped_rejected
+    }
+}
+
+impl DefaultMetrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let c = &self.inner;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let accepted = get(&c.accepted);
+        let opened = get(&c.opened);
+        let closed = get(&c.closed);
+        MetricsSnapshot {
+            connections_accepted: accepted,
+            connections_opened: opened,
+            connections_closed: closed,
+            connections_active: (accepted + opened).saturating_sub(closed),
+            handshake_timeouts: get(&c.hs_timeout),
+            handshake_tls_failures: get(&c.hs_tls),
+            handshake_peer_closed: get(&c.hs_peer),
+            handshake_other_failures: get(&c.hs_other),
+            packets_in: get(&c.packets_in),
+            bytes_in: get(&c.bytes_in),
+            packets_out: get(&c.packets_out),
+            bytes_out: get(&c.bytes_out),
+            dropped_malformed: get(&c.drop_malformed),
+            dropped_unknown_connection: get(&c.drop_unknown),
+            dropped_initial_too_small: get(&c.drop_small),
+            dropped_invalid_token: get(&c.drop_token),
+            dropped_queue_full: get(&c.drop_queue),
+            dropped_accept_backlog: get(&c.drop_backlog),
+            dropped_rejected: get(&c.drop_rejected),
+            retries_sent: get(&c.retries),
+            version_negotiations_sent: get(&c.version_negotiations),
+        }
+    }
+}
+
+impl fmt::Debug for DefaultMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
+fn inc(a: &AtomicU64, by: u64) {
+    a.fetch_add(by, Ordering::Relaxed);
+}
+
+impl Metrics for DefaultMetrics {
+    fn connection_accepted(&self) {
+        inc(&self.inner.accepted, 1);
+    }
+    fn connection_opened(&self) {
+        inc(&self.inner.opened, 1);
+    }
+    fn connection_closed(&self) {
+        inc(&self.inner.closed, 1);
+    }
+    fn handshake_failed(&self, reason: HandshakeFailure) {
+        let c = &self.inner;
+        inc(
+            match reason {
+                HandshakeFailure::Timeout => &c.hs_timeout,
+                HandshakeFailure::Tls => &c.hs_tls,
+                HandshakeFailure::PeerClosed => &c.hs_peer,
+                HandshakeFailure::Other => &c.hs_other,
+            },
+            1,
+        );
+    }
+    fn packets_in(&self, count: u64, bytes: u64) {
+        inc(&self.inner.packets_in, count);
+        inc(&self.inner.bytes_in, bytes);
+    }
+    fn packets_out(&self, count: u64, bytes: u64) {
+        inc(&self.inner.packets_out, count);
+        inc(&self.inner.bytes_out, bytes);
+    }
+    fn packet_dropped(&self, reason: PacketDropReason) {
+        let c = &self.inner;
+        inc(
+            match reason {
+                PacketDropReason::Malformed => &c.drop_malformed,
+                PacketDropReason::UnknownConnection => &c.drop_unknown,
+                PacketDropReason::InitialTooSmall => &c.drop_small,
+                PacketDropReason::InvalidToken => &c.drop_token,
+                PacketDropReason::QueueFull => &c.drop_queue,
+                PacketDropReason::AcceptBacklogFull => &c.drop_backlog,
+                PacketDropReason::Rejected => &c.drop_rejected,
+            },
+            1,
+        );
+    }
+    fn retry_sent(&self) {
+        inc(&self.inner.retries, 1);
+    }
+    fn version_negotiation_sent(&self) {
+        inc(&self.inner.version_negotiations, 1);
+    }
+}

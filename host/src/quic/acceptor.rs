@@ -1,0 +1,270 @@
+//! The acceptor: what a server router does with datagrams for unknown ids.
+//!
+//! It answers unsupported versions with version negotiation, validates the
+//! client's address with a stateless Retry (unless turned off), calls
+//! `quiche::accept`, and queues the new connection in a bounded accept
+//! backlog as an [`IncomingConnection`] for the application to start. Nothing
+//! is kept for a client that has not proven its address when Retry is on.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, trace, warn};
+
+use super::cid::ConnectionIdGenerator;
+use super::connection::{ApplicationOverQuic, ConnectionHandle, ConnectionState};
+use super::retry::RetryTokens;
+use super::router::{Datagram, RouterCommand, Routes};
+use super::settings::QuicSettings;
+use super::socket::QuicSocket;
+use super::worker::WorkerParts;
+use crate::metrics::{Metrics, PacketDropReason};
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique number naming a connection inside the router.
+pub(crate) fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Accepts new connections on one server socket.
+pub(crate) struct Acceptor<M: Metrics> {
+    pub(crate) config: quiche::Config,
+    pub(crate) settings: Arc<QuicSettings>,
+    pub(crate) tokens: Option<Arc<RetryTokens>>,
+    pub(crate) cid_generator: Arc<dyn ConnectionIdGenerator>,
+    pub(crate) backlog: mpsc::Sender<IncomingConnection<M>>,
+    pub(crate) socket: Arc<QuicSocket>,
+    pub(crate) router: mpsc::UnboundedSender<RouterCommand>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) metrics: M,
+}
+
+impl<M: Metrics> Acceptor<M> {
+    pub(crate) async fn on_unknown(
+        &mut self,
+        hdr: quiche::Header<'_>,
+        buf: &mut [u8],
+        from: SocketAddr,
+        to: SocketAddr,
+        routes: &mut Routes,
+    ) {
+        let long = hdr.ty != quiche::Type::Short;
+        if long && !quiche::version_is_supported(hdr.version) {
+            // RFC 9000 §6: answer only datagrams big enough to be an Initial,
+            // so version negotiation cannot amplify an attack.
+            if buf.len() >= quiche::MIN_CLIENT_INITIAL_LEN {
+                let mut out = [0u8; 1350];
+                if let Ok(n) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
+                    self.send(&out[..n], from, to).await;
+                    self.metrics.version_negotiation_sent();
+                }
+            } else {
+                self.metrics.packet_dropped(PacketDropReason::Malformed);
+            }
+            return;
+        }
+        if hdr.ty != quiche::Type::Initial {
+            self.metrics
+                .packet_dropped(PacketDropReason::UnknownConnection);
+            return;
+        }
+        if buf.len() < quiche::MIN_CLIENT_INITIAL_LEN {
+            self.metrics
+                .packet_dropped(PacketDropReason::InitialTooSmall);
+            return;
+        }
+        if self.backlog.capacity() == 0 {
+            warn!(%from, "accept backlog full; dropping new connection attempt");
+            self.metrics
+                .packet_dropped(PacketDropReason::AcceptBacklogFull);
+            return;
+        }
+
+        let (scid, odcid) = match &self.tokens {
+            Some(tokens) => {
+                let token = hdr.token.as_deref().unwrap_or_default();
+                if token.is_empty() {
+                    let new_scid = self.cid_generator.new_connection_id();
+                    let token = tokens.mint(from, &hdr.dcid, &new_scid);
+                    let mut out = [0u8; 1350];
+                    match quiche::retry(
+                        &hdr.scid,
+                        &hdr.dcid,
+                        &new_scid,
+                        &token,
+                        hdr.version,
+                        &mut out,
+                    ) {
+                        Ok(n) => {
+                            self.send(&out[..n], from, to).await;
+                            self.metrics.retry_sent();
+                        }
+                        Err(e) => debug!(error = %e, "cannot build Retry"),
+                    }
+                    return;
+                }
+                match tokens.validate(token, from, &hdr.dcid) {
+                    Ok(odcid) => (hdr.dcid.clone().into_owned(), Some(odcid)),
+                    Err(e) => {
+                        debug!(%from, error = %e, "Retry token refused");
+                        self.metrics.packet_dropped(PacketDropReason::InvalidToken);
+                        return;
+                    }
+                }
+            }
+            None => (self.cid_generator.new_connection_id(), None),
+        };
+
+        let mut conn = match quiche::accept(&scid, odcid.as_ref(), to, from, &mut self.config) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(%from, error = %e, "quiche refused the connection");
+                self.metrics.packet_dropped(PacketDropReason::Rejected);
+                return;
+            }
+        };
+        attach_logs(&mut conn, &self.settings, "server");
+
+        let conn_id = next_conn_id();
+        let (inbox_tx, inbox) = mpsc::channel(self.settings.connection_queue_len.max(16));
+        let mut cids: Vec<Box<[u8]>> = vec![scid.as_ref().into()];
+        if odcid.is_none() && hdr.dcid.as_ref() != scid.as_ref() {
+            // Without Retry the client keeps using its own random id until it
+            // hears from us, so route that id here too.
+            cids.push(hdr.dcid.as_ref().into());
+        }
+        routes.insert(conn_id, cids, inbox_tx.clone());
+        let _ = inbox_tx.try_send(Datagram {
+            buf: buf.to_vec(),
+            from,
+            to,
+        });
+
+        let (state_tx, state_rx) = watch::channel(ConnectionState::Handshaking);
+        let handle = ConnectionHandle {
+            trace_id: conn.trace_id().into(),
+            peer_addr: from,
+            local_addr: to,
+            state: state_rx,
+        };
+        trace!(%from, trace_id = %handle.trace_id, "new connection");
+        let incoming = IncomingConnection {
+            parts: Some(WorkerParts {
+                conn,
+                conn_id,
+                peer_addr: from,
+                inbox,
+                socket: self.socket.clone(),
+                router: self.router.clone(),
+                cid_generator: self.cid_generator.clone(),
+                metrics: self.metrics.clone(),
+                state: state_tx,
+                started_at: Instant::now(),
+                max_spare_cids: self.settings.active_connection_id_limit as usize,
+            }),
+            handle,
+            tracker: self.tracker.clone(),
+        };
+        if self.backlog.try_send(incoming).is_err() {
+            // Raced with a full backlog or a closed listener: the dropped
+            // IncomingConnection unmaps itself.
+            self.metrics
+                .packet_dropped(PacketDropReason::AcceptBacklogFull);
+        }
+    }
+
+    async fn send(&self, pkt: &[u8], to: SocketAddr, from: SocketAddr) {
+        if let Err(e) = self
+            .socket
+            .send(to, self.socket.source_ip(from), pkt, None)
+            .await
+        {
+            debug!(error = %e, "send failed");
+        } else {
+            self.metrics.packets_out(1, pkt.len() as u64);
+        }
+    }
+}
+
+/// Points quiche's key log and qlog at files when the settings ask for them.
+/// Failure to open a file is logged and otherwise ignored: diagnostics must
+/// not stop a connection.
+pub(crate) fn attach_logs(conn: &mut quiche::Connection, settings: &QuicSettings, role: &str) {
+    if let Some(path) = &settings.keylog_file {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => conn.set_keylog(Box::new(f)),
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot open key log file"),
+        }
+    }
+    if let Some(dir) = &settings.qlog_dir {
+        let path = dir.join(format!("{}-{role}.sqlog", conn.trace_id()));
+        match std::fs::File::create(&path) {
+            Ok(f) => conn.set_qlog(
+                Box::new(std::io::BufWriter::new(f)),
+                format!("tq-host {role}"),
+                format!("tq-host {role} connection {}", conn.trace_id()),
+            ),
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot create qlog file"),
+        }
+    }
+}
+
+/// A connection the router accepted, waiting for an application.
+///
+/// Start it with [`start`](Self::start). Dropping it without starting closes
+/// it silently (the client will time out).
+#[must_use = "an IncomingConnection does nothing until started"]
+pub struct IncomingConnection<M: Metrics> {
+    parts: Option<WorkerParts<M>>,
+    handle: ConnectionHandle,
+    tracker: TaskTracker,
+}
+
+impl<M: Metrics> IncomingConnection<M> {
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.handle.peer_addr()
+    }
+
+    /// The local address the client reached.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+
+    /// Starts the connection's IO worker with `app` and returns a handle.
+    pub fn start<A: ApplicationOverQuic>(mut self, app: A) -> ConnectionHandle {
+        if let Some(parts) = self.parts.take() {
+            parts.metrics.connection_accepted();
+            self.tracker.spawn(parts.run(app));
+        }
+        self.handle.clone()
+    }
+}
+
+impl<M: Metrics> Drop for IncomingConnection<M> {
+    fn drop(&mut self) {
+        if let Some(parts) = self.parts.take() {
+            let _ = parts.router.send(RouterCommand::Closed {
+                conn_id: parts.conn_id,
+            });
+        }
+    }
+}
+
+impl<M: Metrics> std::fmt::Debug for IncomingConnection<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingConnection")
+            .field("peer_addr", &self.handle.peer_addr)
+            .field("trace_id", &self.handle.trace_id)
+            .finish()
+    }
+}

@@ -1,0 +1,336 @@
+//! QUIC over tokio: a bridge between `quiche` (a sans-IO QUIC state machine)
+//! and tokio sockets and timers.
+//!
+//! ```text
+//!   UDP socket ──► router task ──(bounded channel per connection)──► IO worker task
+//!        ▲           │  unknown ids                                    │ owns quiche::Connection
+//!        │           ▼                                                 │ drives ApplicationOverQuic
+//!        │        acceptor ── Retry / version negotiation / accept     │
+//!        │           │                                                 │
+//!        │           ▼                                                 │
+//!        │     Listener (accept backlog) ──► IncomingConnection::start ┘
+//!        └──────────────────────── GSO sends ◄──────────────────────────┘
+//! ```
+//!
+//! One router per socket is the only reader of that socket; one worker per
+//! connection owns its quiche state and sends directly. Workers tell their
+//! router which connection ids are theirs. This layer knows nothing about
+//! HTTP/3 or WebAssembly: applications plug in through [`ApplicationOverQuic`].
+//!
+//! # Example: an echo server and a client
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tq_host::metrics::DefaultMetrics;
+//! use tq_host::quic::{self, ConnectionParams, QuicSettings, TlsCertificatePaths};
+//! use tq_host::builtin::EchoApplication;
+//!
+//! let socket = tokio::net::UdpSocket::bind("127.0.0.1:4433").await?;
+//! let params = ConnectionParams::new_server(
+//!     QuicSettings::default(),
+//!     TlsCertificatePaths { cert: "cert.pem".into(), key: "key.pem".into() },
+//! );
+//! let mut listener = quic::listen([socket], params, DefaultMetrics::default())?;
+//! while let Some(incoming) = listener.accept().await {
+//!     incoming.start(EchoApplication::default());
+//! }
+//! # Ok(()) }
+//! ```
+
+mod acceptor;
+mod cid;
+mod connection;
+mod error;
+mod retry;
+mod router;
+mod settings;
+mod socket;
+mod worker;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use acceptor::IncomingConnection;
+pub use cid::{ConnectionIdGenerator, SimpleConnectionIdGenerator};
+pub use connection::{
+    ApplicationClose, ApplicationOverQuic, CloseReason, ConnectionHandle, ConnectionOutcome,
+    ConnectionStats, HandshakeInfo, INTERNAL_ERROR_CODE,
+};
+pub use error::{BoxError, QuicError, QuicResult};
+pub use settings::{CongestionControl, ConnectionParams, QuicSettings, TlsCertificatePaths};
+
+use crate::metrics::Metrics;
+use acceptor::{attach_logs, next_conn_id, Acceptor};
+use connection::ConnectionState;
+use retry::RetryTokens;
+use router::{Router, Routes};
+use socket::QuicSocket;
+use worker::WorkerParts;
+
+/// Listens for QUIC connections on each of `sockets`, with random connection
+/// ids. See [`listen_with_generator`].
+///
+/// # Errors
+/// Bad settings or TLS files, or a socket that cannot be set up, are reported
+/// before anything runs.
+pub fn listen<M: Metrics>(
+    sockets: impl IntoIterator<Item = UdpSocket>,
+    params: ConnectionParams,
+    metrics: M,
+) -> Result<Listener<M>, QuicError> {
+    listen_with_generator(
+        sockets,
+        params,
+        Arc::new(SimpleConnectionIdGenerator::default()),
+        metrics,
+    )
+}
+
+/// Listens for QUIC connections on each of `sockets`, issuing connection ids
+/// from `cid_generator`. Must be called within a tokio runtime.
+///
+/// One router task per socket starts at once; connections it accepts wait in
+/// the accept backlog ([`QuicSettings::accept_backlog`]) until the caller
+/// takes them from the returned [`Listener`].
+///
+/// # Errors
+/// Bad settings or TLS files, or a socket that cannot be set up, are reported
+/// before anything runs.
+pub fn listen_with_generator<M: Metrics>(
+    sockets: impl IntoIterator<Item = UdpSocket>,
+    params: ConnectionParams,
+    cid_generator: Arc<dyn ConnectionIdGenerator>,
+    metrics: M,
+) -> Result<Listener<M>, QuicError> {
+    let settings = Arc::new(params.settings.clone());
+    let (backlog, incoming) = mpsc::channel(settings.accept_backlog.max(1));
+    let tokens = settings
+        .enable_retry
+        .then(|| Arc::new(RetryTokens::new(settings.retry_token_lifetime)));
+    let tracker = TaskTracker::new();
+    let stop_accepting = CancellationToken::new();
+    let mut routers = Vec::new();
+    let mut local_addrs = Vec::new();
+    for s in sockets {
+        let socket = Arc::new(
+            QuicSocket::new(
+                s,
+                settings.socket_recv_buffer_size,
+                settings.socket_send_buffer_size,
+            )
+            .map_err(QuicError::io("setup"))?,
+        );
+        local_addrs.push(socket.local_addr());
+        let (router_tx, commands) = mpsc::unbounded_channel();
+        let acceptor = Acceptor {
+            config: params.to_quiche_config(true)?,
+            settings: settings.clone(),
+            tokens: tokens.clone(),
+            cid_generator: cid_generator.clone(),
+            backlog: backlog.clone(),
+            socket: socket.clone(),
+            router: router_tx,
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+        };
+        routers.push(Router {
+            socket,
+            routes: Routes::new(),
+            commands,
+            acceptor: Some(acceptor),
+            stop_accepting: stop_accepting.clone(),
+            cid_len: cid_generator.connection_id_len(),
+            metrics: metrics.clone(),
+        });
+    }
+    if routers.is_empty() {
+        return Err(QuicError::InvalidSettings(
+            "listen() needs at least one socket".into(),
+        ));
+    }
+    for r in routers {
+        tracker.spawn(r.run());
+    }
+    Ok(Listener {
+        incoming,
+        stop_accepting,
+        tracker,
+        local_addrs,
+    })
+}
+
+/// Incoming connections from [`listen`]. Also a `Stream` of them.
+///
+/// Dropping the listener stops accepting; connections already accepted run
+/// to their end. [`shutdown`](Self::shutdown) does the same and waits.
+#[derive(Debug)]
+pub struct Listener<M: Metrics> {
+    incoming: mpsc::Receiver<IncomingConnection<M>>,
+    stop_accepting: CancellationToken,
+    tracker: TaskTracker,
+    local_addrs: Vec<std::net::SocketAddr>,
+}
+
+impl<M: Metrics> Listener<M> {
+    /// The next accepted connection, or `None` once the listener stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a connection is never lost when this future is dropped.
+    pub async fn accept(&mut self) -> Option<IncomingConnection<M>> {
+        self.incoming.recv().await
+    }
+
+    /// The addresses of the listening sockets (useful after binding port 0).
+    pub fn local_addrs(&self) -> &[std::net::SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Stops accepting new connections, drops those waiting in the backlog,
+    /// and waits until every accepted connection has ended and every router
+    /// and worker task has finished. Connections are not closed by this: their
+    /// applications (or idle timeouts) end them.
+    pub async fn shutdown(mut self) {
+        self.stop_accepting.cancel();
+        self.incoming.close();
+        while self.incoming.recv().await.is_some() {}
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+impl<M: Metrics> Drop for Listener<M> {
+    fn drop(&mut self) {
+        self.stop_accepting.cancel();
+        self.tracker.close();
+    }
+}
+
+impl<M: Metrics> futures_core::Stream for Listener<M> {
+    type Item = IncomingConnection<M>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx)
+    }
+}
+
+/// Opens a client connection with default transport settings and certificate
+/// verification. See [`connect_with_config`].
+///
+/// # Errors
+/// As [`connect_with_config`].
+pub async fn connect<A: ApplicationOverQuic>(
+    socket: UdpSocket,
+    host: Option<&str>,
+    app: A,
+) -> Result<ConnectionHandle, QuicError> {
+    let params = ConnectionParams::new_client(QuicSettings::default());
+    connect_with_config(
+        socket,
+        host,
+        &params,
+        app,
+        crate::metrics::DefaultMetrics::default(),
+    )
+    .await
+}
+
+/// Opens a client connection over `socket`, which must be connected to the
+/// server's address (`UdpSocket::connect`), and waits for the handshake.
+///
+/// `host` is the server name for SNI and certificate verification. The
+/// connection gets its own router and worker; open as many as you like, one
+/// socket each. After the handshake, `app` runs the connection.
+///
+/// # Errors
+/// [`QuicError::HandshakeFailed`] says why a handshake failed (a TLS alert
+/// such as `no_application_protocol`, a timeout, ...); other variants report
+/// bad settings or socket errors.
+pub async fn connect_with_config<A: ApplicationOverQuic, M: Metrics>(
+    socket: UdpSocket,
+    host: Option<&str>,
+    params: &ConnectionParams,
+    app: A,
+    metrics: M,
+) -> Result<ConnectionHandle, QuicError> {
+    let handle = start_client(socket, host, params, app, metrics)?;
+    handle.established().await?;
+    Ok(handle)
+}
+
+/// Starts a client connection without waiting for the handshake.
+pub(crate) fn start_client<A: ApplicationOverQuic, M: Metrics>(
+    socket: UdpSocket,
+    host: Option<&str>,
+    params: &ConnectionParams,
+    app: A,
+    metrics: M,
+) -> Result<ConnectionHandle, QuicError> {
+    let mut config = params.to_quiche_config(false)?;
+    let s = &params.settings;
+    let socket = Arc::new(
+        QuicSocket::new(socket, s.socket_recv_buffer_size, s.socket_send_buffer_size)
+            .map_err(QuicError::io("setup"))?,
+    );
+    let peer = socket.peer_addr().map_err(|_| {
+        QuicError::InvalidSettings("connect() needs a UDP socket connected to the server".into())
+    })?;
+    let local = socket.local_addr();
+    let cid_generator: Arc<dyn ConnectionIdGenerator> =
+        Arc::new(SimpleConnectionIdGenerator::default());
+    let scid = cid_generator.new_connection_id();
+    let mut conn = quiche::connect(host, &scid, local, peer, &mut config).map_err(|source| {
+        QuicError::Quiche {
+            what: "connect",
+            source,
+        }
+    })?;
+    attach_logs(&mut conn, &params.settings, "client");
+
+    let conn_id = next_conn_id();
+    let (inbox_tx, inbox) = mpsc::channel(params.settings.connection_queue_len.max(16));
+    let mut routes = Routes::new();
+    routes.insert(conn_id, vec![scid.as_ref().into()], inbox_tx);
+    let (router_tx, commands) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(ConnectionState::Handshaking);
+    let handle = ConnectionHandle {
+        trace_id: conn.trace_id().into(),
+        peer_addr: peer,
+        local_addr: local,
+        state: state_rx,
+    };
+    let router = Router {
+        socket: socket.clone(),
+        routes,
+        commands,
+        acceptor: None,
+        stop_accepting: CancellationToken::new(),
+        cid_len: cid_generator.connection_id_len(),
+        metrics: metrics.clone(),
+    };
+    let parts = WorkerParts {
+        conn,
+        conn_id,
+        peer_addr: peer,
+        inbox,
+        socket,
+        router: router_tx,
+        cid_generator,
+        metrics: metrics.clone(),
+        state: state_tx,
+        started_at: Instant::now(),
+        max_spare_cids: params.settings.active_connection_id_limit as usize,
+    };
+    metrics.connection_opened();
+    // The router ends when its only connection does; the worker when the
+    // connection closes. Neither outlives the connection.
+    tokio::spawn(router.run());
+    tokio::spawn(parts.run(app));
+    Ok(handle)
+}

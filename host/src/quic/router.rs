@@ -1,0 +1,246 @@
+//! The inbound packet router: the sole reader of one UDP socket.
+//!
+//! It reads datagrams in batches (GRO-split), finds each one's connection by
+//! destination connection id, and hands it to that connection's worker over a
+//! bounded channel. Datagrams for unknown ids go to the [`Acceptor`] on server
+//! sockets and are dropped (and counted) elsewhere. Workers tell the router
+//! which ids are theirs through [`RouterCommand`]s, which the router applies
+//! before reading the socket again.
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn_udp::RecvMeta;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace, warn};
+
+use super::acceptor::Acceptor;
+use super::socket::QuicSocket;
+use crate::metrics::{Metrics, PacketDropReason};
+
+/// A datagram on its way from the router to a worker.
+pub(crate) struct Datagram {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) from: SocketAddr,
+    pub(crate) to: SocketAddr,
+}
+
+/// What workers (and pending connections) tell their router.
+#[derive(Debug)]
+pub(crate) enum RouterCommand {
+    /// Route datagrams for `cid` to connection `conn_id`.
+    Map { cid: Box<[u8]>, conn_id: u64 },
+    /// Stop routing `cid`.
+    Unmap { cid: Box<[u8]> },
+    /// The connection ended: forget it and every id it had.
+    Closed { conn_id: u64 },
+}
+
+/// A connection known to the router.
+pub(crate) struct Route {
+    pub(crate) inbox: mpsc::Sender<Datagram>,
+    pub(crate) cids: Vec<Box<[u8]>>,
+}
+
+/// Datagram buffers read per system call (recvmmsg); with GRO each may hold
+/// several datagrams.
+const RECV_BATCH: usize = 8;
+
+/// Routing state of one socket. Owned by its router task.
+pub(crate) struct Routes {
+    by_cid: HashMap<Box<[u8]>, u64>,
+    conns: HashMap<u64, Route>,
+}
+
+impl Routes {
+    pub(crate) fn new() -> Self {
+        Self {
+            by_cid: HashMap::new(),
+            conns: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn insert(
+        &mut self,
+        conn_id: u64,
+        cids: Vec<Box<[u8]>>,
+        inbox: mpsc::Sender<Datagram>,
+    ) {
+        for cid in &cids {
+            self.by_cid.insert(cid.clone(), conn_id);
+        }
+        self.conns.insert(conn_id, Route { inbox, cids });
+    }
+
+    fn apply(&mut self, cmd: RouterCommand) {
+        match cmd {
+            RouterCommand::Map { cid, conn_id } => {
+                if let Some(route) = self.conns.get_mut(&conn_id) {
+                    route.cids.push(cid.clone());
+                    self.by_cid.insert(cid, conn_id);
+                }
+            }
+            RouterCommand::Unmap { cid } => {
+                if let Some(conn_id) = self.by_cid.remove(&cid) {
+                    if let Some(route) = self.conns.get_mut(&conn_id) {
+                        route.cids.retain(|c| *c != cid);
+                    }
+                }
+            }
+            RouterCommand::Closed { conn_id } => {
+                if let Some(route) = self.conns.remove(&conn_id) {
+                    for cid in route.cids {
+                        if self.by_cid.get(&cid) == Some(&conn_id) {
+                            self.by_cid.remove(&cid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+}
+
+/// One socket's router task.
+pub(crate) struct Router<M: Metrics> {
+    pub(crate) socket: Arc<QuicSocket>,
+    pub(crate) routes: Routes,
+    pub(crate) commands: mpsc::UnboundedReceiver<RouterCommand>,
+    pub(crate) acceptor: Option<Acceptor<M>>,
+    pub(crate) stop_accepting: CancellationToken,
+    pub(crate) cid_len: usize,
+    pub(crate) metrics: M,
+}
+
+enum Wake {
+    Command(RouterCommand),
+    StopAccepting,
+    Received(std::io::Result<usize>),
+}
+
+impl<M: Metrics> Router<M> {
+    /// Runs until the socket fails, or until no connection is left and no new
+    /// one can come (client sockets, or a listener that stopped accepting).
+    pub(crate) async fn run(mut self) {
+        let gro = self.socket.gro_segments().max(1);
+        let buf_len = (gro * 1500).clamp(super::socket::MAX_DATAGRAM, 64 * 1500);
+        let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; buf_len]).collect();
+        let mut meta = [RecvMeta::default(); RECV_BATCH];
+        debug!(local = %self.socket.local_addr(), gro, gso = self.socket.max_gso_segments(), "router started");
+        let mut consecutive_errors = 0u32;
+
+        loop {
+            if self.acceptor.is_none() && self.routes.is_empty() {
+                break;
+            }
+            let wake = {
+                let mut iovs: Vec<IoSliceMut<'_>> =
+                    bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                let accepting = self.acceptor.is_some();
+                tokio::select! {
+                    biased;
+                    // Commands first: an id a worker announced must be mapped
+                    // before any datagram using it is read.
+                    Some(cmd) = self.commands.recv() => Wake::Command(cmd),
+                    () = self.stop_accepting.cancelled(), if accepting => Wake::StopAccepting,
+                    r = self.socket.recv(&mut iovs, &mut meta) => Wake::Received(r),
+                }
+            };
+            match wake {
+                Wake::Command(cmd) => {
+                    trace!(?cmd, "router command");
+                    self.routes.apply(cmd);
+                    while let Ok(cmd) = self.commands.try_recv() {
+                        self.routes.apply(cmd);
+                    }
+                }
+                Wake::StopAccepting => {
+                    debug!("listener stopped accepting; router drains live connections");
+                    self.acceptor = None;
+                }
+                Wake::Received(Ok(n)) => {
+                    consecutive_errors = 0;
+                    for (m, buf) in meta.iter().zip(bufs.iter_mut()).take(n) {
+                        let to = self.socket.local_for(m);
+                        let stride = m.stride.max(1);
+                        for seg in buf[..m.len].chunks_mut(stride) {
+                            self.route(seg, m.addr, to).await;
+                        }
+                    }
+                }
+                Wake::Received(Err(e)) => {
+                    // ICMP errors (port unreachable) surface here on connected
+                    // sockets; they are not fatal. A socket that only errors is.
+                    consecutive_errors += 1;
+                    debug!(error = %e, "recv error");
+                    if consecutive_errors > 1000 {
+                        warn!(error = %e, "socket keeps failing; router stops");
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        debug!(local = %self.socket.local_addr(), "router stopped");
+    }
+
+    async fn route(&mut self, buf: &mut [u8], from: SocketAddr, to: SocketAddr) {
+        self.metrics.packets_in(1, buf.len() as u64);
+        let hdr = match quiche::Header::from_slice(buf, self.cid_len) {
+            Ok(h) => h,
+            Err(e) => {
+                trace!(error = %e, %from, "malformed packet header");
+                self.metrics.packet_dropped(PacketDropReason::Malformed);
+                return;
+            }
+        };
+        trace!(%from, ty = ?hdr.ty, dcid = ?hdr.dcid, len = buf.len(), "datagram");
+        if let Some(conn_id) = self.routes.by_cid.get(hdr.dcid.as_ref()) {
+            if let Some(route) = self.routes.conns.get(conn_id) {
+                let d = Datagram {
+                    buf: buf.to_vec(),
+                    from,
+                    to,
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) = route.inbox.try_send(d) {
+                    self.metrics.packet_dropped(PacketDropReason::QueueFull);
+                }
+                return;
+            }
+        }
+        match &mut self.acceptor {
+            Some(acceptor) => {
+                acceptor
+                    .on_unknown(hdr, buf, from, to, &mut self.routes)
+                    .await
+            }
+            None => {
+                // A stateless reset (RFC 9000 §10.3) carries a random id we
+                // never issued. On a client socket there is one connection, so
+                // hand it any unknown short-header packet: quiche recognises
+                // the reset token and closes the connection.
+                let only = (self.routes.conns.len() == 1)
+                    .then(|| self.routes.conns.values().next())
+                    .flatten();
+                match only {
+                    Some(route) if hdr.ty == quiche::Type::Short => {
+                        let _ = route.inbox.try_send(Datagram {
+                            buf: buf.to_vec(),
+                            from,
+                            to,
+                        });
+                    }
+                    _ => self
+                        .metrics
+                        .packet_dropped(PacketDropReason::UnknownConnection),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests over real sockets on loopback: one test binary, one
+//! module per area.
+
+mod quic_echo;
+mod quic_handshake;
+mod quic_robustness;
+mod quic_shutdown;

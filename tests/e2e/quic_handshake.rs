@@ -1,0 +1,197 @@
+//! Handshake behaviour: stateless Retry on and off, idle timeouts on both
+//! sides, and a clear error when the client offers an ALPN the server lacks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tq_e2e::{echo_with_our_client, init_tracing, payload, quinn_client, sha256, TestServer};
+use tq_host::metrics::DefaultMetrics;
+use tq_host::quic::{self, QuicError, QuicSettings};
+
+async fn echo_once(server: &TestServer) {
+    let params = server.client_params(QuicSettings::default());
+    let data = Arc::new(payload(100_000, 7));
+    let res = echo_with_our_client(server.addr, &params, vec![data.clone()])
+        .await
+        .expect("echo");
+    assert_eq!(res[0].sha256, sha256(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_validates_the_address_first() {
+    init_tracing();
+    let server = TestServer::start(QuicSettings::default()).await;
+    echo_once(&server).await;
+    let m = server.metrics.snapshot();
+    // One Retry per token-less Initial datagram: a ClientHello with a
+    // post-quantum key share spans two datagrams, so two may be sent.
+    assert!(m.retries_sent >= 1, "no Retry sent: {m:?}");
+    assert_eq!(m.dropped_invalid_token, 0);
+    assert_eq!(m.connections_accepted, 1);
+
+    // quinn follows the Retry too.
+    let ep = quinn_client(&server.cert.cert, b"tq-echo");
+    let conn = ep
+        .connect(server.addr, "localhost")
+        .unwrap()
+        .await
+        .expect("quinn handshake after Retry");
+    conn.close(0u32.into(), b"");
+    ep.wait_idle().await;
+    let after = server.metrics.snapshot();
+    assert!(
+        after.retries_sent > m.retries_sent,
+        "quinn got no Retry: {after:?}"
+    );
+    assert_eq!(after.connections_accepted, 2);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_off_accepts_on_the_first_initial() {
+    init_tracing();
+    let settings = QuicSettings {
+        enable_retry: false,
+        ..Default::default()
+    };
+    let server = TestServer::start(settings).await;
+    echo_once(&server).await;
+    let m = server.metrics.snapshot();
+    assert_eq!(m.retries_sent, 0, "{m:?}");
+    assert_eq!(m.connections_accepted, 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_the_connection_on_both_sides() {
+    init_tracing();
+    let idle = QuicSettings {
+        max_idle_timeout: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let mut server = TestServer::start(idle.clone()).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(server.addr).await.unwrap();
+    // A client application that never sends: the connection goes idle at once.
+    let client = quic::connect_with_config(
+        socket,
+        Some("localhost"),
+        &server.client_params(idle),
+        Silent,
+        DefaultMetrics::default(),
+    )
+    .await
+    .expect("handshake");
+    let server_conn = server
+        .handles
+        .recv()
+        .await
+        .expect("server saw the connection");
+
+    let started = std::time::Instant::now();
+    let (c, s) = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::join!(client.closed(), server_conn.closed())
+    })
+    .await
+    .expect("both sides close within 5 s");
+    assert!(c.timed_out, "client: {}", c.describe());
+    assert!(s.timed_out, "server: {}", s.describe());
+    assert_eq!(c.describe(), "idle timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_alpn_is_refused_with_a_clear_error() {
+    init_tracing();
+    let server = TestServer::start(QuicSettings::default()).await;
+    let wrong = QuicSettings {
+        alpn: vec!["h9".into()],
+        ..Default::default()
+    };
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(server.addr).await.unwrap();
+    let err = quic::connect_with_config(
+        socket,
+        Some("localhost"),
+        &server.client_params(wrong),
+        Silent,
+        DefaultMetrics::default(),
+    )
+    .await
+    .expect_err("handshake must fail");
+    assert!(matches!(err, QuicError::HandshakeFailed(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("no_application_protocol"),
+        "unclear error: {text}"
+    );
+
+    // quinn is refused the same way.
+    let ep = quinn_client(&server.cert.cert, b"h9");
+    let qerr = ep
+        .connect(server.addr, "localhost")
+        .unwrap()
+        .await
+        .expect_err("quinn must be refused");
+    assert!(
+        qerr.to_string().contains("120")
+            || qerr.to_string().contains("no_application_protocol")
+            || qerr.to_string().contains("0x178"),
+        "quinn saw: {qerr}"
+    );
+
+    // The server counted TLS handshake failures, and still serves.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = server.metrics.snapshot();
+    assert!(m.handshake_tls_failures >= 1, "{m:?}");
+    echo_once(&server).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificate_is_refused_by_the_client() {
+    init_tracing();
+    let server = TestServer::start(QuicSettings::default()).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(server.addr).await.unwrap();
+    let params = quic::ConnectionParams::new_client(QuicSettings::default());
+    let err = quic::connect_with_config(
+        socket,
+        Some("localhost"),
+        &params,
+        Silent,
+        DefaultMetrics::default(),
+    )
+    .await
+    .expect_err("an unknown CA must fail verification");
+    assert!(err.to_string().contains("unknown_ca"), "{err}");
+    server.shutdown().await;
+}
+
+/// An application that does nothing at all.
+struct Silent;
+
+impl quic::ApplicationOverQuic for Silent {
+    fn on_conn_established(
+        &mut self,
+        _: &mut quiche::Connection,
+        _: &quic::HandshakeInfo,
+    ) -> quic::QuicResult<()> {
+        Ok(())
+    }
+    async fn wait_for_data(&mut self, _: &mut quiche::Connection) -> quic::QuicResult<()> {
+        std::future::pending().await
+    }
+    fn process_reads(&mut self, _: &mut quiche::Connection) -> quic::QuicResult<()> {
+        Ok(())
+    }
+    fn process_writes(&mut self, _: &mut quiche::Connection) -> quic::QuicResult<()> {
+        Ok(())
+    }
+}

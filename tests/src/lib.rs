@@ -1,0 +1,358 @@
+//! Fixtures shared by the end-to-end tests and benchmarks: a test server on
+//! loopback, an echo client application for our own QUIC stack, and a quinn
+//! client as an independent peer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tq_host::builtin::EchoApplication;
+use tq_host::metrics::DefaultMetrics;
+use tq_host::quic::{
+    self, ApplicationOverQuic, ConnectionHandle, ConnectionParams, HandshakeInfo, Listener,
+    QuicError, QuicResult, QuicSettings,
+};
+use tq_host::tls::SelfSignedCertificate;
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = boring::hash::hash(boring::hash::MessageDigest::sha256(), data).expect("sha256");
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&d);
+    out
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a payload is cheap to
+/// make and a corruption anywhere changes its hash.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Installs a tracing subscriber once (honours `RUST_LOG`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A certificate in a temporary directory, kept alive as long as this is.
+pub struct TestCert {
+    /// The certificate.
+    pub cert: SelfSignedCertificate,
+    /// Where `cert.pem` and `key.pem` are.
+    pub paths: quic::TlsCertificatePaths,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCert {
+    /// A fresh certificate for localhost and 127.0.0.1.
+    pub fn new() -> Self {
+        let cert = SelfSignedCertificate::generate(&["localhost", "127.0.0.1"]).expect("cert");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = cert.write_to(dir.path()).expect("write cert");
+        Self {
+            cert,
+            paths,
+            _dir: dir,
+        }
+    }
+}
+
+impl Default for TestCert {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An echo server on 127.0.0.1 with its own certificate and metrics. Every
+/// accepted connection runs [`EchoApplication`]; its handle is sent on
+/// `handles`.
+pub struct TestServer {
+    /// The address to connect to.
+    pub addr: SocketAddr,
+    /// The server's counters.
+    pub metrics: DefaultMetrics,
+    /// Handles of accepted connections, in order.
+    pub handles: mpsc::UnboundedReceiver<ConnectionHandle>,
+    /// The certificate the server presents.
+    pub cert: TestCert,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with `settings`.
+    pub async fn start(settings: QuicSettings) -> Self {
+        let cert = TestCert::new();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let metrics = DefaultMetrics::default();
+        let params = ConnectionParams::new_server(settings, cert.paths.clone());
+        let listener = quic::listen([socket], params, metrics.clone()).expect("listen");
+        let addr = listener.local_addrs()[0];
+        let (htx, handles) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(accept_loop(listener, htx, stop_rx));
+        Self {
+            addr,
+            metrics,
+            handles,
+            cert,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops accepting and waits until every connection and task has ended.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("accept loop panicked");
+        }
+    }
+
+    /// Client parameters that trust this server's certificate.
+    pub fn client_params(&self, settings: QuicSettings) -> ConnectionParams {
+        ConnectionParams::new_client(settings).ca_file(&self.cert.paths.cert)
+    }
+}
+
+async fn accept_loop(
+    mut listener: Listener<DefaultMetrics>,
+    handles: mpsc::UnboundedSender<ConnectionHandle>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            c = listener.accept() => match c {
+                Some(c) => { let _ = handles.send(c.start(EchoApplication::default())); }
+                None => break,
+            }
+        }
+    }
+    listener.shutdown().await;
+}
+
+/// What came back on one stream.
+#[derive(Debug, Clone)]
+pub struct StreamResult {
+    /// The stream id.
+    pub stream_id: u64,
+    /// Bytes received.
+    pub len: usize,
+    /// Their SHA-256.
+    pub sha256: [u8; 32],
+}
+
+struct Job {
+    stream_id: u64,
+    data: Arc<Vec<u8>>,
+    sent: usize,
+    fin_sent: bool,
+    received: Vec<u8>,
+    fin_received: bool,
+}
+
+/// A client application that sends each payload on its own bidirectional
+/// stream, all at once, collects the echoes, reports them, and closes the
+/// connection with code 0.
+pub struct EchoClient {
+    jobs: Vec<Job>,
+    by_id: HashMap<u64, usize>,
+    done: Option<oneshot::Sender<Vec<StreamResult>>>,
+    scratch: Vec<u8>,
+}
+
+impl EchoClient {
+    /// A client for `payloads`; the receiver yields the results in order.
+    pub fn new(payloads: Vec<Arc<Vec<u8>>>) -> (Self, oneshot::Receiver<Vec<StreamResult>>) {
+        let (tx, rx) = oneshot::channel();
+        let jobs: Vec<Job> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, data)| Job {
+                stream_id: 4 * i as u64,
+                data,
+                sent: 0,
+                fin_sent: false,
+                received: Vec::new(),
+                fin_received: false,
+            })
+            .collect();
+        let by_id = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.stream_id, i))
+            .collect();
+        (
+            Self {
+                jobs,
+                by_id,
+                done: Some(tx),
+                scratch: vec![0; 64 * 1024],
+            },
+            rx,
+        )
+    }
+
+    fn finish_if_done(&mut self, q: &mut quiche::Connection) -> QuicResult<()> {
+        if self.done.is_some() && self.jobs.iter().all(|j| j.fin_received) {
+            let results = self
+                .jobs
+                .iter()
+                .map(|j| StreamResult {
+                    stream_id: j.stream_id,
+                    len: j.received.len(),
+                    sha256: sha256(&j.received),
+                })
+                .collect();
+            if let Some(tx) = self.done.take() {
+                let _ = tx.send(results);
+            }
+            q.close(true, 0, b"done")?;
+        }
+        Ok(())
+    }
+}
+
+impl ApplicationOverQuic for EchoClient {
+    fn on_conn_established(
+        &mut self,
+        q: &mut quiche::Connection,
+        _: &HandshakeInfo,
+    ) -> QuicResult<()> {
+        self.finish_if_done(q)
+    }
+
+    async fn wait_for_data(&mut self, _q: &mut quiche::Connection) -> QuicResult<()> {
+        std::future::pending().await
+    }
+
+    fn process_reads(&mut self, q: &mut quiche::Connection) -> QuicResult<()> {
+        let readable: Vec<u64> = q.readable().collect();
+        for id in readable {
+            let Some(&i) = self.by_id.get(&id) else {
+                continue;
+            };
+            let job = &mut self.jobs[i];
+            loop {
+                match q.stream_recv(id, &mut self.scratch) {
+                    Ok((n, fin)) => {
+                        job.received.extend_from_slice(&self.scratch[..n]);
+                        if fin {
+                            // quiche may collect a finished stream at once:
+                            // reading it again would be an error.
+                            job.fin_received = true;
+                            break;
+                        }
+                    }
+                    Err(quiche::Error::Done) => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.finish_if_done(q)
+    }
+
+    fn process_writes(&mut self, q: &mut quiche::Connection) -> QuicResult<()> {
+        for job in self.jobs.iter_mut().filter(|j| !j.fin_sent) {
+            match q.stream_send(job.stream_id, &job.data[job.sent..], true) {
+                Ok(n) => {
+                    job.sent += n;
+                    job.fin_sent = job.sent == job.data.len();
+                }
+                // No capacity yet, or beyond the peer's stream limit: retry
+                // on a later turn.
+                Err(quiche::Error::Done) | Err(quiche::Error::StreamLimit) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connects with our own client to `addr`, echoes `payloads` on parallel
+/// streams, and returns what came back.
+pub async fn echo_with_our_client(
+    addr: SocketAddr,
+    params: &ConnectionParams,
+    payloads: Vec<Arc<Vec<u8>>>,
+) -> Result<Vec<StreamResult>, QuicError> {
+    let socket = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| QuicError::Closed(e.to_string()))?;
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| QuicError::Closed(e.to_string()))?;
+    let (app, rx) = EchoClient::new(payloads);
+    let handle = quic::connect_with_config(
+        socket,
+        Some("localhost"),
+        params,
+        app,
+        DefaultMetrics::default(),
+    )
+    .await?;
+    match rx.await {
+        Ok(r) => Ok(r),
+        Err(_) => Err(QuicError::Closed(handle.closed().await.describe())),
+    }
+}
+
+/// A quinn client endpoint that trusts `cert` and speaks `alpn`.
+pub fn quinn_client(cert: &SelfSignedCertificate, alpn: &[u8]) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            cert.cert_der.clone(),
+        ))
+        .expect("add root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(10).try_into().expect("idle")));
+    cfg.transport_config(Arc::new(transport));
+    let mut ep =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("quinn endpoint");
+    ep.set_default_client_config(cfg);
+    ep
+}
+
+/// Echoes `data` over one quinn bidirectional stream; returns the bytes back.
+pub async fn quinn_echo(conn: &quinn::Connection, data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let write = async {
+        send.write_all(data).await?;
+        send.finish()?;
+        anyhow::Ok(())
+    };
+    let read = async { anyhow::Ok(recv.read_to_end(64 << 20).await?) };
+    let ((), back) = tokio::try_join!(write, read)?;
+    Ok(back)
+}
