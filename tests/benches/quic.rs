@@ -107,7 +107,11 @@ async fn bulk_upload(mib: usize) {
     .await
     .expect("upload");
     let secs = start.elapsed().as_secs_f64();
-    assert_eq!(res[0].len, 8, "the server answers with its 8-byte count");
+    assert_eq!(
+        res[0].sha256,
+        tq_e2e::sha256(&((mib as u64) << 20).to_be_bytes()),
+        "the server must report every byte received"
+    );
     println!(
         "bulk upload, 1 connection, 1 stream: {mib} MiB in {secs:.2} s = {:.0} MB/s",
         (mib << 20) as f64 / secs / 1e6

@@ -171,3 +171,27 @@ async fn quinn_runs_100_concurrent_streams_and_50_connections() {
     assert_eq!(server.metrics.snapshot().connections_accepted, 51);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_follows_connection_id_changes() {
+    init_tracing();
+    let server = TestServer::start(QuicSettings::default()).await;
+    let params = server.client_params(QuicSettings::default());
+    let data = Arc::new(payload(4 << 20, 9));
+    let (app, rx) = tq_e2e::EchoClient::new(vec![data.clone()]);
+    let app = app.rotate_ids(6);
+    let rotations = app.rotations.clone();
+    let res = tq_e2e::run_echo_client(server.addr, &params, app, rx)
+        .await
+        .expect("echo across id changes");
+    assert_eq!(res[0].sha256, sha256(&data));
+    // Each retirement makes the server issue a replacement id, which the
+    // client then moves to: six moves mean six fresh ids were routed.
+    assert!(
+        rotations.load(std::sync::atomic::Ordering::Relaxed) >= 4,
+        "only {} id changes happened",
+        rotations.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(server.metrics.snapshot().dropped_unknown_connection, 0);
+    server.shutdown().await;
+}

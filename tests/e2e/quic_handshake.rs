@@ -195,3 +195,30 @@ impl quic::ApplicationOverQuic for Silent {
         Ok(())
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keylog_and_qlog_files_are_written_when_asked() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = QuicSettings {
+        keylog_file: Some(dir.path().join("keys.log")),
+        qlog_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let server = TestServer::start(settings).await;
+    echo_once(&server).await;
+    server.shutdown().await;
+    let keys = std::fs::read_to_string(dir.path().join("keys.log")).expect("key log written");
+    assert!(keys.contains("CLIENT_TRAFFIC_SECRET_0"), "{keys}");
+    let qlogs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-server.sqlog"))
+        .collect();
+    assert_eq!(qlogs.len(), 1, "one qlog per server connection");
+    let q = std::fs::read_to_string(qlogs[0].path()).unwrap();
+    assert!(
+        q.contains("packet_received") || q.contains("transport:packet_received"),
+        "qlog has events"
+    );
+}

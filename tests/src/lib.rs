@@ -175,6 +175,9 @@ struct Job {
 /// stream, all at once, collects the echoes, reports them, and closes the
 /// connection with code 0.
 pub struct EchoClient {
+    /// Destination connection ids retired so far (see [`EchoClient::rotate_ids`]).
+    pub rotations: Arc<std::sync::atomic::AtomicUsize>,
+    rotate_up_to: usize,
     jobs: Vec<Job>,
     by_id: HashMap<u64, usize>,
     done: Option<oneshot::Sender<Vec<StreamResult>>>,
@@ -204,6 +207,8 @@ impl EchoClient {
             .collect();
         (
             Self {
+                rotations: Default::default(),
+                rotate_up_to: 0,
                 jobs,
                 by_id,
                 done: Some(tx),
@@ -211,6 +216,23 @@ impl EchoClient {
             },
             rx,
         )
+    }
+
+    /// Makes the client move to a fresh destination connection id (retiring
+    /// the one in use) whenever the server has issued a spare, up to `n`
+    /// times: the server's router must follow each change.
+    pub fn rotate_ids(mut self, n: usize) -> Self {
+        self.rotate_up_to = n;
+        self
+    }
+
+    fn rotate(&mut self, q: &mut quiche::Connection) {
+        use std::sync::atomic::Ordering;
+        let done = self.rotations.load(Ordering::Relaxed);
+        if done < self.rotate_up_to && q.available_dcids() > 0 && q.retire_dcid(done as u64).is_ok()
+        {
+            self.rotations.store(done + 1, Ordering::Relaxed);
+        }
     }
 
     fn finish_if_done(&mut self, q: &mut quiche::Connection) -> QuicResult<()> {
@@ -269,6 +291,7 @@ impl ApplicationOverQuic for EchoClient {
                 }
             }
         }
+        self.rotate(q);
         self.finish_if_done(q)
     }
 
@@ -296,6 +319,17 @@ pub async fn echo_with_our_client(
     params: &ConnectionParams,
     payloads: Vec<Arc<Vec<u8>>>,
 ) -> Result<Vec<StreamResult>, QuicError> {
+    let (app, rx) = EchoClient::new(payloads);
+    run_echo_client(addr, params, app, rx).await
+}
+
+/// Runs a prepared [`EchoClient`] against `addr`.
+pub async fn run_echo_client(
+    addr: SocketAddr,
+    params: &ConnectionParams,
+    app: EchoClient,
+    rx: oneshot::Receiver<Vec<StreamResult>>,
+) -> Result<Vec<StreamResult>, QuicError> {
     let socket = UdpSocket::bind("127.0.0.1:0")
         .await
         .map_err(|e| QuicError::Closed(e.to_string()))?;
@@ -303,7 +337,6 @@ pub async fn echo_with_our_client(
         .connect(addr)
         .await
         .map_err(|e| QuicError::Closed(e.to_string()))?;
-    let (app, rx) = EchoClient::new(payloads);
     let handle = quic::connect_with_config(
         socket,
         Some("localhost"),

@@ -74,6 +74,18 @@ impl<M: Metrics> WorkerParts<M> {
 
         loop {
             received += self.drain_inbox();
+            // A turn that follows a bounded flush did not wait on the timer,
+            // so fire it here if it is due.
+            if self
+                .conn
+                .timeout_instant()
+                .is_some_and(|d| d <= Instant::now())
+            {
+                self.conn.on_timeout();
+            }
+            // Once the connection is closing (by the application's own
+            // close() or an error), the application has nothing left to do.
+            closing |= self.conn.local_error().is_some() || self.conn.is_draining();
 
             if !app_started && (self.conn.is_established() || self.conn.is_in_early_data()) {
                 app_started = true;
