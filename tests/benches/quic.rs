@@ -142,12 +142,18 @@ async fn open_connections(total: usize, concurrency: usize, retry: bool) {
         ..Default::default()
     };
     let srv = server(settings, false).await;
-    let params = Arc::new(client_params(&srv.cert, QuicSettings::default()));
+    let connector = Arc::new(
+        quic::Connector::new(
+            client_params(&srv.cert, QuicSettings::default()),
+            DefaultMetrics::default(),
+        )
+        .expect("connector"),
+    );
     let addr = srv.addr;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..concurrency {
-        let params = params.clone();
+        let connector = connector.clone();
         let n = total / concurrency + usize::from(w < total % concurrency);
         tasks.spawn(async move {
             let mut worst = Duration::ZERO;
@@ -157,15 +163,10 @@ async fn open_connections(total: usize, concurrency: usize, retry: bool) {
                 socket.connect(addr).await.unwrap();
                 // An EchoClient with nothing to send closes once established.
                 let (app, done) = EchoClient::new(vec![]);
-                quic::connect_with_config(
-                    socket,
-                    Some("localhost"),
-                    &params,
-                    app,
-                    DefaultMetrics::default(),
-                )
-                .await
-                .expect("handshake");
+                connector
+                    .connect(socket, Some("localhost"), app)
+                    .await
+                    .expect("handshake");
                 let _ = done.await;
                 worst = worst.max(t.elapsed());
             }
