@@ -18,6 +18,7 @@
 
 pub mod builtin;
 pub mod cli;
+pub mod http3;
 pub mod metrics;
 pub mod quic;
 pub mod tls;

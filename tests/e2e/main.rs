@@ -1,6 +1,7 @@
 //! End-to-end tests over real sockets on loopback: one test binary, one
 //! module per area.
 
+mod h3;
 mod quic_echo;
 mod quic_handshake;
 mod quic_robustness;

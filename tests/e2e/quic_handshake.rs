@@ -160,7 +160,7 @@ async fn untrusted_certificate_is_refused_by_the_client() {
     let server = TestServer::start(QuicSettings::default()).await;
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     socket.connect(server.addr).await.unwrap();
-    let params = quic::ConnectionParams::new_client(QuicSettings::default());
+    let params = quic::ConnectionParams::new_client(tq_e2e::echo_alpn(QuicSettings::default()));
     let err = quic::connect_with_config(
         socket,
         Some("localhost"),

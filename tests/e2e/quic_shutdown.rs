@@ -19,14 +19,17 @@ async fn shutdown_lets_live_connections_finish_then_releases_everything() {
     let metrics = DefaultMetrics::default();
     let mut listener = quic::listen(
         [socket],
-        ConnectionParams::new_server(QuicSettings::default(), cert.paths.clone()),
+        ConnectionParams::new_server(
+            tq_e2e::echo_alpn(QuicSettings::default()),
+            cert.paths.clone(),
+        ),
         metrics.clone(),
     )
     .unwrap();
-    let client_params = ConnectionParams::new_client(QuicSettings {
+    let client_params = ConnectionParams::new_client(tq_e2e::echo_alpn(QuicSettings {
         max_idle_timeout: Duration::from_secs(2),
         ..Default::default()
-    })
+    }))
     .ca_file(&cert.paths.cert);
 
     // A long transfer is in flight when the listener shuts down.

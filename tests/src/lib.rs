@@ -97,8 +97,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server with `settings`.
+    /// Starts a server with `settings` (ALPN `tq-echo` unless set otherwise).
     pub async fn start(settings: QuicSettings) -> Self {
+        let settings = echo_alpn(settings);
         let cert = TestCert::new();
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let metrics = DefaultMetrics::default();
@@ -130,8 +131,16 @@ impl TestServer {
 
     /// Client parameters that trust this server's certificate.
     pub fn client_params(&self, settings: QuicSettings) -> ConnectionParams {
-        ConnectionParams::new_client(settings).ca_file(&self.cert.paths.cert)
+        ConnectionParams::new_client(echo_alpn(settings)).ca_file(&self.cert.paths.cert)
     }
+}
+
+/// The echo protocol's ALPN in place of the default (HTTP/3).
+pub fn echo_alpn(mut settings: QuicSettings) -> QuicSettings {
+    if settings.alpn == QuicSettings::default().alpn {
+        settings.alpn = vec!["tq-echo".into()];
+    }
+    settings
 }
 
 async fn accept_loop(
@@ -388,4 +397,165 @@ pub async fn quinn_echo(conn: &quinn::Connection, data: &[u8]) -> anyhow::Result
     let read = async { anyhow::Ok(recv.read_to_end(64 << 20).await?) };
     let ((), back) = tokio::try_join!(write, read)?;
     Ok(back)
+}
+
+/// An HTTP/3 server on 127.0.0.1 running a native handler, with its server
+/// connections' H3 handles sent on `handles` (for GOAWAY and buffer checks).
+pub struct H3TestServer {
+    /// The address to connect to.
+    pub addr: SocketAddr,
+    /// The certificate the server presents.
+    pub cert: TestCert,
+    /// One handle per accepted connection.
+    pub handles: mpsc::UnboundedReceiver<tq_host::http3::H3Handle>,
+    /// The server's QUIC counters.
+    pub metrics: DefaultMetrics,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H3TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What an [`H3TestServer`] runs per connection.
+pub enum H3App<H: tq_host::http3::RequestHandler> {
+    /// A native handler through `serve_connection`.
+    Handler(Arc<H>),
+    /// Raw controllers handed to the test.
+    Raw(mpsc::UnboundedSender<tq_host::http3::H3Controller>),
+}
+
+impl H3TestServer {
+    /// Starts a server answering with `handler`.
+    pub async fn start<H: tq_host::http3::RequestHandler>(
+        quic_settings: QuicSettings,
+        h3: tq_host::http3::Http3Settings,
+        app: H3App<H>,
+    ) -> Self {
+        let cert = TestCert::new();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let metrics = DefaultMetrics::default();
+        let params = ConnectionParams::new_server(quic_settings, cert.paths.clone());
+        let mut listener = quic::listen([socket], params, metrics.clone()).expect("listen");
+        let addr = listener.local_addrs()[0];
+        let (htx, handles) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut services = tokio::task::JoinSet::new();
+            while let Some(c) = listener.accept().await {
+                let (driver, controller) = tq_host::http3::ServerH3Driver::new_server(h3.clone());
+                let _ = htx.send(controller.handle());
+                c.start(driver);
+                match &app {
+                    H3App::Handler(h) => {
+                        services.spawn(tq_host::http3::serve_connection(controller, h.clone()));
+                    }
+                    H3App::Raw(tx) => {
+                        let _ = tx.send(controller);
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            cert,
+            handles,
+            metrics,
+            task,
+        }
+    }
+
+    /// Client QUIC parameters trusting this server.
+    pub fn client_params(&self) -> ConnectionParams {
+        ConnectionParams::new_client(QuicSettings::default()).ca_file(&self.cert.paths.cert)
+    }
+
+    /// A connected client of ours.
+    pub async fn client(&self) -> tq_host::http3::H3Client {
+        tq_host::http3::H3Client::connect(
+            self.addr,
+            "localhost",
+            &self.client_params(),
+            tq_host::http3::Http3Settings::default(),
+        )
+        .await
+        .expect("h3 client connects")
+    }
+}
+
+/// An h3 (hyperium) client over quinn: an independent HTTP/3 stack.
+pub struct H3QuinnClient {
+    /// Sends requests.
+    pub send: h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    /// The quinn endpoint (kept alive with the client).
+    pub endpoint: quinn::Endpoint,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H3QuinnClient {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl H3QuinnClient {
+    /// Connects to `addr` trusting `cert`.
+    pub async fn connect(addr: SocketAddr, cert: &SelfSignedCertificate) -> anyhow::Result<Self> {
+        let endpoint = quinn_client(cert, b"h3");
+        let conn = endpoint.connect(addr, "localhost")?.await?;
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
+        let driver = tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        Ok(Self {
+            send,
+            endpoint,
+            driver,
+        })
+    }
+
+    /// Sends a request and returns status, body and trailers.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<bytes::Bytes>,
+    ) -> anyhow::Result<(u16, Vec<u8>, Option<http::HeaderMap>)> {
+        use bytes::Buf;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"))
+            .body(())?;
+        let stream = self.send.send_request(req).await?;
+        let (mut tx, mut rx) = stream.split();
+        let send = async move {
+            if let Some(mut b) = body {
+                while b.len() > 64 * 1024 {
+                    tx.send_data(b.split_to(64 * 1024)).await?;
+                }
+                tx.send_data(b).await?;
+            }
+            tx.finish().await?;
+            anyhow::Ok(())
+        };
+        let recv = async move {
+            let resp = rx.recv_response().await?;
+            let mut out = Vec::new();
+            while let Some(mut chunk) = rx.recv_data().await? {
+                while chunk.has_remaining() {
+                    let c = chunk.chunk();
+                    out.extend_from_slice(c);
+                    let n = c.len();
+                    chunk.advance(n);
+                }
+            }
+            let trailers = rx.recv_trailers().await?;
+            anyhow::Ok((resp.status().as_u16(), out, trailers))
+        };
+        let (s, r) = tokio::join!(send, recv);
+        let r = r?;
+        s?;
+        Ok(r)
+    }
 }

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Every key of [`QuicSettings`](crate::quic::QuicSettings) may appear under
-//! `[quic]`; unknown keys are refused, so a typo is an error, not a silently
+//! `[quic]`, and of [`Http3Settings`](crate::http3::Http3Settings) under
+//! `[http3]`; unknown keys are refused, so a typo is an error, not a silently
 //! ignored setting.
 
 use std::path::Path;
@@ -24,6 +25,8 @@ use crate::quic::QuicSettings;
 pub(crate) struct ConfigFile {
     #[serde(default)]
     pub(crate) quic: QuicSettings,
+    #[serde(default)]
+    pub(crate) http3: crate::http3::Http3Settings,
 }
 
 impl ConfigFile {

@@ -59,6 +59,7 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot reach {}", args.server))?;
     let settings = QuicSettings {
+        alpn: vec!["tq-echo".into()],
         max_idle_timeout: args.timeout,
         ..Default::default()
     };

@@ -4,6 +4,7 @@
 
 mod config;
 mod echo_client;
+mod get;
 mod serve;
 
 use std::net::SocketAddr;
@@ -14,9 +15,13 @@ use clap::{Args, Parser, Subcommand};
 
 /// A programmable QUIC and HTTP/3 server.
 ///
-/// With no subcommand, `tq-host` serves: today the built-in raw-QUIC echo
-/// application (ALPN `tq-echo`). Without --cert/--key it makes a self-signed
+/// With no subcommand, `tq-host` serves: by default a built-in HTTP/3 site
+/// (`GET /`, `POST /echo`, `GET /bytes/N`), or with `--app echo` a raw-QUIC
+/// echo (ALPN `tq-echo`). Without --cert/--key it makes a self-signed
 /// certificate for localhost and prints where it is.
+///
+/// Try it: `tq-host` in one terminal, `tq-host get -k https://127.0.0.1:4433/`
+/// in another.
 #[derive(Debug, Parser)]
 #[command(name = "tq-host", version, about, long_about)]
 pub struct Cli {
@@ -33,11 +38,26 @@ enum Command {
     Serve(ServeArgs),
     /// Send a message to a tq-echo server and print what comes back.
     Echo(echo_client::EchoArgs),
+    /// Fetch a URL over HTTP/3 and print the body.
+    Get(get::GetArgs),
+}
+
+/// The built-in applications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum App {
+    /// The built-in HTTP/3 site (ALPN `h3`).
+    Page,
+    /// The raw-QUIC echo (ALPN `tq-echo`).
+    Echo,
 }
 
 /// Flags of `tq-host serve`.
 #[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
+    /// What to serve: `page` (built-in HTTP/3 site) or `echo` (raw-QUIC echo).
+    #[arg(long, value_enum, default_value_t = App::Page)]
+    app: App,
+
     /// Address to listen on; repeat for several sockets.
     #[arg(
         long,
@@ -78,6 +98,17 @@ pub struct ServeArgs {
     keylog_file: Option<PathBuf>,
 }
 
+impl Cli {
+    /// The default log level: `info` when serving, `warn` for the client
+    /// commands, whose output is the point.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Some(Command::Echo(_)) | Some(Command::Get(_)) => "warn",
+            _ => "info",
+        }
+    }
+}
+
 /// Parses the command line and runs it.
 ///
 /// # Errors
@@ -86,6 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Serve(args)) => serve::run(args).await,
         Some(Command::Echo(args)) => echo_client::run(args).await,
+        Some(Command::Get(args)) => get::run(args).await,
         None => serve::run(cli.serve).await,
     }
 }

@@ -6,9 +6,14 @@ use anyhow::Context;
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
 use super::config::ConfigFile;
-use super::ServeArgs;
-use crate::builtin::EchoApplication;
+use super::{App, ServeArgs};
+use crate::builtin::{EchoApplication, WelcomePage};
+use crate::http3::{serve_connection, ServerH3Driver};
 use crate::metrics::DefaultMetrics;
 use crate::quic::{self, ConnectionParams, TlsCertificatePaths};
 use crate::tls::SelfSignedCertificate;
@@ -17,10 +22,15 @@ use crate::tls::SelfSignedCertificate;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut settings = match &args.config {
-        Some(p) => ConfigFile::load(p)?.quic,
-        None => Default::default(),
+    let file = match &args.config {
+        Some(p) => ConfigFile::load(p)?,
+        None => ConfigFile::default(),
     };
+    let mut settings = file.quic;
+    let h3_settings = file.http3;
+    if args.app == App::Echo && settings.alpn == crate::quic::QuicSettings::default().alpn {
+        settings.alpn = vec!["tq-echo".into()];
+    }
     if args.no_retry {
         settings.enable_retry = false;
     }
@@ -58,15 +68,32 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut listener = quic::listen(sockets, params.clone(), metrics.clone())
         .context("cannot start the QUIC listener")?;
     for a in listener.local_addrs() {
-        info!(addr = %a, alpn = ?params.settings.alpn, retry = params.settings.enable_retry, "listening (built-in echo application)");
+        info!(addr = %a, app = ?args.app, alpn = ?params.settings.alpn, retry = params.settings.enable_retry, "listening");
+    }
+    if args.app == App::Page {
+        if let Some(a) = listener.local_addrs().first() {
+            info!("try: tq-host get -k https://{a}/");
+        }
     }
 
+    // Owns the per-connection request loops; they end with their connections.
+    let services = TaskTracker::new();
+    let page = Arc::new(WelcomePage);
     loop {
         tokio::select! {
             incoming = listener.accept() => match incoming {
                 Some(c) => {
                     info!(peer = %c.peer_addr(), "connection accepted");
-                    c.start(EchoApplication::default());
+                    match args.app {
+                        App::Echo => {
+                            c.start(EchoApplication::default());
+                        }
+                        App::Page => {
+                            let (driver, controller) = ServerH3Driver::new_server(h3_settings.clone());
+                            c.start(driver);
+                            services.spawn(serve_connection(controller, page.clone()));
+                        }
+                    }
                 }
                 None => break,
             },
@@ -76,9 +103,13 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if tokio::time::timeout(SHUTDOWN_GRACE, listener.shutdown())
-        .await
-        .is_err()
+    services.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        listener.shutdown().await;
+        services.wait().await;
+    })
+    .await
+    .is_err()
     {
         warn!("connections still open after the grace period; exiting anyway");
     }

@@ -38,8 +38,9 @@ use crate::metrics::Metrics;
 /// waits out the draining period and calls
 /// [`on_conn_close`](Self::on_conn_close) last. No hook is called after it.
 ///
-/// A hook that returns an error closes the connection: with the code and
-/// reason of an [`ApplicationClose`] if the error is one, otherwise with
+/// A hook that returns an error closes the connection. An
+/// [`ApplicationClose`] is a deliberate close with its code and reason (not
+/// reported as a failure); any other error is logged as one and closes with
 /// application error code [`INTERNAL_ERROR_CODE`].
 ///
 /// # Example

@@ -49,7 +49,7 @@ impl CongestionControl {
 #[serde(default, deny_unknown_fields)]
 pub struct QuicSettings {
     /// ALPN protocols offered (client) or accepted (server), most preferred
-    /// first. Default: `["tq-echo"]`, the built-in raw-QUIC echo protocol.
+    /// first. Default: `["h3"]` (HTTP/3).
     pub alpn: Vec<String>,
     /// Close a connection after this long without traffic. Also bounds how long
     /// a handshake may take. Default: 30 s. Zero disables the timeout.
@@ -122,7 +122,7 @@ pub struct QuicSettings {
 impl Default for QuicSettings {
     fn default() -> Self {
         Self {
-            alpn: vec!["tq-echo".to_owned()],
+            alpn: vec!["h3".to_owned()],
             max_idle_timeout: Duration::from_secs(30),
             initial_max_data: 10 << 20,
             initial_max_stream_data_bidi_local: 1 << 20,

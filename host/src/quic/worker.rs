@@ -259,15 +259,22 @@ impl<M: Metrics> WorkerParts<M> {
     }
 
     fn fail(&mut self, result: &mut QuicResult<()>, closing: &mut bool, e: BoxError) {
-        let (code, reason) = match e.downcast_ref::<ApplicationClose>() {
-            Some(c) => (c.code, c.reason.clone()),
-            None => (INTERNAL_ERROR_CODE, "internal error".to_owned()),
-        };
-        warn!(error = %e, code, "application hook failed; closing connection");
-        if let Err(err) = self.conn.close(true, code, reason.as_bytes()) {
+        *closing = true;
+        if let Some(c) = e.downcast_ref::<ApplicationClose>() {
+            // A deliberate close by the application, not a failure.
+            debug!(code = c.code, reason = %c.reason, "application closes the connection");
+            if let Err(err) = self.conn.close(true, c.code, c.reason.as_bytes()) {
+                debug!(error = %err, "close");
+            }
+            return;
+        }
+        warn!(error = %e, code = INTERNAL_ERROR_CODE, "application hook failed; closing connection");
+        if let Err(err) = self
+            .conn
+            .close(true, INTERNAL_ERROR_CODE, b"internal error")
+        {
             debug!(error = %err, "close after application error");
         }
-        *closing = true;
         if result.is_ok() {
             *result = Err(e);
         }

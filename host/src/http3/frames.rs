@@ -1,0 +1,212 @@
+//! What flows between the H3 driver and the application, per stream: frames
+//! in each direction over bounded channels, so neither side can make the
+//! other buffer without limit.
+//!
+//! The application end of each channel is wrapped ([`BodyReceiver`],
+//! [`OutboundSender`]) so that consuming or producing a frame, or dropping
+//! the handle, wakes the driver: that is how a stream paused for back-pressure
+//! resumes, and how a dropped handle becomes a reset or STOP_SENDING.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quiche::h3::Header;
+use tokio::sync::{mpsc, Notify};
+
+/// A frame from the peer on one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundFrame {
+    /// A header section after the first: for clients each response head (1xx
+    /// then final); for both sides, trailers after the body.
+    Headers(Vec<Header>),
+    /// Body bytes.
+    Body(Bytes),
+    /// The peer finished its side of the stream; nothing follows.
+    Finished,
+    /// The peer reset its side of the stream with this code; nothing follows.
+    Reset(u64),
+}
+
+/// A frame the application sends on one stream.
+#[derive(Debug, Clone)]
+pub enum OutboundFrame {
+    /// A header section. Servers send any number of 1xx heads, then one
+    /// final head; `fin` ends the stream (a response without body).
+    Headers {
+        /// The fields, pseudo-headers first.
+        headers: Vec<Header>,
+        /// Whether the stream ends here.
+        fin: bool,
+    },
+    /// Body bytes; `fin` ends the stream.
+    Body(Bytes, bool),
+    /// Trailers; they end the stream.
+    Trailers(Vec<Header>),
+    /// Abandon our side of the stream (RESET_STREAM) with this code.
+    Reset(u64),
+    /// Ask the peer to stop sending (STOP_SENDING) with this code.
+    StopSending(u64),
+}
+
+/// Counters one driver shares with the handles of its streams.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) notify: Notify,
+    /// Body bytes handed to the application but not yet consumed.
+    pub(crate) inbound_buffered: AtomicUsize,
+    /// Body bytes taken from the application but not yet accepted by quiche.
+    pub(crate) outbound_buffered: AtomicUsize,
+    pub(crate) peak_inbound: AtomicUsize,
+    pub(crate) peak_outbound: AtomicUsize,
+    pub(crate) requests: AtomicU64,
+    pub(crate) going_away: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn add_inbound(&self, n: usize) {
+        let now = self.inbound_buffered.fetch_add(n, Ordering::Relaxed) + n;
+        self.peak_inbound.fetch_max(now, Ordering::Relaxed);
+    }
+    pub(crate) fn add_outbound(&self, n: usize) {
+        let now = self.outbound_buffered.fetch_add(n, Ordering::Relaxed) + n;
+        self.peak_outbound.fetch_max(now, Ordering::Relaxed);
+    }
+    pub(crate) fn sub_outbound(&self, n: usize) {
+        self.outbound_buffered.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Receives the frames the peer sends on one stream. Dropping it before the
+/// stream finished asks the peer to stop sending.
+#[derive(Debug)]
+pub struct BodyReceiver {
+    pub(crate) stream_id: u64,
+    pub(crate) rx: mpsc::Receiver<InboundFrame>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl BodyReceiver {
+    /// The stream's id.
+    pub fn stream_id(&self) -> u64 {
+        self.stream_id
+    }
+
+    /// The next frame, or `None` once the stream ended (after `Finished` or
+    /// `Reset`) or the connection closed.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: no frame is lost if the future is dropped.
+    pub async fn recv(&mut self) -> Option<InboundFrame> {
+        let f = self.rx.recv().await;
+        if let Some(InboundFrame::Body(b)) = &f {
+            self.shared
+                .inbound_buffered
+                .fetch_sub(b.len(), Ordering::Relaxed);
+        }
+        // The driver may be holding data back for lack of room: wake it.
+        self.shared.notify.notify_one();
+        f
+    }
+
+    /// Reads the rest of the body, up to `limit` bytes, and returns it with
+    /// the trailers if any.
+    ///
+    /// # Errors
+    /// The text says whether the peer reset the stream, the body exceeded
+    /// `limit`, or the connection ended first.
+    pub async fn read_to_end(&mut self, limit: usize) -> Result<(Vec<u8>, Vec<Header>), String> {
+        let mut body = Vec::new();
+        let mut trailers = Vec::new();
+        loop {
+            match self.recv().await {
+                Some(InboundFrame::Body(b)) => {
+                    if body.len() + b.len() > limit {
+                        return Err(format!("body larger than {limit} bytes"));
+                    }
+                    body.extend_from_slice(&b);
+                }
+                Some(InboundFrame::Headers(h)) => trailers = h,
+                Some(InboundFrame::Finished) => return Ok((body, trailers)),
+                Some(InboundFrame::Reset(code)) => {
+                    return Err(format!("stream reset by peer with code {code:#x}"))
+                }
+                None => return Err("connection closed before the stream finished".into()),
+            }
+        }
+    }
+}
+
+impl Drop for BodyReceiver {
+    fn drop(&mut self) {
+        self.shared.notify.notify_one();
+    }
+}
+
+/// Sends frames on one stream. Dropping it before a frame with `fin` (or
+/// trailers, or a reset) resets the stream with H3_REQUEST_CANCELLED.
+#[derive(Debug, Clone)]
+pub struct OutboundSender {
+    pub(crate) stream_id: u64,
+    pub(crate) tx: mpsc::Sender<OutboundFrame>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl OutboundSender {
+    /// The stream's id.
+    pub fn stream_id(&self) -> u64 {
+        self.stream_id
+    }
+
+    /// Queues a frame, waiting while the stream's channel is full.
+    ///
+    /// # Errors
+    /// The frame back if the stream or connection is gone.
+    pub async fn send(&self, frame: OutboundFrame) -> Result<(), OutboundFrame> {
+        let n = match &frame {
+            OutboundFrame::Body(b, _) => b.len(),
+            _ => 0,
+        };
+        let res = self.tx.send(frame).await.map_err(|e| e.0);
+        if res.is_ok() {
+            self.shared.add_outbound(n);
+        }
+        self.shared.notify.notify_one();
+        res
+    }
+
+    /// Sends response or request headers.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_headers(&self, headers: Vec<Header>, fin: bool) -> Result<(), OutboundFrame> {
+        self.send(OutboundFrame::Headers { headers, fin }).await
+    }
+
+    /// Sends body bytes.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_body(&self, body: impl Into<Bytes>, fin: bool) -> Result<(), OutboundFrame> {
+        self.send(OutboundFrame::Body(body.into(), fin)).await
+    }
+}
+
+impl Drop for OutboundSender {
+    fn drop(&mut self) {
+        self.shared.notify.notify_one();
+    }
+}
+
+/// Builds a header list from name/value pairs.
+///
+/// ```
+/// let h = tq_host::http3::headers(&[(":status", "200"), ("content-type", "text/plain")]);
+/// assert_eq!(h.len(), 2);
+/// ```
+pub fn headers(pairs: &[(&str, &str)]) -> Vec<Header> {
+    pairs
+        .iter()
+        .map(|(n, v)| Header::new(n.as_bytes(), v.as_bytes()))
+        .collect()
+}

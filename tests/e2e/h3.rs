@@ -1,0 +1,546 @@
+//! HTTP/3: the built-in site and test handlers served by `H3Driver`, checked
+//! with our own client and with hyperium's h3 over quinn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tq_e2e::{init_tracing, payload, sha256, H3App, H3QuinnClient, H3TestServer};
+use tq_host::builtin::WelcomePage;
+use tq_host::http3::{
+    headers, Http3Settings, InboundFrame, OutboundFrame, RequestBody, RequestHandler, ResponseBody,
+    H3_NO_ERROR,
+};
+use tq_host::quic::QuicSettings;
+
+const SIZES: [usize; 4] = [0, 1024, 1 << 20, 64 << 20];
+
+async fn page_server() -> H3TestServer {
+    H3TestServer::start(
+        QuicSettings::default(),
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_gets_and_posts_0_b_to_64_mib() {
+    init_tracing();
+    let server = page_server().await;
+    let client = server.client().await;
+    let page = client.request("GET", "/", None).await.expect("GET /");
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("tq-host is running"));
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    for (i, size) in SIZES.into_iter().enumerate() {
+        let got = client
+            .request("GET", &format!("/bytes/{size}"), None)
+            .await
+            .unwrap_or_else(|e| panic!("GET {size}: {e}"));
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body.len(), size);
+        assert_eq!(
+            sha256(&got.body),
+            sha256(&vec![b'x'; size]),
+            "GET body of {size} bytes"
+        );
+
+        let data = Bytes::from(payload(size, i as u64));
+        let echoed = client
+            .request("POST", "/echo", Some(data.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("POST {size}: {e}"));
+        assert_eq!(echoed.status, 200);
+        assert_eq!(
+            sha256(&echoed.body),
+            sha256(&data),
+            "POST echo of {size} bytes"
+        );
+    }
+    let missing = client.request("GET", "/nope", None).await.unwrap();
+    assert_eq!(missing.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_over_quinn_gets_and_posts_0_b_to_64_mib() {
+    init_tracing();
+    let server = page_server().await;
+    let mut client = H3QuinnClient::connect(server.addr, &server.cert.cert)
+        .await
+        .expect("h3-quinn connects");
+    let (status, body, _) = client.request("GET", "/", None).await.expect("GET /");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("tq-host is running"));
+    for (i, size) in SIZES.into_iter().enumerate() {
+        let (status, body, _) = client
+            .request("GET", &format!("/bytes/{size}"), None)
+            .await
+            .unwrap_or_else(|e| panic!("GET {size}: {e}"));
+        assert_eq!(status, 200);
+        assert_eq!(
+            sha256(&body),
+            sha256(&vec![b'x'; size]),
+            "GET body of {size} bytes"
+        );
+
+        let data = Bytes::from(payload(size, 10 + i as u64));
+        let (status, body, _) = client
+            .request("POST", "/echo", Some(data.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("POST {size}: {e}"));
+        assert_eq!(status, 200);
+        assert_eq!(sha256(&body), sha256(&data), "POST echo of {size} bytes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_over_ten_connections_are_all_answered() {
+    init_tracing();
+    let server = page_server().await;
+    let mut conns = tokio::task::JoinSet::new();
+    for c in 0..10 {
+        let client = server.client().await;
+        conns.spawn(async move {
+            let client = Arc::new(client);
+            let mut reqs = tokio::task::JoinSet::new();
+            for r in 0..100 {
+                let client = client.clone();
+                reqs.spawn(async move {
+                    let n = 100 + c * 100 + r;
+                    let resp = client
+                        .request("GET", &format!("/bytes/{n}"), None)
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                    anyhow::ensure!(
+                        resp.status == 200 && resp.body.len() == n,
+                        "request {c}/{r}: {}",
+                        resp.status
+                    );
+                    anyhow::Ok(())
+                });
+            }
+            let mut ok = 0;
+            while let Some(r) = reqs.join_next().await {
+                r??;
+                ok += 1;
+            }
+            anyhow::Ok(ok)
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = conns.join_next().await {
+        total += r.expect("panicked").expect("a request failed");
+    }
+    assert_eq!(total, 1000);
+}
+
+/// Echoes the body and answers with the request's trailers plus its own.
+struct TrailerEcho;
+
+impl RequestHandler for TrailerEcho {
+    async fn handle(&self, req: http::Request<RequestBody>) -> http::Response<ResponseBody> {
+        let mut body = req.into_body();
+        let data = body.bytes(1 << 20).await.unwrap_or_default();
+        let mut t = http::HeaderMap::new();
+        for h in body.trailers() {
+            use tq_host::http3::NameValue;
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(h.name()),
+                http::HeaderValue::from_bytes(h.value()),
+            ) {
+                t.insert(n, v);
+            }
+        }
+        t.insert("x-body-length", http::HeaderValue::from(data.len()));
+        let (writer, out) = ResponseBody::channel(2);
+        tokio::spawn(async move {
+            let _ = writer.write(data).await;
+            let _ = writer.trailers(t).await;
+        });
+        http::Response::new(out)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_travel_both_ways() {
+    init_tracing();
+    let server = H3TestServer::start(
+        QuicSettings::default(),
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(TrailerEcho)),
+    )
+    .await;
+    let client = server.client().await;
+    let resp = client
+        .request_with(
+            "POST",
+            "/",
+            &[],
+            Some(Bytes::from_static(b"hello")),
+            headers(&[("x-checksum", "abc123")]),
+        )
+        .await
+        .expect("request with trailers");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"hello");
+    let t: Vec<(String, String)> = resp
+        .trailers
+        .iter()
+        .map(|h| {
+            use tq_host::http3::NameValue;
+            (
+                String::from_utf8_lossy(h.name()).into_owned(),
+                String::from_utf8_lossy(h.value()).into_owned(),
+            )
+        })
+        .collect();
+    assert!(t.contains(&("x-checksum".into(), "abc123".into())), "{t:?}");
+    assert!(t.contains(&("x-body-length".into(), "5".into())), "{t:?}");
+
+    // h3 over quinn reads our trailers too.
+    let mut q = H3QuinnClient::connect(server.addr, &server.cert.cert)
+        .await
+        .unwrap();
+    let (status, body, trailers) = q
+        .request("POST", "/", Some(Bytes::from_static(b"abc")))
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"abc"[..]));
+    assert_eq!(
+        trailers.expect("trailers").get("x-body-length").unwrap(),
+        "3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_hints_then_the_final_response() {
+    init_tracing();
+    let (tx, mut controllers) = tokio::sync::mpsc::unbounded_channel();
+    let server = H3TestServer::start(
+        QuicSettings::default(),
+        Http3Settings::default(),
+        H3App::<WelcomePage>::Raw(tx),
+    )
+    .await;
+    let serve = tokio::spawn(async move {
+        let mut c = controllers.recv().await.expect("a connection");
+        while let Some(ev) = c.next_event().await {
+            if let tq_host::http3::H3Event::IncomingRequest(req) = ev {
+                let r = req.response;
+                r.send_headers(
+                    headers(&[(":status", "103"), ("link", "</style.css>; rel=preload")]),
+                    false,
+                )
+                .await
+                .unwrap();
+                r.send_headers(headers(&[(":status", "200")]), false)
+                    .await
+                    .unwrap();
+                r.send_body(Bytes::from_static(b"done"), true)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let client = server.client().await;
+    let resp = client.request("GET", "/", None).await.expect("response");
+    assert_eq!(resp.informational.len(), 1, "one 103");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"done");
+    let hint = &resp.informational[0];
+    use tq_host::http3::NameValue;
+    assert!(hint
+        .iter()
+        .any(|h| h.name() == b":status" && h.value() == b"103"));
+    assert!(hint.iter().any(|h| h.name() == b"link"));
+    serve.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reset_mid_body_reaches_the_server_and_frees_the_stream() {
+    init_tracing();
+    let quic = QuicSettings {
+        initial_max_streams_bidi: 2,
+        ..Default::default()
+    };
+    let (tx, mut controllers) = tokio::sync::mpsc::unbounded_channel();
+    let server = H3TestServer::start(
+        quic,
+        Http3Settings::default(),
+        H3App::<WelcomePage>::Raw(tx),
+    )
+    .await;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let serve = tokio::spawn(async move {
+        let mut c = controllers.recv().await.expect("a connection");
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Some(ev) = c.next_event().await {
+            if let tq_host::http3::H3Event::IncomingRequest(req) = ev {
+                let seen_tx = seen_tx.clone();
+                tasks.spawn(async move {
+                    // Read the body; report its first bytes and how it ended.
+                    let mut body = req.body.expect("a body");
+                    let mut end = "finished";
+                    let mut first = true;
+                    while let Some(f) = body.recv().await {
+                        match f {
+                            InboundFrame::Body(_) if first => {
+                                first = false;
+                                let _ = seen_tx.send(None);
+                            }
+                            InboundFrame::Reset(code) => {
+                                let _ = seen_tx.send(Some(code));
+                                end = "reset";
+                                break;
+                            }
+                            InboundFrame::Finished => break,
+                            _ => {}
+                        }
+                    }
+                    if end == "finished" {
+                        let _ = req
+                            .response
+                            .send_headers(headers(&[(":status", "200")]), true)
+                            .await;
+                    }
+                });
+            }
+        }
+    });
+    let client = server.client().await;
+    let stream = client
+        .handle()
+        .send_request(
+            headers(&[
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                (":path", "/"),
+            ]),
+            true,
+        )
+        .await
+        .expect("request");
+    let body = stream.body.expect("body sender");
+    body.send_body(Bytes::from(vec![1u8; 10_000]), false)
+        .await
+        .unwrap();
+    // Reset only once the server is reading the body, mid-way.
+    let first = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .expect("body arrives");
+    assert_eq!(first, Some(None));
+    body.send(OutboundFrame::Reset(0x10c)).await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .expect("the server sees the reset")
+        .unwrap();
+    assert_eq!(code, Some(0x10c));
+
+    // Only two streams may be open at once: five more requests succeed only
+    // if the reset one was freed.
+    for _ in 0..5 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.request("POST", "/", Some(Bytes::from_static(b"x"))),
+        )
+        .await
+        .expect("not stuck on a leaked stream")
+        .expect("request");
+        assert_eq!(r.status, 200);
+    }
+    serve.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_closes_with_h3_no_error() {
+    init_tracing();
+    let h3 = Http3Settings {
+        max_requests_per_connection: Some(3),
+        ..Default::default()
+    };
+    let server = H3TestServer::start(
+        QuicSettings::default(),
+        h3,
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+    let client = server.client().await;
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .request("GET", "/bytes/10", None)
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(5), client.connection().closed())
+        .await
+        .expect("the server closes the connection");
+    // After the server's GOAWAY, whichever side finds itself idle first
+    // closes, with H3_NO_ERROR.
+    assert!(client.handle().is_going_away());
+    let close = outcome
+        .peer_close
+        .clone()
+        .or(outcome.local_close.clone())
+        .expect("a close");
+    assert!(close.is_app);
+    assert_eq!(close.code, H3_NO_ERROR, "{}", outcome.describe());
+    let err = client
+        .request("GET", "/", None)
+        .await
+        .expect_err("no fourth request");
+    assert!(err.contains("GOAWAY") || err.contains("closed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_lets_requests_in_flight_finish_refuses_new_ones_and_closes() {
+    init_tracing();
+    let mut server = page_server().await;
+    let client = Arc::new(server.client().await);
+    let server_handle = server
+        .handles
+        .recv()
+        .await
+        .expect("server side of the connection");
+
+    // A large download is in flight when the server sends GOAWAY.
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .request("GET", &format!("/bytes/{}", 32 << 20), None)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    server_handle.goaway();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !client.handle().is_going_away() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the client hears the GOAWAY");
+
+    let refused = client.request("GET", "/", None).await;
+    assert!(
+        refused.is_err(),
+        "a new request after GOAWAY must be refused"
+    );
+    let done = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight completes");
+    assert_eq!(done.body.len(), 32 << 20);
+
+    let outcome = tokio::time::timeout(Duration::from_secs(5), client.connection().closed())
+        .await
+        .expect("the connection closes by itself");
+    let close = outcome
+        .peer_close
+        .clone()
+        .or(outcome.local_close.clone())
+        .expect("a close");
+    assert_eq!(close.code, H3_NO_ERROR, "{}", outcome.describe());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_keeps_the_servers_buffers_bounded() {
+    init_tracing();
+    let mut server = page_server().await;
+    let client = server.client().await;
+    let server_handle = server.handles.recv().await.expect("server connection");
+    let stream = client
+        .handle()
+        .send_request(
+            headers(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                (":path", &format!("/bytes/{}", 64 << 20)),
+            ]),
+            false,
+        )
+        .await
+        .unwrap();
+    let mut rx = stream.response;
+    let mut total = 0usize;
+    let mut chunks = 0usize;
+    while let Some(f) = rx.recv().await {
+        match f {
+            InboundFrame::Body(b) => {
+                total += b.len();
+                chunks += 1;
+                // Slow: a pause every 16 chunks (about 1 MiB), ~1.5 s in all.
+                if chunks.is_multiple_of(16) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            InboundFrame::Finished => break,
+            InboundFrame::Headers(_) => {}
+            InboundFrame::Reset(c) => panic!("reset {c:#x}"),
+        }
+    }
+    assert_eq!(total, 64 << 20);
+    let (server_in, server_out) = server_handle.peak_buffered();
+    let (client_in, _) = client.handle().peak_buffered();
+    // The server driver holds at most its stream channel (16 frames of at
+    // most 64 KiB) plus the frame being written; the client at most its
+    // channel. 64 MiB would have piled up without back-pressure.
+    let bound = (Http3Settings::default().stream_channel_capacity + 1) * 64 * 1024;
+    assert!(
+        server_out <= bound,
+        "server buffered {server_out} bytes (bound {bound})"
+    );
+    assert!(
+        client_in <= bound,
+        "client buffered {client_in} bytes (bound {bound})"
+    );
+    assert_eq!(server_in, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_header_list_is_refused() {
+    init_tracing();
+    let h3 = Http3Settings {
+        max_header_list_size: 4096,
+        ..Default::default()
+    };
+    let server = H3TestServer::start(
+        QuicSettings::default(),
+        h3,
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+    let client = server.client().await;
+    // Let the server's SETTINGS arrive so the client knows the limit.
+    assert_eq!(client.request("GET", "/", None).await.unwrap().status, 200);
+    let big = "v".repeat(8000);
+    let err = client
+        .request_with("GET", "/", &[("x-big", &big)], None, Vec::new())
+        .await
+        .expect_err("over the server's limit");
+    assert!(err.contains("closed"), "{err}");
+    // quiche's server closes the connection with H3_EXCESSIVE_LOAD.
+    let outcome = tokio::time::timeout(Duration::from_secs(5), client.connection().closed())
+        .await
+        .expect("closed");
+    let close = outcome.peer_close.clone().expect("closed by the server");
+    assert_eq!(
+        close.code,
+        tq_host::http3::H3_EXCESSIVE_LOAD,
+        "{}",
+        outcome.describe()
+    );
+    // The server still serves other connections.
+    let other = server.client().await;
+    assert_eq!(other.request("GET", "/", None).await.unwrap().status, 200);
+}
