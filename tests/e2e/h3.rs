@@ -544,3 +544,58 @@ async fn an_oversized_header_list_is_refused() {
     let other = server.client().await;
     assert_eq!(other.request("GET", "/", None).await.unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_stream_limit_wait_instead_of_failing() {
+    init_tracing();
+    let quic = QuicSettings {
+        initial_max_streams_bidi: 2,
+        ..Default::default()
+    };
+    let server = H3TestServer::start(
+        quic,
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+    let client = Arc::new(server.client().await);
+    let mut reqs = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let client = client.clone();
+        reqs.spawn(async move {
+            client
+                .request("GET", &format!("/bytes/{}", 1000 + i), None)
+                .await
+        });
+    }
+    let mut ok = 0;
+    while let Some(r) = reqs.join_next().await {
+        let r = r.unwrap().expect("every request is answered");
+        assert_eq!(r.status, 200);
+        ok += 1;
+    }
+    assert_eq!(ok, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_requests_is_closed_after_the_first_request_timeout() {
+    init_tracing();
+    let h3 = Http3Settings {
+        first_request_timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let server = H3TestServer::start(
+        QuicSettings::default(),
+        h3,
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+    let client = server.client().await;
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), client.connection().closed())
+        .await
+        .expect("closed by the server");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let close = outcome.peer_close.clone().expect("the server closed");
+    assert_eq!(close.code, H3_NO_ERROR, "{}", outcome.describe());
+}

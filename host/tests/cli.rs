@@ -1,0 +1,143 @@
+//! The `tq-host` binary end to end: serve the built-in site, fetch it with
+//! `tq-host get`, and refuse bad input with clear messages.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tq-host");
+
+/// A running server; killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tq-host` on an ephemeral port and returns it with its address,
+/// read from its "listening" log line.
+fn serve(extra: &[&str]) -> (Server, String) {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("TQ_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start tq-host");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        assert!(Instant::now() < deadline, "no listening line");
+        let line = lines.next().expect("server exited").expect("read stderr");
+        if let Some(i) = line.find("addr=") {
+            let rest = &line[i + 5..];
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Server(child), addr)
+}
+
+#[test]
+fn serves_the_built_in_site_and_get_fetches_it() {
+    let (_server, addr) = serve(&[]);
+    let out = Command::new(BIN)
+        .args(["get", "-k", &format!("https://{addr}/")])
+        .output()
+        .expect("run get");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tq-host is running"));
+
+    let out = Command::new(BIN)
+        .args(["get", "-k", "-d", "ping", &format!("https://{addr}/echo")])
+        .output()
+        .expect("run get");
+    assert_eq!(out.stdout, b"ping");
+
+    let out = Command::new(BIN)
+        .args(["get", "-k", &format!("https://{addr}/missing")])
+        .output()
+        .expect("run get");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+
+    // Without -k, the self-signed certificate is refused, and said so.
+    let out = Command::new(BIN)
+        .args(["get", &format!("https://{addr}/")])
+        .output()
+        .expect("run get");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown_ca"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_echo_app_answers_tq_host_echo() {
+    let (_server, addr) = serve(&["--app", "echo"]);
+    let out = Command::new(BIN)
+        .args(["echo", "-k", "-m", "hello there", &addr])
+        .output()
+        .expect("run echo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello there");
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(format!("tq-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "[quic]\nidle_timout = \"5s\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--config", cfg.to_str().unwrap()])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid config file") && err.contains("idle_timout"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            "/nonexistent/cert.pem",
+            "--key",
+            "/nonexistent/key.pem",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot load certificate chain /nonexistent/cert.pem"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN).arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--listen", "--cert", "--config", "--no-retry", "--app"] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
