@@ -599,3 +599,104 @@ async fn a_connection_without_requests_is_closed_after_the_first_request_timeout
     let close = outcome.peer_close.clone().expect("the server closed");
     assert_eq!(close.code, H3_NO_ERROR, "{}", outcome.describe());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_http_datagrams_reach_the_application() {
+    init_tracing();
+    let quic = QuicSettings {
+        enable_datagrams: true,
+        ..Default::default()
+    };
+    let h3 = Http3Settings {
+        enable_extended_connect: true,
+        ..Default::default()
+    };
+    let (tx, mut controllers) = tokio::sync::mpsc::unbounded_channel();
+    let server = H3TestServer::start(quic.clone(), h3.clone(), H3App::<WelcomePage>::Raw(tx)).await;
+    let (saw_settings_tx, saw_settings) = tokio::sync::oneshot::channel();
+    let serve = tokio::spawn(async move {
+        let mut c = controllers.recv().await.expect("a connection");
+        let handle = c.handle();
+        let mut saw_settings_tx = Some(saw_settings_tx);
+        let mut keep = Vec::new();
+        while let Some(ev) = c.next_event().await {
+            match ev {
+                tq_host::http3::H3Event::SettingsReceived { settings } => {
+                    if let Some(t) = saw_settings_tx.take() {
+                        let _ = t.send(settings);
+                    }
+                }
+                tq_host::http3::H3Event::IncomingRequest(req) => {
+                    let _ = req
+                        .response
+                        .send_headers(headers(&[(":status", "200")]), false)
+                        .await;
+                    keep.push(req); // keep the stream open for datagrams
+                }
+                tq_host::http3::H3Event::Datagram { stream_id, payload } => {
+                    let mut back = b"echo:".to_vec();
+                    back.extend_from_slice(&payload);
+                    handle.send_datagram(stream_id, back);
+                }
+                _ => {}
+            }
+        }
+    });
+
+    // A client with its own controller, to see datagram events.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(server.addr).await.unwrap();
+    let (driver, mut controller) = tq_host::http3::ClientH3Driver::new_client(h3);
+    let params = tq_host::quic::ConnectionParams::new_client(quic).ca_file(&server.cert.paths.cert);
+    let _conn = tq_host::quic::connect_with_config(
+        socket,
+        Some("localhost"),
+        &params,
+        driver,
+        tq_host::metrics::DefaultMetrics::default(),
+    )
+    .await
+    .expect("connect");
+    let handle = controller.handle();
+    let stream = handle
+        .send_request(
+            headers(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                (":path", "/"),
+            ]),
+            true,
+        )
+        .await
+        .expect("request");
+    let settings = tokio::time::timeout(Duration::from_secs(5), saw_settings)
+        .await
+        .expect("server saw SETTINGS")
+        .unwrap();
+    // SETTINGS_MAX_FIELD_SECTION_SIZE (0x6) is always sent by quiche.
+    assert!(settings.iter().any(|(id, _)| *id == 0x6), "{settings:?}");
+
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            handle.send_datagram(stream.stream_id, Bytes::from_static(b"ping"));
+            let wait = tokio::time::sleep(Duration::from_millis(100));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    ev = controller.next_event() => match ev {
+                        Some(tq_host::http3::H3Event::Datagram { stream_id, payload }) => return (stream_id, payload),
+                        Some(_) => {}
+                        None => panic!("connection ended"),
+                    },
+                    () = &mut wait => break, // datagrams may be lost: send again
+                }
+            }
+        }
+    })
+    .await
+    .expect("a datagram comes back");
+    assert_eq!(got.0, stream.stream_id);
+    assert_eq!(&got.1[..], b"echo:ping");
+    serve.abort();
+}

@@ -137,3 +137,47 @@ async fn garbage_never_stops_the_router_and_a_real_transfer_completes() {
     assert_eq!(again[0].len, 10_000);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_accept_backlog_drops_new_connections_and_counts_them() {
+    init_tracing();
+    let cert = tq_e2e::TestCert::new();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let metrics = tq_host::metrics::DefaultMetrics::default();
+    let settings = tq_e2e::echo_alpn(QuicSettings {
+        accept_backlog: 1,
+        enable_retry: false,
+        ..Default::default()
+    });
+    // A listener nobody accepts from: the backlog fills with one connection.
+    let listener = tq_host::quic::listen(
+        [socket],
+        tq_host::quic::ConnectionParams::new_server(settings, cert.paths.clone()),
+        metrics.clone(),
+    )
+    .unwrap();
+    let client_params =
+        tq_host::quic::ConnectionParams::new_client(tq_e2e::echo_alpn(QuicSettings {
+            max_idle_timeout: Duration::from_millis(500),
+            ..Default::default()
+        }))
+        .ca_file(&cert.paths.cert);
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let p = client_params.clone();
+        attempts.spawn(async move {
+            echo_with_our_client(addr, &p, vec![Arc::new(payload(10, 0))]).await
+        });
+    }
+    while let Some(r) = attempts.join_next().await {
+        assert!(
+            r.unwrap().is_err(),
+            "nobody accepts, so no echo can succeed"
+        );
+    }
+    let m = metrics.snapshot();
+    assert!(m.dropped_accept_backlog > 0, "{m:?}");
+    assert_eq!(m.connections_accepted, 0);
+    drop(listener);
+}

@@ -77,6 +77,15 @@ pub enum H3Event {
     },
     /// An HTTP/3 protocol error ended the connection.
     ConnectionError(String),
+    /// An HTTP datagram (RFC 9297) arrived for the request stream
+    /// `stream_id`. Needs QUIC datagrams on both sides
+    /// ([`QuicSettings::enable_datagrams`](crate::quic::QuicSettings)).
+    Datagram {
+        /// The request stream the datagram belongs to.
+        stream_id: u64,
+        /// The payload.
+        payload: Bytes,
+    },
     /// The connection closed; the last event.
     ConnectionShutdown {
         /// Why, if not gracefully.
@@ -97,6 +106,10 @@ enum Command {
     Close {
         code: u64,
         reason: String,
+    },
+    SendDatagram {
+        stream_id: u64,
+        payload: Bytes,
     },
     SendRequest {
         headers: Vec<Header>,
@@ -178,6 +191,16 @@ impl H3Handle {
         });
     }
 
+    /// Sends an HTTP datagram (RFC 9297) tied to the request stream
+    /// `stream_id`. Datagrams are unreliable: one that does not fit, or finds
+    /// the send queue full, is dropped.
+    pub fn send_datagram(&self, stream_id: u64, payload: impl Into<Bytes>) {
+        self.send(Command::SendDatagram {
+            stream_id,
+            payload: payload.into(),
+        });
+    }
+
     /// Clients: sends a request. With `has_body`, the body follows through
     /// [`RequestStream::body`]. A request beyond the peer's concurrent stream
     /// limit waits until a stream frees.
@@ -255,6 +278,7 @@ pub struct H3Driver {
     established_at: Option<Instant>,
     close_error: Option<String>,
     commands_closed: bool,
+    goaway_wanted: bool,
 }
 
 /// The server flavour of [`H3Driver`].
@@ -297,6 +321,7 @@ impl H3Driver {
                 established_at: None,
                 close_error: None,
                 commands_closed: false,
+                goaway_wanted: false,
             },
             H3Controller {
                 events: erx,
@@ -393,6 +418,7 @@ impl H3Driver {
     }
 
     fn send_goaway(&mut self, qconn: &mut quiche::Connection) {
+        self.goaway_wanted = false;
         if self.goaway_sent.is_some() {
             return;
         }
@@ -408,7 +434,12 @@ impl H3Driver {
                     self.goaway_sent = Some(id);
                     self.shared.going_away.store(true, Ordering::Relaxed);
                 }
-                Err(e) => debug!(error = %e, "cannot send GOAWAY yet"),
+                Err(e) => {
+                    // Usually StreamBlocked: no connection-level credit right
+                    // now (a large response has used it). Try again next turn.
+                    debug!(error = %e, "cannot send GOAWAY yet");
+                    self.goaway_wanted = true;
+                }
             }
         }
     }
@@ -561,6 +592,15 @@ impl H3Driver {
                 h3::Event::PriorityUpdate => {}
             }
         }
+        while let Ok(n) = qconn.dgram_recv(&mut self.buf) {
+            match read_varint(&self.buf[..n]) {
+                Some((quarter, used)) => self.emit(H3Event::Datagram {
+                    stream_id: quarter.saturating_mul(4),
+                    payload: Bytes::copy_from_slice(&self.buf[used..n]),
+                }),
+                None => debug!("malformed HTTP datagram dropped"),
+            }
+        }
         if !self.settings_reported {
             if let Some(raw) = self.h3.as_ref().and_then(|h| h.peer_settings_raw()) {
                 self.settings_reported = true;
@@ -710,6 +750,9 @@ impl H3Driver {
         while let Ok(c) = self.commands.try_recv() {
             self.queued.push_back(c);
         }
+        if self.goaway_wanted {
+            self.send_goaway(qconn);
+        }
         while let Some(c) = self.queued.pop_front() {
             match c {
                 Command::GoAway => self.send_goaway(qconn),
@@ -735,6 +778,14 @@ impl H3Driver {
                 }
                 Command::Close { code, reason } => {
                     return Err(Box::new(ApplicationClose { code, reason }));
+                }
+                Command::SendDatagram { stream_id, payload } => {
+                    let mut d = Vec::with_capacity(payload.len() + 8);
+                    write_varint(&mut d, stream_id / 4);
+                    d.extend_from_slice(&payload);
+                    if let Err(e) = qconn.dgram_send(&d) {
+                        debug!(error = %e, "datagram dropped");
+                    }
                 }
                 c @ Command::SendRequest { .. } => self.waiting_requests.push_back(c),
             }
@@ -912,10 +963,47 @@ impl ApplicationOverQuic for H3Driver {
     }
 }
 
+/// A QUIC variable-length integer (RFC 9000 §16): value and bytes used.
+fn read_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let first = *b.first()?;
+    let len = 1usize << (first >> 6);
+    let bytes = b.get(..len)?;
+    Some((
+        bytes[1..]
+            .iter()
+            .fold(u64::from(first & 0x3f), |v, &x| (v << 8) | u64::from(x)),
+        len,
+    ))
+}
+
+fn write_varint(out: &mut Vec<u8>, v: u64) {
+    match v {
+        0..=63 => out.push(v as u8),
+        64..=16_383 => out.extend_from_slice(&((v as u16) | 0x4000).to_be_bytes()),
+        16_384..=1_073_741_823 => out.extend_from_slice(&((v as u32) | 0x8000_0000).to_be_bytes()),
+        _ => out.extend_from_slice(&(v | 0xc000_0000_0000_0000).to_be_bytes()),
+    }
+}
+
 /// Reads a header's value by name.
 pub fn header_value<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|h| h.name() == name.as_bytes())
         .map(|h| h.value())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [0u64, 1, 63, 64, 16_383, 16_384, 1 << 30, (1 << 62) - 1] {
+            let mut b = Vec::new();
+            write_varint(&mut b, v);
+            assert_eq!(read_varint(&b), Some((v, b.len())), "{v}");
+        }
+        assert_eq!(read_varint(&[0x40]), None);
+    }
 }
