@@ -700,3 +700,41 @@ async fn settings_and_http_datagrams_reach_the_application() {
     assert_eq!(&got.1[..], b"echo:ping");
     serve.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_response_sender_before_fin_resets_the_stream() {
+    init_tracing();
+    let (tx, mut controllers) = tokio::sync::mpsc::unbounded_channel();
+    let server = H3TestServer::start(
+        QuicSettings::default(),
+        Http3Settings::default(),
+        H3App::<WelcomePage>::Raw(tx),
+    )
+    .await;
+    let serve = tokio::spawn(async move {
+        let mut c = controllers.recv().await.expect("a connection");
+        while let Some(ev) = c.next_event().await {
+            if let tq_host::http3::H3Event::IncomingRequest(req) = ev {
+                // Start a response, then give up on it.
+                let _ = req
+                    .response
+                    .send_headers(headers(&[(":status", "200")]), false)
+                    .await;
+                let _ = req
+                    .response
+                    .send_body(Bytes::from_static(b"partial"), false)
+                    .await;
+                drop(req.response);
+            }
+        }
+    });
+    let client = server.client().await;
+    let err = client
+        .request("GET", "/", None)
+        .await
+        .expect_err("the response was abandoned");
+    assert!(err.contains("reset") && err.contains("0x10c"), "{err}");
+    // The connection survives a reset stream.
+    assert!(!client.connection().is_closed());
+    serve.abort();
+}
