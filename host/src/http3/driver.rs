@@ -664,13 +664,7 @@ impl H3Driver {
                                 false
                             }
                             Err(e) => {
-                                debug!(stream = id, error = %e, "cannot send headers; resetting stream");
-                                let _ = qconn.stream_shutdown(
-                                    id,
-                                    quiche::Shutdown::Write,
-                                    H3_INTERNAL_ERROR,
-                                );
-                                ctx.send_done = true;
+                                abandon_stream(qconn, id, ctx, "headers", &e);
                                 true
                             }
                         }
@@ -693,14 +687,8 @@ impl H3Driver {
                                 false
                             }
                             Err(e) => {
-                                debug!(stream = id, error = %e, "cannot send body; resetting stream");
                                 self.shared.sub_outbound(bytes.len());
-                                let _ = qconn.stream_shutdown(
-                                    id,
-                                    quiche::Shutdown::Write,
-                                    H3_INTERNAL_ERROR,
-                                );
-                                ctx.send_done = true;
+                                abandon_stream(qconn, id, ctx, "body", &e);
                                 true
                             }
                         }
@@ -716,13 +704,7 @@ impl H3Driver {
                                 false
                             }
                             Err(e) => {
-                                debug!(stream = id, error = %e, "cannot send trailers; resetting stream");
-                                let _ = qconn.stream_shutdown(
-                                    id,
-                                    quiche::Shutdown::Write,
-                                    H3_INTERNAL_ERROR,
-                                );
-                                ctx.send_done = true;
+                                abandon_stream(qconn, id, ctx, "trailers", &e);
                                 true
                             }
                         }
@@ -961,6 +943,19 @@ impl ApplicationOverQuic for H3Driver {
         }
         self.emit(H3Event::ConnectionShutdown { error });
     }
+}
+
+/// Gives up on our side of a stream after quiche refused a frame for it.
+fn abandon_stream(
+    qconn: &mut quiche::Connection,
+    id: u64,
+    ctx: &mut StreamCtx,
+    what: &str,
+    e: &h3::Error,
+) {
+    debug!(stream = id, error = %e, "cannot send {what}; resetting stream");
+    let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, H3_INTERNAL_ERROR);
+    ctx.send_done = true;
 }
 
 /// A QUIC variable-length integer (RFC 9000 §16): value and bytes used.
