@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Plugins first: the tests load them from target/wasm.
+bash scripts/build-plugins.sh
 cargo fmt --all -- --check
+for ws in plugins tests/plugins; do
+  cargo fmt --manifest-path "$ws/Cargo.toml" --all -- --check
+  cargo clippy --release --target wasm32-wasip2 --target-dir target/wasm --manifest-path "$ws/Cargo.toml" -- -D warnings
+done
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace

@@ -4,7 +4,7 @@
 //! depending only on the ones before it:
 //!
 //! ```text
-//!   metrics (leaf) · quic  →  http3  →  plugin runtime  →  cli
+//!   metrics (leaf) · quic  →  http3  →  plugin  →  cli
 //! ```
 //!
 //! - [`quic`]: a tokio bridge for quiche: [`quic::listen`], [`quic::connect`],
@@ -12,6 +12,8 @@
 //!   implements.
 //! - [`metrics`]: the [`metrics::Metrics`] trait the layers report through.
 //! - [`builtin`]: applications that ship in the binary.
+//! - [`http3`]: HTTP/3 over the QUIC layer: `H3Driver`, handlers, a client.
+//! - [`plugin`]: the WebAssembly plugin runtime (wasmtime).
 //! - [`tls`]: self-signed certificates for a first run and for tests.
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
@@ -20,5 +22,6 @@ pub mod builtin;
 pub mod cli;
 pub mod http3;
 pub mod metrics;
+pub mod plugin;
 pub mod quic;
 pub mod tls;

@@ -141,3 +141,51 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn hello_wasm() -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm/wasm32-wasip2/release/hello.wasm");
+    assert!(
+        p.exists(),
+        "build the plugins first: bash scripts/build-plugins.sh"
+    );
+    p
+}
+
+#[test]
+fn serves_a_plugin() {
+    let wasm = hello_wasm();
+    let (_server, addr) = serve(&["--plugin", wasm.to_str().unwrap()]);
+    let out = Command::new(BIN)
+        .args(["get", "-k", &format!("https://{addr}/")])
+        .output()
+        .expect("run get");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from a tq-host plugin\n"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_plugin_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("tq-cli-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x0d\0\x01\0").unwrap();
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--plugin", bad.to_str().unwrap()])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot load the plugin") && err.contains("tq:plugin/http3-app"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

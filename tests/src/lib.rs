@@ -559,3 +559,79 @@ impl H3QuinnClient {
         Ok(r)
     }
 }
+
+/// Where `scripts/build-plugins.sh` puts a plugin's component.
+pub fn plugin_path(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: build the plugins first (bash scripts/build-plugins.sh, which scripts/test.sh runs)",
+        p.display()
+    );
+    p
+}
+
+/// An HTTP/3 server running a plugin, as `tq-host --plugin` does.
+pub struct PluginServer {
+    /// The address to connect to.
+    pub addr: SocketAddr,
+    /// The certificate the server presents.
+    pub cert: TestCert,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PluginServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PluginServer {
+    /// Loads `plugins/<name>` (or a test plugin) with `limits` and serves it.
+    pub async fn start(name: &str, limits: tq_host::plugin::PluginLimits) -> Self {
+        let plugin =
+            tq_host::plugin::Plugin::load(&plugin_path(name), limits).expect("plugin loads");
+        let cert = TestCert::new();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let params = ConnectionParams::new_server(QuicSettings::default(), cert.paths.clone());
+        let mut listener =
+            quic::listen([socket], params, DefaultMetrics::default()).expect("listen");
+        let addr = listener.local_addrs()[0];
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Some(c) = listener.accept().await {
+                let (driver, controller) = tq_host::http3::ServerH3Driver::new_server(
+                    tq_host::http3::Http3Settings::default(),
+                );
+                let peer = c.peer_addr().to_string();
+                let handle = c.start(driver);
+                let plugin = plugin.clone();
+                conns.spawn(async move {
+                    if handle.established().await.is_ok() {
+                        let meta = tq_host::plugin::ConnectionMeta {
+                            alpn: "h3".into(),
+                            server_name: None,
+                            peer,
+                        };
+                        plugin.serve_http3(controller, meta).await;
+                    }
+                });
+            }
+        });
+        Self { addr, cert, task }
+    }
+
+    /// A connected client of ours.
+    pub async fn client(&self) -> tq_host::http3::H3Client {
+        tq_host::http3::H3Client::connect(
+            self.addr,
+            "localhost",
+            &ConnectionParams::new_client(QuicSettings::default()).ca_file(&self.cert.paths.cert),
+            tq_host::http3::Http3Settings::default(),
+        )
+        .await
+        .expect("h3 client connects")
+    }
+}

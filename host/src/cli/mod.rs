@@ -54,6 +54,21 @@ pub enum App {
 /// Flags of `tq-host serve`.
 #[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
+    /// Serve this WebAssembly component (built for wasm32-wasip2) instead of a
+    /// built-in application. It must implement `tq:plugin/http3-app`.
+    #[arg(long, value_name = "WASM")]
+    plugin: Option<PathBuf>,
+
+    /// Plugins: linear memory per instance (one instance per connection),
+    /// in MiB. Default: 64.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    plugin_memory: usize,
+
+    /// Plugins: CPU time one hook call may take before the connection is
+    /// closed, e.g. `1s`, `200ms`. Default: 1s.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    plugin_deadline: Duration,
+
     /// What to serve: `page` (built-in HTTP/3 site) or `echo` (raw-QUIC echo).
     #[arg(long, value_enum, default_value_t = App::Page)]
     app: App,

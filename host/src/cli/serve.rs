@@ -15,6 +15,7 @@ use super::{App, ServeArgs};
 use crate::builtin::{EchoApplication, WelcomePage};
 use crate::http3::{serve_connection, ServerH3Driver};
 use crate::metrics::DefaultMetrics;
+use crate::plugin::{ConnectionMeta, Plugin, PluginLimits};
 use crate::quic::{self, ConnectionParams, TlsCertificatePaths};
 use crate::tls::SelfSignedCertificate;
 
@@ -28,7 +29,10 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut settings = file.quic;
     let h3_settings = file.http3;
-    if args.app == App::Echo && settings.alpn == crate::quic::QuicSettings::default().alpn {
+    if args.plugin.is_none()
+        && args.app == App::Echo
+        && settings.alpn == crate::quic::QuicSettings::default().alpn
+    {
         settings.alpn = vec!["tq-echo".into()];
     }
     if args.no_retry {
@@ -45,6 +49,21 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(f) = &args.keylog_file {
         settings.keylog_file = Some(f.clone());
     }
+
+    // Load and validate the plugin before binding anything.
+    let plugin = match &args.plugin {
+        Some(path) => {
+            let limits = PluginLimits {
+                memory_bytes: args.plugin_memory << 20,
+                call_deadline: args.plugin_deadline,
+                ..PluginLimits::default()
+            };
+            let p = Plugin::load(path, limits).context("cannot load the plugin")?;
+            info!(plugin = %path.display(), world = %p.world(), "plugin loaded");
+            Some(p)
+        }
+        None => None,
+    };
 
     let tls = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => TlsCertificatePaths {
@@ -68,9 +87,9 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut listener = quic::listen(sockets, params.clone(), metrics.clone())
         .context("cannot start the QUIC listener")?;
     for a in listener.local_addrs() {
-        info!(addr = %a, app = ?args.app, alpn = ?params.settings.alpn, retry = params.settings.enable_retry, "listening");
+        info!(addr = %a, app = %args.plugin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("{:?}", args.app)), alpn = ?params.settings.alpn, retry = params.settings.enable_retry, "listening");
     }
-    if args.app == App::Page {
+    if args.app == App::Page || args.plugin.is_some() {
         if let Some(a) = listener.local_addrs().first() {
             info!("try: tq-host get -k https://{a}/");
         }
@@ -84,11 +103,26 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             incoming = listener.accept() => match incoming {
                 Some(c) => {
                     info!(peer = %c.peer_addr(), "connection accepted");
-                    match args.app {
-                        App::Echo => {
+                    match (&plugin, args.app) {
+                        (Some(plugin), _) => {
+                            let (driver, controller) = ServerH3Driver::new_server(h3_settings.clone());
+                            let peer = c.peer_addr().to_string();
+                            let conn = c.start(driver);
+                            let plugin = plugin.clone();
+                            services.spawn(async move {
+                                let Ok(hs) = conn.established().await else { return };
+                                let meta = ConnectionMeta {
+                                    alpn: String::from_utf8_lossy(&hs.alpn).into_owned(),
+                                    server_name: hs.server_name,
+                                    peer,
+                                };
+                                plugin.serve_http3(controller, meta).await;
+                            });
+                        }
+                        (None, App::Echo) => {
                             c.start(EchoApplication::default());
                         }
-                        App::Page => {
+                        (None, App::Page) => {
                             let (driver, controller) = ServerH3Driver::new_server(h3_settings.clone());
                             c.start(driver);
                             services.spawn(serve_connection(controller, page.clone()));

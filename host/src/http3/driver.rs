@@ -183,6 +183,16 @@ impl H3Handle {
         });
     }
 
+    /// Abandons our side of a stream (RESET_STREAM) with `code`.
+    pub fn reset_stream(&self, stream_id: u64, code: u64) {
+        self.shutdown_stream(stream_id, quiche::Shutdown::Write, code);
+    }
+
+    /// Asks the peer to stop sending on a stream (STOP_SENDING) with `code`.
+    pub fn stop_sending(&self, stream_id: u64, code: u64) {
+        self.shutdown_stream(stream_id, quiche::Shutdown::Read, code);
+    }
+
     /// Closes the connection with an application error code.
     pub fn close(&self, code: u64, reason: &str) {
         self.send(Command::Close {

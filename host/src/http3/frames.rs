@@ -175,6 +175,37 @@ impl OutboundSender {
         res
     }
 
+    /// Queues a frame if the stream's channel has room, without waiting.
+    ///
+    /// # Errors
+    /// [`TrySend::Full`] with the frame when the channel is full (wait with
+    /// [`ready`](Self::ready)), [`TrySend::Closed`] when the stream is gone.
+    pub fn try_send(&self, frame: OutboundFrame) -> Result<(), TrySend> {
+        let n = match &frame {
+            OutboundFrame::Body(b, _) => b.len(),
+            _ => 0,
+        };
+        let res = match self.tx.try_send(frame) {
+            Ok(()) => {
+                self.shared.add_outbound(n);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(f)) => Err(TrySend::Full(f)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(TrySend::Closed),
+        };
+        self.shared.notify.notify_one();
+        res
+    }
+
+    /// Waits until the stream's channel has room for a frame (or is closed).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe.
+    pub async fn ready(&self) {
+        // Reserving and dropping the permit at once leaves the room free.
+        let _ = self.tx.reserve().await;
+    }
+
     /// Sends response or request headers.
     ///
     /// # Errors
@@ -190,6 +221,15 @@ impl OutboundSender {
     pub async fn send_body(&self, body: impl Into<Bytes>, fin: bool) -> Result<(), OutboundFrame> {
         self.send(OutboundFrame::Body(body.into(), fin)).await
     }
+}
+
+/// Why [`OutboundSender::try_send`] did not queue a frame.
+#[derive(Debug)]
+pub enum TrySend {
+    /// The channel is full; the frame is given back.
+    Full(OutboundFrame),
+    /// The stream or connection is gone.
+    Closed,
 }
 
 impl Drop for OutboundSender {

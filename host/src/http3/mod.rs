@@ -46,7 +46,7 @@ pub use driver::{
     RequestStream, ServerH3Driver, H3_EXCESSIVE_LOAD, H3_INTERNAL_ERROR, H3_NO_ERROR,
     H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED,
 };
-pub use frames::{headers, BodyReceiver, InboundFrame, OutboundFrame, OutboundSender};
+pub use frames::{headers, BodyReceiver, InboundFrame, OutboundFrame, OutboundSender, TrySend};
 pub use quiche::h3::{Header, NameValue};
 pub use service::{
     serve_connection, BodyChunk, BodyWriter, RequestBody, RequestHandler, ResponseBody,

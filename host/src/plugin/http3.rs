@@ -1,0 +1,295 @@
+//! Runs an `http3-app` plugin on one connection: turns H3 controller events
+//! and stream frames into `on-event` calls, and waits natively for what the
+//! plugin asked for (`wait-for-data`).
+//!
+//! Request bodies are read by one small task per request (owned by this
+//! loop's `JoinSet`) into a single bounded channel, so a plugin that is slow
+//! to take events holds back the client through flow control.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn, Instrument};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::bindings::tq::plugin::h3_types::{Event, RequestHead};
+use super::bindings::tq::plugin::types::{ConnectionInfo, Header};
+use super::bindings::Http3App;
+use super::state::PluginState;
+use super::{ConnectionMeta, Inner};
+use crate::http3::{H3Controller, H3Event, InboundFrame, NameValue, H3_INTERNAL_ERROR};
+
+/// Frames of request bodies waiting for the plugin, across all requests of
+/// the connection.
+const INBOUND_QUEUE: usize = 64;
+
+enum Wake {
+    Event(Option<H3Event>),
+    Frame(u64, InboundFrame),
+    Writable(u64),
+    Timer,
+}
+
+fn headers(list: &[crate::http3::Header]) -> Vec<Header> {
+    list.iter()
+        .map(|h| Header {
+            name: String::from_utf8_lossy(h.name()).into_owned(),
+            value: h.value().to_vec(),
+        })
+        .collect()
+}
+
+pub(super) async fn serve(plugin: Arc<Inner>, controller: H3Controller, meta: ConnectionMeta) {
+    let span = tracing::info_span!("plugin", file = %plugin.path.display(), peer = %meta.peer);
+    run(plugin, controller, meta).instrument(span).await
+}
+
+async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionMeta) {
+    let handle = controller.handle();
+    let output = MemoryOutputPipe::new(plugin.limits.output_bytes);
+    let wasi = WasiCtxBuilder::new()
+        .stdout(output.clone())
+        .stderr(output.clone())
+        .build();
+    let state = PluginState {
+        wasi,
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(plugin.limits.memory_bytes)
+            .instances(64)
+            .trap_on_grow_failure(true)
+            .build(),
+        streams: Default::default(),
+        want_writable: Vec::new(),
+        handle: handle.clone(),
+        established: Instant::now(),
+        call_started: Instant::now(),
+        call_deadline: plugin.limits.call_deadline,
+        output,
+        output_logged: 0,
+    };
+    let mut store = Store::new(&plugin.engine, state);
+    store.limiter(|s| &mut s.limits);
+    // Each tick: past the call's deadline, trap; otherwise yield to the
+    // runtime so other connections run, and check again next tick.
+    store.epoch_deadline_callback(|ctx| {
+        let s = ctx.data();
+        if s.call_started.elapsed() > s.call_deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store.set_epoch_deadline(1);
+
+    store.data_mut().call_started = Instant::now();
+    let app = match plugin.pre.instantiate_async(&mut store).await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "plugin failed to instantiate; closing the connection");
+            handle.close(H3_INTERNAL_ERROR, "plugin failed");
+            return;
+        }
+    };
+
+    let (frames_tx, mut frames) = mpsc::channel::<(u64, InboundFrame)>(INBOUND_QUEUE);
+    let mut readers = JoinSet::new();
+    let mut writable = JoinSet::new();
+    let info = ConnectionInfo {
+        alpn: meta.alpn.clone(),
+        server_name: meta.server_name.clone(),
+        peer_address: meta.peer.clone(),
+    };
+    let mut failed = call(
+        &mut store,
+        |s, a: &Http3App| {
+            Box::pin(async move { a.tq_plugin_h3_handler().call_on_established(s, &info).await })
+        },
+        &app,
+    )
+    .await
+    .is_err();
+
+    while !failed {
+        arm_writable(&mut store, &mut writable);
+        let wait = match call(
+            &mut store,
+            |s, a: &Http3App| {
+                Box::pin(async move { a.tq_plugin_h3_handler().call_wait_for_data(s).await })
+            },
+            &app,
+        )
+        .await
+        {
+            Ok(w) => w,
+            Err(()) => {
+                failed = true;
+                break;
+            }
+        };
+        let deadline = wait
+            .deadline_ms
+            .map(|ms| store.data().established + Duration::from_millis(ms));
+        let wake = tokio::select! {
+            ev = controller.next_event() => Wake::Event(ev),
+            Some((id, f)) = frames.recv() => Wake::Frame(id, f),
+            Some(Ok(id)) = writable.join_next(), if !writable.is_empty() => Wake::Writable(id),
+            () = sleep_until(deadline) => Wake::Timer,
+            Some(_) = readers.join_next(), if !readers.is_empty() => continue,
+        };
+        let event = match wake {
+            Wake::Event(None) | Wake::Event(Some(H3Event::ConnectionShutdown { .. })) => break,
+            Wake::Event(Some(H3Event::IncomingRequest(req))) => {
+                let id = req.stream_id;
+                store.data_mut().streams.insert(id, req.response);
+                let end = req.body.is_none();
+                if let Some(mut body) = req.body {
+                    let tx = frames_tx.clone();
+                    readers.spawn(async move {
+                        while let Some(f) = body.recv().await {
+                            match f {
+                                // Resets reach the plugin through the
+                                // controller's StreamReset event.
+                                InboundFrame::Reset(_) => break,
+                                InboundFrame::Finished => {
+                                    let _ = tx.send((id, f)).await;
+                                    break;
+                                }
+                                f => {
+                                    if tx.send((id, f)).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                }
+                Event::Request(RequestHead {
+                    stream: id,
+                    headers: headers(&req.headers),
+                    end,
+                })
+            }
+            Wake::Event(Some(H3Event::GoAway { .. })) => Event::Goaway,
+            Wake::Event(Some(H3Event::StreamReset { stream_id, code })) => {
+                store.data_mut().streams.remove(&stream_id);
+                Event::Reset((stream_id, code))
+            }
+            Wake::Event(Some(_)) => continue,
+            Wake::Frame(id, InboundFrame::Body(b)) => Event::Body((id, b.to_vec())),
+            Wake::Frame(id, InboundFrame::Headers(h)) => Event::Trailers((id, headers(&h))),
+            Wake::Frame(id, InboundFrame::Finished) => Event::Finished(id),
+            Wake::Frame(_, InboundFrame::Reset(_)) => continue,
+            Wake::Writable(id) => Event::Writable(id),
+            Wake::Timer => Event::Timer,
+        };
+        failed = call(
+            &mut store,
+            |s, a: &Http3App| {
+                Box::pin(async move { a.tq_plugin_h3_handler().call_on_event(s, &event).await })
+            },
+            &app,
+        )
+        .await
+        .is_err();
+    }
+
+    if failed {
+        // The instance may be in any state: it gets no more calls. Its
+        // requests' senders drop with the store, resetting their streams.
+        handle.close(H3_INTERNAL_ERROR, "plugin failed");
+    } else {
+        let _ = call(
+            &mut store,
+            |s, a: &Http3App| {
+                Box::pin(async move { a.tq_plugin_h3_handler().call_on_close(s).await })
+            },
+            &app,
+        )
+        .await;
+        debug!("plugin connection finished");
+    }
+    log_output(&mut store);
+    readers.abort_all();
+    writable.abort_all();
+}
+
+type CallFuture<'a, R> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+
+/// Calls into the plugin with a fresh CPU deadline; logs what it printed and,
+/// on failure, why (trap, panic, deadline, memory).
+async fn call<R>(
+    store: &mut Store<PluginState>,
+    f: impl for<'a> FnOnce(&'a mut Store<PluginState>, &'a Http3App) -> CallFuture<'a, R>,
+    app: &Http3App,
+) -> Result<R, ()> {
+    store.data_mut().call_started = Instant::now();
+    store.set_epoch_deadline(1);
+    let res = f(store, app).await;
+    log_output(store);
+    res.map_err(|e| {
+        let deadline = store.data().call_started.elapsed() >= store.data().call_deadline;
+        let why = if deadline {
+            format!(
+                "exceeded its CPU deadline of {:?}",
+                store.data().call_deadline
+            )
+        } else {
+            describe(&e)
+        };
+        warn!(error = %why, "plugin failed; closing its connection");
+    })
+}
+
+/// One line on why a call failed: the trap (a Rust panic shows as
+/// `unreachable`), or the innermost error (a memory limit), without the
+/// multi-line wasm backtrace.
+fn describe(e: &wasmtime::Error) -> String {
+    let first = |s: String| s.lines().next().unwrap_or_default().to_owned();
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::UnreachableCodeReached) => {
+            "trapped: wasm `unreachable` executed (a panic or abort in the plugin)".into()
+        }
+        Some(t) => format!("trapped: {}", first(t.to_string())),
+        None => first(e.root_cause().to_string()),
+    }
+}
+
+fn log_output(store: &mut Store<PluginState>) {
+    let s = store.data_mut();
+    let all = s.output.contents();
+    if all.len() > s.output_logged {
+        let new = String::from_utf8_lossy(&all[s.output_logged..]).into_owned();
+        s.output_logged = all.len();
+        for line in new.lines() {
+            info!(target: "tq_host::plugin::output", "{line}");
+        }
+    }
+}
+
+/// Starts a wait for every stream the plugin found full.
+fn arm_writable(store: &mut Store<PluginState>, writable: &mut JoinSet<u64>) {
+    let s = store.data_mut();
+    for id in std::mem::take(&mut s.want_writable) {
+        if let Some(sender) = s.streams.get(&id) {
+            let sender = sender.clone();
+            writable.spawn(async move {
+                sender.ready().await;
+                id
+            });
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,50 @@
+//! # tq-sdk: tq-host plugins in a few lines of Rust
+//!
+//! A plugin is a WebAssembly component that tq-host loads with
+//! `tq-host --plugin app.wasm`. This crate hides the raw bindings: implement
+//! a trait, export it with a macro, build for `wasm32-wasip2`.
+//!
+//! ## An HTTP/3 plugin
+//!
+//! One value of your type lives per connection, so fields keep state across
+//! the requests of a connection.
+//!
+//! ```ignore
+//! use tq_sdk::http3::{App, Conn, Request};
+//!
+//! #[derive(Default)]
+//! struct Hello {
+//!     served: u64,
+//! }
+//!
+//! impl App for Hello {
+//!     fn on_request(&mut self, conn: &mut Conn, req: Request) {
+//!         self.served += 1;
+//!         let body = format!("hello #{} from {}\n", self.served, req.path);
+//!         conn.respond(req.stream, 200, &[("content-type", "text/plain")], body.as_bytes());
+//!     }
+//! }
+//!
+//! tq_sdk::export_http3_app!(Hello);
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` (the crate is
+//! a `cdylib`), and serve `target/wasm32-wasip2/release/<name>.wasm`.
+//!
+//! Request bodies arrive through [`http3::App::on_body`]; responses can be
+//! streamed with [`http3::Conn::write_body`], which buffers what the client
+//! is not ready for and sends it as the stream drains, so a plugin never has
+//! to handle back-pressure by hand (it may, through `on_writable`).
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "http3-app",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_http3_app_raw",
+        default_bindings_module: "tq_sdk::bindings",
+    });
+}
+
+pub mod http3;

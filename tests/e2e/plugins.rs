@@ -1,0 +1,205 @@
+//! WebAssembly plugins served over HTTP/3: the example hello plugin, and the
+//! sandbox holding against plugins that misbehave.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tq_e2e::{init_tracing, payload, sha256, PluginServer};
+use tq_host::plugin::PluginLimits;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hello_plugin_answers_its_routes() {
+    init_tracing();
+    let server = PluginServer::start("hello", PluginLimits::default()).await;
+    let client = server.client().await;
+
+    let r = client.request("GET", "/", None).await.expect("GET /");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"hello from a tq-host plugin\n"[..])
+    );
+
+    // One instance per connection: state carries across its requests.
+    let r = client.request("GET", "/count", None).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "request 2 on this connection\n"
+    );
+    let other = server.client().await;
+    let r = other.request("GET", "/count", None).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "request 1 on this connection\n"
+    );
+
+    for size in [0usize, 1000, 1 << 20] {
+        let data = Bytes::from(payload(size, size as u64));
+        let r = client
+            .request("POST", "/echo", Some(data.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("echo {size}: {e}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(sha256(&r.body), sha256(&data), "echo of {size} bytes");
+    }
+
+    // 32 MiB generated as the client reads: more than the plugin's memory
+    // cap could hold at once.
+    let n = 32 << 20;
+    let r = client
+        .request("GET", &format!("/bytes/{n}"), None)
+        .await
+        .expect("stream");
+    assert_eq!(r.body.len(), n);
+    assert_eq!(r.header("content-length"), Some(n.to_string().as_str()));
+
+    let r = client.request("GET", "/nope", None).await.unwrap();
+    assert_eq!(r.status, 404);
+}
+
+/// Keeps requesting `/ok` on its own connection until told to stop; returns
+/// how many were answered. Any failure panics.
+async fn keep_asking(server: &PluginServer, stop: Arc<tokio::sync::Notify>) -> usize {
+    let client = server.client().await;
+    let mut ok = 0;
+    loop {
+        tokio::select! {
+            () = stop.notified() => return ok,
+            r = client.request("GET", "/ok", None) => {
+                let r = r.expect("a well-behaved connection keeps being answered");
+                assert_eq!(r.body, b"ok");
+                ok += 1;
+            }
+        }
+    }
+}
+
+async fn misbehaving_request(
+    path: &str,
+    limits: PluginLimits,
+) -> (Result<tq_host::http3::Response, String>, Duration, usize) {
+    let server = Arc::new(PluginServer::start("misbehave", limits).await);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let bystander = {
+        let server = server.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { keep_asking(&server, stop).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let client = server.client().await;
+    let started = Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(20), client.request("GET", path, None))
+        .await
+        .expect("the misbehaving request ends");
+    let took = started.elapsed();
+    // The bystander goes on a little longer, then reports.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.notify_one();
+    let answered = bystander.await.expect("bystander panicked");
+    // And the server still takes new connections.
+    let after = server.client().await;
+    assert_eq!(
+        after
+            .request("GET", "/ok", None)
+            .await
+            .expect("server still serves")
+            .body,
+        b"ok"
+    );
+    (res, took, answered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_cut_off_while_other_connections_keep_being_answered() {
+    init_tracing();
+    let limits = PluginLimits {
+        call_deadline: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (res, took, answered) = misbehaving_request("/loop", limits).await;
+    let err = res.expect_err("the looping request fails");
+    assert!(err.contains("closed") || err.contains("reset"), "{err}");
+    assert!(
+        took < Duration::from_secs(3),
+        "cut off after {took:?}, deadline 300 ms"
+    );
+    assert!(
+        answered > 0,
+        "the other connection got no answer during the loop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_fails_at_the_cap() {
+    init_tracing();
+    let limits = PluginLimits {
+        memory_bytes: 16 << 20,
+        ..Default::default()
+    };
+    let (res, _, answered) = misbehaving_request("/bomb", limits).await;
+    res.expect_err("the bomb's request fails");
+    assert!(answered > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_ends_only_its_connection() {
+    init_tracing();
+    let (res, _, answered) = misbehaving_request("/panic", PluginLimits::default()).await;
+    res.expect_err("the panicking request fails");
+    assert!(answered > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_output_is_bounded() {
+    init_tracing();
+    // 1 MiB of stdout against a 64 KiB capture: the plugin's writes fail
+    // (Rust's println! then panics), and only its connection suffers.
+    let (res, _, answered) = misbehaving_request("/output", PluginLimits::default()).await;
+    res.expect_err("printing past the cap fails the request");
+    assert!(answered > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_out_of_reach_without_a_grant() {
+    init_tracing();
+    let server = PluginServer::start("misbehave", PluginLimits::default()).await;
+    let client = server.client().await;
+    let r = client
+        .request("GET", "/file", None)
+        .await
+        .expect("answered");
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.starts_with("error:"), "the plugin read a file: {body}");
+}
+
+#[test]
+fn files_that_are_not_plugins_are_refused_with_the_worlds_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm at all").unwrap();
+    let err = tq_host::plugin::Plugin::load(&junk, PluginLimits::default()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("is not a WebAssembly file"),
+        "{err:#}"
+    );
+
+    // A core module (the 8-byte header of an empty one).
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let err = tq_host::plugin::Plugin::load(&core, PluginLimits::default()).unwrap_err();
+    assert!(format!("{err:#}").contains("not a component"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("tq:plugin/http3-app"),
+        "{err:#}"
+    );
+
+    // A valid component that implements no world of ours (an empty one).
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
+    let err = tq_host::plugin::Plugin::load(&empty, PluginLimits::default()).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("implements none of the worlds") && msg.contains("tq:plugin/http3-app"),
+        "{msg}"
+    );
+}

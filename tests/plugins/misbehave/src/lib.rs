@@ -1,0 +1,54 @@
+//! Misbehaves on request, so the tests can check the sandbox:
+//!
+//! | route | what it does |
+//! | --- | --- |
+//! | `GET /ok` | answers `ok` |
+//! | `GET /loop` | spins forever |
+//! | `GET /bomb` | allocates until memory runs out |
+//! | `GET /panic` | panics |
+//! | `GET /output` | prints a megabyte to stdout, then answers `printed` |
+//! | `GET /file` | tries to read `/etc/hostname` and answers with the error |
+
+use tq_sdk::http3::{App, Conn, Request};
+
+#[derive(Default)]
+struct Misbehave {
+    hoard: Vec<Vec<u8>>,
+}
+
+impl App for Misbehave {
+    fn on_request(&mut self, conn: &mut Conn, req: Request) {
+        match req.path.as_str() {
+            "/ok" => conn.respond(req.stream, 200, &[], b"ok"),
+            "/loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "/bomb" => loop {
+                let mut v = vec![0u8; 1 << 20];
+                v[0] = 1;
+                self.hoard.push(std::hint::black_box(v));
+            },
+            "/panic" => panic!("this plugin panics on purpose"),
+            "/output" => {
+                let line = "x".repeat(1023);
+                for _ in 0..1024 {
+                    println!("{line}");
+                }
+                conn.respond(req.stream, 200, &[], b"printed");
+            }
+            "/file" => {
+                let answer = match std::fs::read_to_string("/etc/hostname") {
+                    Ok(s) => format!("read: {s}"),
+                    Err(e) => format!("error: {e}"),
+                };
+                conn.respond(req.stream, 200, &[], answer.as_bytes());
+            }
+            _ => conn.respond(req.stream, 404, &[], b"not found"),
+        }
+    }
+}
+
+tq_sdk::export_http3_app!(Misbehave);
