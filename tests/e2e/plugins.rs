@@ -165,11 +165,40 @@ async fn files_are_out_of_reach_without_a_grant() {
     let server = PluginServer::start("misbehave", PluginLimits::default()).await;
     let client = server.client().await;
     let r = client
-        .request("GET", "/file", None)
+        .request("GET", "/file/etc/hostname", None)
         .await
         .expect("answered");
     let body = String::from_utf8_lossy(&r.body);
     assert!(body.starts_with("error:"), "the plugin read a file: {body}");
+    let r = client.request("GET", "/env/HOME", None).await.unwrap();
+    assert_eq!(r.body, b"unset", "the host's environment leaked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_directories_and_environment_are_visible_read_only() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "granted content").unwrap();
+    let grants = tq_host::plugin::PluginGrants {
+        dirs: vec![format!("{}::/data", dir.path().display()).parse().unwrap()],
+        env: vec![("GREETING".into(), "hi".into())],
+    };
+    let server =
+        PluginServer::start_with_grants("misbehave", PluginLimits::default(), grants).await;
+    let client = server.client().await;
+    let r = client
+        .request("GET", "/file/data/hello.txt", None)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.body), "read: granted content");
+    // Only the granted directory: the rest of the host stays out of reach.
+    let r = client
+        .request("GET", "/file/etc/hostname", None)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&r.body).starts_with("error:"));
+    let r = client.request("GET", "/env/GREETING", None).await.unwrap();
+    assert_eq!(r.body, b"hi");
 }
 
 #[test]
@@ -202,4 +231,47 @@ fn files_that_are_not_plugins_are_refused_with_the_worlds_named() {
         msg.contains("implements none of the worlds") && msg.contains("tq:plugin/http3-app"),
         "{msg}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clock_plugin_answers_after_its_timers_and_keeps_per_connection_state() {
+    init_tracing();
+    let server = PluginServer::start("clock", PluginLimits::default()).await;
+    let client = Arc::new(server.client().await);
+    let started = Instant::now();
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.request("GET", "/after/400", None).await })
+    };
+    let fast = {
+        let client = client.clone();
+        tokio::spawn(async move { client.request("GET", "/after/100", None).await })
+    };
+    // While both wait, the plugin still answers: it never blocks.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let visits = client.request("GET", "/visits", None).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&visits.body),
+        "3 requests, 2 waiting\n"
+    );
+
+    let fast = fast.await.unwrap().expect("fast timer");
+    let fast_at = started.elapsed();
+    assert_eq!(String::from_utf8_lossy(&fast.body), "waited 100 ms\n");
+    let slow = slow.await.unwrap().expect("slow timer");
+    let slow_at = started.elapsed();
+    assert_eq!(String::from_utf8_lossy(&slow.body), "waited 400 ms\n");
+    assert!(
+        fast_at >= Duration::from_millis(100) && fast_at < Duration::from_millis(390),
+        "{fast_at:?}"
+    );
+    assert!(
+        slow_at >= Duration::from_millis(400) && slow_at < Duration::from_secs(3),
+        "{slow_at:?}"
+    );
+
+    // Another connection has its own state.
+    let other = server.client().await;
+    let v = other.request("GET", "/visits", None).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&v.body), "1 requests, 0 waiting\n");
 }

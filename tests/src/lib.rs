@@ -591,8 +591,17 @@ impl Drop for PluginServer {
 impl PluginServer {
     /// Loads `plugins/<name>` (or a test plugin) with `limits` and serves it.
     pub async fn start(name: &str, limits: tq_host::plugin::PluginLimits) -> Self {
-        let plugin =
-            tq_host::plugin::Plugin::load(&plugin_path(name), limits).expect("plugin loads");
+        Self::start_with_grants(name, limits, Default::default()).await
+    }
+
+    /// As [`start`](Self::start), granting directories and environment.
+    pub async fn start_with_grants(
+        name: &str,
+        limits: tq_host::plugin::PluginLimits,
+        grants: tq_host::plugin::PluginGrants,
+    ) -> Self {
+        let plugin = tq_host::plugin::Plugin::load_with_grants(&plugin_path(name), limits, grants)
+            .expect("plugin loads");
         let cert = TestCert::new();
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let params = ConnectionParams::new_server(QuicSettings::default(), cert.paths.clone());

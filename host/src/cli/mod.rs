@@ -69,6 +69,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime_serde::re::humantime::parse_duration)]
     plugin_deadline: Duration,
 
+    /// Plugins: let them read this host directory, as `HOST` or
+    /// `HOST::GUEST` (where the plugin sees it). Read-only; repeatable.
+    /// Default: no files at all.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    plugin_dirs: Vec<crate::plugin::DirGrant>,
+
+    /// Plugins: set this environment variable, `KEY=VALUE`; repeatable.
+    /// Default: an empty environment.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    plugin_env: Vec<(String, String)>,
+
     /// What to serve: `page` (built-in HTTP/3 site) or `echo` (raw-QUIC echo).
     #[arg(long, value_enum, default_value_t = App::Page)]
     app: App,
@@ -121,6 +132,13 @@ impl Cli {
             Some(Command::Echo(_)) | Some(Command::Get(_)) => "warn",
             _ => "info",
         }
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
     }
 }
 

@@ -15,7 +15,7 @@ use super::{App, ServeArgs};
 use crate::builtin::{EchoApplication, WelcomePage};
 use crate::http3::{serve_connection, ServerH3Driver};
 use crate::metrics::DefaultMetrics;
-use crate::plugin::{ConnectionMeta, Plugin, PluginLimits};
+use crate::plugin::{ConnectionMeta, Plugin, PluginGrants, PluginLimits};
 use crate::quic::{self, ConnectionParams, TlsCertificatePaths};
 use crate::tls::SelfSignedCertificate;
 
@@ -58,7 +58,12 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 call_deadline: args.plugin_deadline,
                 ..PluginLimits::default()
             };
-            let p = Plugin::load(path, limits).context("cannot load the plugin")?;
+            let grants = PluginGrants {
+                dirs: args.plugin_dirs.clone(),
+                env: args.plugin_env.clone(),
+            };
+            let p =
+                Plugin::load_with_grants(path, limits, grants).context("cannot load the plugin")?;
             info!(plugin = %path.display(), world = %p.world(), "plugin loaded");
             Some(p)
         }

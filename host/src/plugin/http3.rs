@@ -15,14 +15,14 @@ use tracing::{debug, info, warn, Instrument};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::bindings::tq::plugin::h3_types::{Event, RequestHead};
 use super::bindings::tq::plugin::types::{ConnectionInfo, Header};
 use super::bindings::Http3App;
 use super::state::PluginState;
 use super::{ConnectionMeta, Inner};
-use crate::http3::{H3Controller, H3Event, InboundFrame, NameValue, H3_INTERNAL_ERROR};
+use crate::http3::{H3Controller, H3Event, H3Handle, InboundFrame, NameValue, H3_INTERNAL_ERROR};
 
 /// Frames of request bodies waiting for the plugin, across all requests of
 /// the connection.
@@ -49,15 +49,21 @@ pub(super) async fn serve(plugin: Arc<Inner>, controller: H3Controller, meta: Co
     run(plugin, controller, meta).instrument(span).await
 }
 
-async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionMeta) {
-    let handle = controller.handle();
+/// A store for one connection's instance, with its limits, deadline
+/// callback and WASI context (nothing granted but the operator's grants).
+pub(super) fn new_store(plugin: &Inner, handle: H3Handle) -> anyhow::Result<Store<PluginState>> {
     let output = MemoryOutputPipe::new(plugin.limits.output_bytes);
-    let wasi = WasiCtxBuilder::new()
-        .stdout(output.clone())
-        .stderr(output.clone())
-        .build();
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(output.clone()).stderr(output.clone());
+    for (k, v) in &plugin.grants.env {
+        wasi.env(k, v);
+    }
+    for d in &plugin.grants.dirs {
+        wasi.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
+            .map_err(|e| anyhow::anyhow!("cannot grant {}: {e:?}", d.host.display()))?;
+    }
     let state = PluginState {
-        wasi,
+        wasi: wasi.build(),
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new()
             .memory_size(plugin.limits.memory_bytes)
@@ -66,7 +72,7 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
             .build(),
         streams: Default::default(),
         want_writable: Vec::new(),
-        handle: handle.clone(),
+        handle,
         established: Instant::now(),
         call_started: Instant::now(),
         call_deadline: plugin.limits.call_deadline,
@@ -86,6 +92,19 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
         }
     });
     store.set_epoch_deadline(1);
+    Ok(store)
+}
+
+async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionMeta) {
+    let handle = controller.handle();
+    let mut store = match new_store(&plugin, handle.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "cannot set up the plugin; closing the connection");
+            handle.close(H3_INTERNAL_ERROR, "plugin setup failed");
+            return;
+        }
+    };
 
     store.data_mut().call_started = Instant::now();
     let app = match plugin.pre.instantiate_async(&mut store).await {
@@ -292,4 +311,38 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// Measures, for benchmarks: the mean time to instantiate the plugin, and
+/// the mean time of one `wait-for-data` call (the cheapest hook), over `n`.
+pub(super) async fn measure(
+    plugin: &Inner,
+    handle: H3Handle,
+    n: u32,
+) -> anyhow::Result<(Duration, Duration)> {
+    let n = n.max(1);
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut store = new_store(plugin, handle.clone())?;
+        plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    let instantiate = started.elapsed() / n;
+    let mut store = new_store(plugin, handle)?;
+    let app = plugin
+        .pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let started = Instant::now();
+    for _ in 0..n {
+        app.tq_plugin_h3_handler()
+            .call_wait_for_data(&mut store)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    Ok((instantiate, started.elapsed() / n))
 }

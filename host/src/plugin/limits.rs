@@ -1,4 +1,5 @@
-//! Sandbox limits: every one a named default with its reason, and settable.
+//! Sandbox limits and grants: every limit a named default with its reason,
+//! and nothing granted unless the operator says so.
 
 use std::time::Duration;
 
@@ -27,5 +28,42 @@ impl Default for PluginLimits {
             max_instances: 1000,
             output_bytes: 64 << 10,
         }
+    }
+}
+
+/// What the operator grants plugins beyond the sandbox. Nothing by default.
+#[derive(Debug, Clone, Default)]
+pub struct PluginGrants {
+    /// Host directories visible to the plugin, read-only.
+    pub dirs: Vec<DirGrant>,
+    /// Environment variables the plugin sees.
+    pub env: Vec<(String, String)>,
+}
+
+/// A host directory made visible to plugins, read-only.
+#[derive(Debug, Clone)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: std::path::PathBuf,
+    /// Where the plugin sees it, e.g. `/data`.
+    pub guest: String,
+}
+
+impl std::str::FromStr for DirGrant {
+    type Err = String;
+
+    /// `HOST` (seen at the same path) or `HOST::GUEST`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, guest) = match s.split_once("::") {
+            Some((h, g)) => (h, g.to_owned()),
+            None => (s, s.to_owned()),
+        };
+        if host.is_empty() || guest.is_empty() {
+            return Err(format!("`{s}` is not HOST or HOST::GUEST"));
+        }
+        Ok(Self {
+            host: host.into(),
+            guest,
+        })
     }
 }

@@ -5,8 +5,9 @@
 //! (controller, events, stream channels); it never names quiche. Every store
 //! gets a memory cap, a CPU deadline per call (epoch interruption, with a
 //! yield to the runtime every tick so a busy plugin cannot stall others), and
-//! WASI with nothing granted: no files, no network, no environment; stdout
-//! and stderr are captured (bounded) and logged with the connection.
+//! WASI with nothing granted but what the operator lists ([`PluginGrants`]:
+//! read-only directories, environment variables); no network; stdout and
+//! stderr are captured (bounded) and logged with the connection.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -28,7 +29,7 @@ use anyhow::{bail, Context};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
-pub use limits::PluginLimits;
+pub use limits::{DirGrant, PluginGrants, PluginLimits};
 
 use engine::{build_engine, EpochTicker};
 use state::PluginState;
@@ -83,6 +84,7 @@ struct Inner {
     engine: Engine,
     pre: bindings::Http3AppPre<PluginState>,
     limits: PluginLimits,
+    grants: PluginGrants,
     _ticker: EpochTicker,
 }
 
@@ -112,9 +114,27 @@ impl Plugin {
     /// implements none of the worlds (the message names them), or imports
     /// something the host does not provide.
     pub fn load(path: &Path, limits: PluginLimits) -> anyhow::Result<Self> {
+        Self::load_with_grants(path, limits, PluginGrants::default())
+    }
+
+    /// As [`load`](Self::load), granting the plugin directories and
+    /// environment variables.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load), or a granted directory that does not exist.
+    pub fn load_with_grants(
+        path: &Path,
+        limits: PluginLimits,
+        grants: PluginGrants,
+    ) -> anyhow::Result<Self> {
+        for d in &grants.dirs {
+            if !d.host.is_dir() {
+                bail!("cannot grant {}: not a directory", d.host.display());
+            }
+        }
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read plugin {}", path.display()))?;
-        Self::from_bytes(path, &bytes, limits)
+        Self::build(path, &bytes, limits, grants)
     }
 
     /// As [`load`](Self::load), from bytes already read.
@@ -122,6 +142,15 @@ impl Plugin {
     /// # Errors
     /// As [`load`](Self::load).
     pub fn from_bytes(path: &Path, bytes: &[u8], limits: PluginLimits) -> anyhow::Result<Self> {
+        Self::build(path, bytes, limits, PluginGrants::default())
+    }
+
+    fn build(
+        path: &Path,
+        bytes: &[u8],
+        limits: PluginLimits,
+        grants: PluginGrants,
+    ) -> anyhow::Result<Self> {
         if !bytes.starts_with(b"\0asm") {
             bail!("{} is not a WebAssembly file", path.display());
         }
@@ -178,6 +207,7 @@ impl Plugin {
                 engine,
                 pre,
                 limits,
+                grants,
                 _ticker: ticker,
             }),
         })
@@ -199,6 +229,22 @@ impl Plugin {
     /// affected.
     pub async fn serve_http3(&self, controller: crate::http3::H3Controller, info: ConnectionMeta) {
         http3::serve(self.inner.clone(), controller, info).await
+    }
+}
+
+impl Plugin {
+    /// For benchmarks: mean instantiation time and mean hook-call time
+    /// (`wait-for-data`) over `n` runs, outside any connection.
+    ///
+    /// # Errors
+    /// The plugin failed to instantiate or trapped.
+    #[doc(hidden)]
+    pub async fn measure_overheads(
+        &self,
+        n: u32,
+    ) -> anyhow::Result<(std::time::Duration, std::time::Duration)> {
+        let (_driver, controller) = crate::http3::ServerH3Driver::new_server(Default::default());
+        http3::measure(&self.inner, controller.handle(), n).await
     }
 }
 

@@ -7,7 +7,8 @@
 //! | `GET /bomb` | allocates until memory runs out |
 //! | `GET /panic` | panics |
 //! | `GET /output` | prints a megabyte to stdout, then answers `printed` |
-//! | `GET /file` | tries to read `/etc/hostname` and answers with the error |
+//! | `GET /file/PATH` | tries to read `/PATH` and answers `read: ...` or `error: ...` |
+//! | `GET /env/NAME` | answers the environment variable, or `unset` |
 
 use tq_sdk::http3::{App, Conn, Request};
 
@@ -39,12 +40,16 @@ impl App for Misbehave {
                 }
                 conn.respond(req.stream, 200, &[], b"printed");
             }
-            "/file" => {
-                let answer = match std::fs::read_to_string("/etc/hostname") {
+            p if p.starts_with("/file/") => {
+                let answer = match std::fs::read_to_string(&p["/file".len()..]) {
                     Ok(s) => format!("read: {s}"),
                     Err(e) => format!("error: {e}"),
                 };
                 conn.respond(req.stream, 200, &[], answer.as_bytes());
+            }
+            p if p.starts_with("/env/") => {
+                let v = std::env::var(&p["/env/".len()..]).unwrap_or_else(|_| "unset".into());
+                conn.respond(req.stream, 200, &[], v.as_bytes());
             }
             _ => conn.respond(req.stream, 404, &[], b"not found"),
         }

@@ -1,0 +1,120 @@
+//! Plugin runtime benchmarks. Prints figures; asserts nothing.
+//!
+//! - hook-call overhead: one `wait-for-data` call into the hello plugin;
+//! - instantiation per connection;
+//! - resident memory per idle connection, with the plugin and natively;
+//! - requests/s of `GET /` from the hello plugin and from the same handler
+//!   written natively, in the same run (10 connections x 16 in flight).
+//!
+//! Needs the plugins built (`bash scripts/build-plugins.sh`). Run:
+//! `cargo bench -p tq-e2e --bench plugin`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tq_e2e::{plugin_path, H3App, H3TestServer, PluginServer};
+use tq_host::http3::{H3Client, Http3Settings, RequestBody, RequestHandler, ResponseBody};
+use tq_host::plugin::{Plugin, PluginLimits};
+use tq_host::quic::QuicSettings;
+
+/// The hello plugin's `GET /`, natively.
+struct NativeHello;
+
+impl RequestHandler for NativeHello {
+    async fn handle(&self, _req: http::Request<RequestBody>) -> http::Response<ResponseBody> {
+        let mut r = http::Response::new(ResponseBody::from("hello from a tq-host plugin\n"));
+        r.headers_mut()
+            .insert("content-type", http::HeaderValue::from_static("text/plain"));
+        r
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+async fn requests_per_second(clients: &[Arc<H3Client>], total: usize) -> f64 {
+    const IN_FLIGHT: usize = 16;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let per = total / (clients.len() * IN_FLIGHT);
+    for c in clients {
+        for _ in 0..IN_FLIGHT {
+            let c = c.clone();
+            tasks.spawn(async move {
+                for _ in 0..per {
+                    let r = c.request("GET", "/", None).await.expect("GET /");
+                    assert_eq!(r.body, b"hello from a tq-host plugin\n");
+                }
+            });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    (per * clients.len() * IN_FLIGHT) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn connect_many(
+    addr: std::net::SocketAddr,
+    params: &tq_host::quic::ConnectionParams,
+    n: usize,
+) -> Vec<Arc<H3Client>> {
+    let connector =
+        tq_host::quic::Connector::new(params.clone(), tq_host::metrics::DefaultMetrics::default())
+            .unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let c = H3Client::connect_with(&connector, addr, "localhost", Http3Settings::default())
+            .await
+            .expect("connect");
+        // One request so the server side is fully set up (plugin instantiated).
+        c.request("GET", "/", None).await.expect("first request");
+        out.push(Arc::new(c));
+    }
+    out
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let plugin = Plugin::load(&plugin_path("hello"), PluginLimits::default()).expect("hello loads");
+        let (inst, call) = plugin.measure_overheads(2000).await.expect("measure");
+        println!("hello plugin: instantiation {:.1} us per connection, hook call (wait-for-data) {} ns", inst.as_secs_f64() * 1e6, call.as_nanos());
+
+        const IDLE: usize = 200;
+        let native = H3TestServer::start(QuicSettings::default(), Http3Settings::default(), H3App::Handler(Arc::new(NativeHello))).await;
+        let wasm = PluginServer::start("hello", PluginLimits::default()).await;
+        let native_params = native.client_params();
+        let wasm_params = tq_host::quic::ConnectionParams::new_client(QuicSettings::default()).ca_file(&wasm.cert.paths.cert);
+
+        let before = rss_kib();
+        let native_idle = connect_many(native.addr, &native_params, IDLE).await;
+        let mid = rss_kib();
+        let wasm_idle = connect_many(wasm.addr, &wasm_params, IDLE).await;
+        let after = rss_kib();
+        println!(
+            "resident memory per idle connection (client and server side, one process): native {:.0} KiB, plugin {:.0} KiB",
+            (mid - before) as f64 / IDLE as f64,
+            (after - mid) as f64 / IDLE as f64
+        );
+        drop(native_idle);
+        drop(wasm_idle);
+
+        let total = 20_000;
+        let native_clients = connect_many(native.addr, &native_params, 10).await;
+        let wasm_clients = connect_many(wasm.addr, &wasm_params, 10).await;
+        let n = requests_per_second(&native_clients, total).await;
+        let w = requests_per_second(&wasm_clients, total).await;
+        println!("GET / over 10 connections x 16 in flight: native {n:.0} requests/s, hello plugin {w:.0} requests/s ({:.0}%)", w / n * 100.0);
+    });
+}
