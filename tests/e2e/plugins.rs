@@ -275,3 +275,69 @@ async fn the_clock_plugin_answers_after_its_timers_and_keeps_per_connection_stat
     let v = other.request("GET", "/visits", None).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&v.body), "1 requests, 0 waiting\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echo_to_a_slow_reader_is_paced_by_back_pressure_not_plugin_memory() {
+    init_tracing();
+    // 16 MiB of plugin memory against a 48 MiB echo read slowly: without
+    // back-pressure into the request body, the plugin would have to hold
+    // most of it and hit its cap.
+    let limits = PluginLimits {
+        memory_bytes: 16 << 20,
+        ..Default::default()
+    };
+    let server = PluginServer::start("hello", limits).await;
+    let client = server.client().await;
+    let data = Bytes::from(payload(48 << 20, 5));
+    let stream = client
+        .handle()
+        .send_request(
+            tq_host::http3::headers(&[
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                (":path", "/echo"),
+            ]),
+            true,
+        )
+        .await
+        .expect("request");
+    let body = stream.body.expect("body sender");
+    let upload = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            let mut rest = data;
+            while !rest.is_empty() {
+                let chunk = rest.split_to(rest.len().min(64 * 1024));
+                let fin = rest.is_empty();
+                body.send_body(chunk, fin).await.expect("upload");
+            }
+        })
+    };
+    let mut rx = stream.response;
+    let mut got = Vec::with_capacity(data.len());
+    let mut chunks = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("progress")
+        {
+            Some(tq_host::http3::InboundFrame::Body(b)) => {
+                got.extend_from_slice(&b);
+                chunks += 1;
+                if chunks.is_multiple_of(8) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            Some(tq_host::http3::InboundFrame::Headers(_)) => {}
+            Some(tq_host::http3::InboundFrame::Finished) => break,
+            Some(tq_host::http3::InboundFrame::Reset(c)) => {
+                panic!("echo reset with {c:#x} (plugin out of memory?)")
+            }
+            None => panic!("connection closed mid-echo (plugin out of memory?)"),
+        }
+    }
+    upload.await.unwrap();
+    assert_eq!(got.len(), data.len());
+    assert_eq!(sha256(&got), sha256(&data));
+}

@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 use wasmtime::component::ResourceTable;
@@ -134,8 +136,14 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
     .await
     .is_err();
 
+    // Per request with a body: whether its reader holds the body back.
+    let mut pauses: HashMap<u64, watch::Sender<bool>> = HashMap::new();
     while !failed {
-        arm_writable(&mut store, &mut writable);
+        for id in arm_writable(&mut store, &mut writable) {
+            if let Some(p) = pauses.get(&id) {
+                p.send_replace(true);
+            }
+        }
         let wait = match call(
             &mut store,
             |s, a: &Http3App| {
@@ -169,8 +177,19 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
                 let end = req.body.is_none();
                 if let Some(mut body) = req.body {
                     let tx = frames_tx.clone();
+                    let (pause_tx, mut paused) = watch::channel(false);
+                    pauses.insert(id, pause_tx);
                     readers.spawn(async move {
                         while let Some(f) = body.recv().await {
+                            // Hold the body while the plugin's response on
+                            // this stream is blocked: a slow reader then
+                            // slows the uploader instead of filling the
+                            // plugin's memory (an echo, say).
+                            while *paused.borrow_and_update() {
+                                if paused.changed().await.is_err() {
+                                    break;
+                                }
+                            }
                             match f {
                                 // Resets reach the plugin through the
                                 // controller's StreamReset event.
@@ -197,14 +216,23 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
             Wake::Event(Some(H3Event::GoAway { .. })) => Event::Goaway,
             Wake::Event(Some(H3Event::StreamReset { stream_id, code })) => {
                 store.data_mut().streams.remove(&stream_id);
+                pauses.remove(&stream_id);
                 Event::Reset((stream_id, code))
             }
             Wake::Event(Some(_)) => continue,
             Wake::Frame(id, InboundFrame::Body(b)) => Event::Body((id, b.to_vec())),
             Wake::Frame(id, InboundFrame::Headers(h)) => Event::Trailers((id, headers(&h))),
-            Wake::Frame(id, InboundFrame::Finished) => Event::Finished(id),
+            Wake::Frame(id, InboundFrame::Finished) => {
+                pauses.remove(&id);
+                Event::Finished(id)
+            }
             Wake::Frame(_, InboundFrame::Reset(_)) => continue,
-            Wake::Writable(id) => Event::Writable(id),
+            Wake::Writable(id) => {
+                if let Some(p) = pauses.get(&id) {
+                    p.send_replace(false);
+                }
+                Event::Writable(id)
+            }
             Wake::Timer => Event::Timer,
         };
         failed = call(
@@ -292,10 +320,11 @@ fn log_output(store: &mut Store<PluginState>) {
     }
 }
 
-/// Starts a wait for every stream the plugin found full.
-fn arm_writable(store: &mut Store<PluginState>, writable: &mut JoinSet<u64>) {
+/// Starts a wait for every stream the plugin found full; returns them.
+fn arm_writable(store: &mut Store<PluginState>, writable: &mut JoinSet<u64>) -> Vec<u64> {
     let s = store.data_mut();
-    for id in std::mem::take(&mut s.want_writable) {
+    let ids = std::mem::take(&mut s.want_writable);
+    for &id in &ids {
         if let Some(sender) = s.streams.get(&id) {
             let sender = sender.clone();
             writable.spawn(async move {
@@ -304,6 +333,7 @@ fn arm_writable(store: &mut Store<PluginState>, writable: &mut JoinSet<u64>) {
             });
         }
     }
+    ids
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
