@@ -14,15 +14,6 @@ use tq_host::builtin::WelcomePage;
 use tq_host::http3::Http3Settings;
 use tq_host::quic::QuicSettings;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 async fn small_gets(server: &H3TestServer, total: usize) {
     const CONNS: usize = 10;
     const IN_FLIGHT: usize = 16;
@@ -73,8 +64,8 @@ async fn download(server: &H3TestServer, mib: usize) {
 }
 
 fn main() {
-    let requests = arg("--requests", 20_000);
-    let mib = arg("--mib", 512);
+    let requests = tq_e2e::bench_arg("--requests", 20_000);
+    let mib = tq_e2e::bench_arg("--mib", 512);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -186,13 +186,7 @@ async fn open_connections(total: usize, concurrency: usize, retry: bool) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let mib = args
-        .iter()
-        .position(|a| a == "--mib")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256usize);
+    let mib = tq_e2e::bench_arg("--mib", 256);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -219,13 +219,8 @@ async fn trailers_travel_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_hints_then_the_final_response() {
     init_tracing();
-    let (tx, mut controllers) = tokio::sync::mpsc::unbounded_channel();
-    let server = H3TestServer::start(
-        QuicSettings::default(),
-        Http3Settings::default(),
-        H3App::<WelcomePage>::Raw(tx),
-    )
-    .await;
+    let (server, mut controllers) =
+        H3TestServer::start_raw(QuicSettings::default(), Http3Settings::default()).await;
     let serve = tokio::spawn(async move {
         let mut c = controllers.recv().await.expect("a connection");
         while let Some(ev) = c.next_event().await {
@@ -267,13 +262,7 @@ async fn a_client_reset_mid_body_reaches_the_server_and_frees_the_stream() {
         initial_max_streams_bidi: 2,
         ..Default::default()
     };
-    let (tx, mut controllers) = tokio::sync::mpsc::unbounded_channel();
-    let server = H3TestServer::start(
-        quic,
-        Http3Settings::default(),
-        H3App::<WelcomePage>::Raw(tx),
-    )
-    .await;
+    let (server, mut controllers) = H3TestServer::start_raw(quic, Http3Settings::default()).await;
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let serve = tokio::spawn(async move {
         let mut c = controllers.recv().await.expect("a connection");
@@ -611,8 +600,7 @@ async fn settings_and_http_datagrams_reach_the_application() {
         enable_extended_connect: true,
         ..Default::default()
     };
-    let (tx, mut controllers) = tokio::sync::mpsc::unbounded_channel();
-    let server = H3TestServer::start(quic.clone(), h3.clone(), H3App::<WelcomePage>::Raw(tx)).await;
+    let (server, mut controllers) = H3TestServer::start_raw(quic.clone(), h3.clone()).await;
     let (saw_settings_tx, saw_settings) = tokio::sync::oneshot::channel();
     let serve = tokio::spawn(async move {
         let mut c = controllers.recv().await.expect("a connection");
@@ -704,13 +692,8 @@ async fn settings_and_http_datagrams_reach_the_application() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_response_sender_before_fin_resets_the_stream() {
     init_tracing();
-    let (tx, mut controllers) = tokio::sync::mpsc::unbounded_channel();
-    let server = H3TestServer::start(
-        QuicSettings::default(),
-        Http3Settings::default(),
-        H3App::<WelcomePage>::Raw(tx),
-    )
-    .await;
+    let (server, mut controllers) =
+        H3TestServer::start_raw(QuicSettings::default(), Http3Settings::default()).await;
     let serve = tokio::spawn(async move {
         let mut c = controllers.recv().await.expect("a connection");
         while let Some(ev) = c.next_event().await {

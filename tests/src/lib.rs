@@ -466,6 +466,22 @@ impl H3TestServer {
         }
     }
 
+    /// Starts a server that hands each connection's raw controller to the
+    /// test instead of serving it.
+    pub async fn start_raw(
+        quic_settings: QuicSettings,
+        h3: tq_host::http3::Http3Settings,
+    ) -> (Self, mpsc::UnboundedReceiver<tq_host::http3::H3Controller>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let server = Self::start(
+            quic_settings,
+            h3,
+            H3App::<tq_host::builtin::WelcomePage>::Raw(tx),
+        )
+        .await;
+        (server, rx)
+    }
+
     /// Client QUIC parameters trusting this server.
     pub fn client_params(&self) -> ConnectionParams {
         ConnectionParams::new_client(QuicSettings::default()).ca_file(&self.cert.paths.cert)
@@ -643,4 +659,14 @@ impl PluginServer {
         .await
         .expect("h3 client connects")
     }
+}
+
+/// The value after `--name` on a bench's command line, or `default`.
+pub fn bench_arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
