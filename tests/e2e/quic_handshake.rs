@@ -222,3 +222,32 @@ async fn keylog_and_qlog_files_are_written_when_asked() {
         "qlog has events"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_where_nothing_listens_fails_fast_and_says_so() {
+    init_tracing();
+    // A port that was just free: nothing listens there now.
+    let addr = {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.local_addr().unwrap()
+    };
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let params = quic::ConnectionParams::new_client(QuicSettings::default()).verify_peer(false);
+    let err = quic::connect_with_config(
+        socket,
+        Some("localhost"),
+        &params,
+        Silent,
+        DefaultMetrics::default(),
+    )
+    .await
+    .expect_err("nobody answers");
+    assert!(err.to_string().contains("unreachable"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}; the idle timeout is 30 s",
+        started.elapsed()
+    );
+}

@@ -129,8 +129,10 @@ impl Cli {
     /// commands, whose output is the point.
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
-            Some(Command::Echo(_)) | Some(Command::Get(_)) => "warn",
-            _ => "info",
+            // quinn-udp warns of every refused send; the connection itself
+            // reports that once, clearly.
+            Some(Command::Echo(_)) | Some(Command::Get(_)) => "warn,quinn_udp=error",
+            _ => "info,quinn_udp=error",
         }
     }
 }

@@ -166,6 +166,7 @@ impl<M: Metrics> Acceptor<M> {
                 state: state_tx,
                 started_at: Instant::now(),
                 max_spare_cids: self.settings.active_connection_id_limit as usize,
+                unreachable: None,
             }),
             handle,
             tracker: self.tracker.clone(),

@@ -247,6 +247,9 @@ pub struct ConnectionOutcome {
     pub peer_close: Option<CloseReason>,
     /// Whether the idle timeout ended it.
     pub timed_out: bool,
+    /// Clients: whether the server's address answered "port unreachable"
+    /// during the handshake (nothing listens there).
+    pub unreachable: bool,
     /// The error of the hook that closed it, as text.
     pub application_error: Option<String>,
     /// Final counters.
@@ -258,6 +261,10 @@ impl ConnectionOutcome {
     pub fn describe(&self) -> String {
         if let Some(e) = &self.application_error {
             return format!("application failed: {e}");
+        }
+        if self.unreachable {
+            return "the server is unreachable: nothing listens at its address (ICMP port unreachable)"
+                .to_owned();
         }
         if self.timed_out {
             return "idle timeout".to_owned();
@@ -355,6 +362,7 @@ impl ConnectionHandle {
                 local_close: None,
                 peer_close: None,
                 timed_out: false,
+                unreachable: false,
                 application_error: Some("connection worker ended unexpectedly".into()),
                 stats: ConnectionStats::default(),
             }),

@@ -148,6 +148,7 @@ pub fn listen_with_generator<M: Metrics>(
             stop_accepting: stop_accepting.clone(),
             cid_len: cid_generator.connection_id_len(),
             metrics: metrics.clone(),
+            client: None,
         });
     }
     if routers.is_empty() {
@@ -378,6 +379,7 @@ impl<M: Metrics> Connector<M> {
             local_addr: local,
             state: state_rx,
         };
+        let signals = Arc::new(worker::ClientSignals::default());
         let router = Router {
             socket: socket.clone(),
             routes,
@@ -386,6 +388,7 @@ impl<M: Metrics> Connector<M> {
             stop_accepting: CancellationToken::new(),
             cid_len: self.cid_generator.connection_id_len(),
             metrics: self.metrics.clone(),
+            client: Some(signals.clone()),
         };
         let parts = WorkerParts {
             conn,
@@ -399,6 +402,7 @@ impl<M: Metrics> Connector<M> {
             state: state_tx,
             started_at: Instant::now(),
             max_spare_cids: s.active_connection_id_limit as usize,
+            unreachable: Some(signals),
         };
         self.metrics.connection_opened();
         // The router ends when its only connection does, the worker when the

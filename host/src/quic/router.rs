@@ -116,6 +116,8 @@ pub(crate) struct Router<M: Metrics> {
     pub(crate) stop_accepting: CancellationToken,
     pub(crate) cid_len: usize,
     pub(crate) metrics: M,
+    /// Client sockets: shared with the connection's worker.
+    pub(crate) client: Option<Arc<super::worker::ClientSignals>>,
 }
 
 enum Wake {
@@ -174,9 +176,26 @@ impl<M: Metrics> Router<M> {
                         }
                     }
                 }
+                Wake::Received(Err(e))
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && self.client.as_ref().is_some_and(|c| {
+                            !c.established.load(std::sync::atomic::Ordering::Relaxed)
+                        }) =>
+                {
+                    // A client still handshaking hears that nothing listens
+                    // at the server's address: fail now rather than at the
+                    // idle timeout. Dropping the route tells the worker.
+                    if let Some(c) = &self.client {
+                        c.unreachable
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    debug!("server port unreachable during the handshake");
+                    self.routes = Routes::new();
+                }
                 Wake::Received(Err(e)) => {
                     // ICMP errors (port unreachable) surface here on connected
-                    // sockets; they are not fatal. A socket that only errors is.
+                    // sockets; after the handshake they are not fatal. A
+                    // socket that only errors is.
                     consecutive_errors += 1;
                     debug!(error = %e, "recv error");
                     if consecutive_errors > 1000 {

@@ -83,8 +83,10 @@ impl QuicSocket {
     }
 
     /// Sends `contents` to `to`, as `contents.len() / segment` datagrams when
-    /// `segment` is given. Waits while the socket buffer is full; other errors
-    /// are logged by quinn-udp and swallowed, since QUIC recovers lost packets.
+    /// `segment` is given. Waits while the socket buffer is full. The kernel's
+    /// "connection refused" (an ICMP port unreachable on a connected socket)
+    /// is returned; other errors are logged and swallowed, since QUIC
+    /// recovers lost packets.
     pub(crate) async fn send(
         &self,
         to: SocketAddr,
@@ -99,11 +101,25 @@ impl QuicSocket {
             segment_size: segment,
             src_ip: from,
         };
-        self.io
+        let res = self
+            .io
             .async_io(Interest::WRITABLE, || {
-                self.state.send((&self.io).into(), &transmit)
+                match self.state.try_send((&self.io).into(), &transmit) {
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            || e.kind() == io::ErrorKind::ConnectionRefused =>
+                    {
+                        Err(e)
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "UDP send failed");
+                        Ok(())
+                    }
+                    Ok(()) => Ok(()),
+                }
             })
-            .await
+            .await;
+        res
     }
 
     /// The address a datagram was sent to: the socket's own address, with the

@@ -43,6 +43,16 @@ pub(crate) struct WorkerParts<M: Metrics> {
     pub(crate) state: watch::Sender<ConnectionState>,
     pub(crate) started_at: Instant,
     pub(crate) max_spare_cids: usize,
+    /// Client connections: set by the router when the kernel reports the
+    /// server's port unreachable (ICMP) during the handshake.
+    pub(crate) unreachable: Option<Arc<ClientSignals>>,
+}
+
+/// What a client socket's router and its connection's worker share.
+#[derive(Debug, Default)]
+pub(crate) struct ClientSignals {
+    pub(crate) established: std::sync::atomic::AtomicBool,
+    pub(crate) unreachable: std::sync::atomic::AtomicBool,
 }
 
 enum Wake {
@@ -89,6 +99,10 @@ impl<M: Metrics> WorkerParts<M> {
 
             if !app_started && (self.conn.is_established() || self.conn.is_in_early_data()) {
                 app_started = true;
+                if let Some(sig) = &self.unreachable {
+                    sig.established
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let info = self.handshake_info();
                 debug!(alpn = %String::from_utf8_lossy(&info.alpn), elapsed = ?info.handshake_duration, "handshake complete");
                 self.state
@@ -120,6 +134,10 @@ impl<M: Metrics> WorkerParts<M> {
             }
             let more_to_send = self.flush(&mut out).await;
             if self.conn.is_closed() {
+                break;
+            }
+            if !app_started && self.is_unreachable() {
+                info!("nothing listens at the server's address (ICMP port unreachable)");
                 break;
             }
             if more_to_send {
@@ -155,7 +173,11 @@ impl<M: Metrics> WorkerParts<M> {
                 }
                 Wake::Packet(None) => {
                     // The router is gone, so is the socket: nothing can be sent.
-                    warn!("endpoint shut down under a live connection");
+                    if self.is_unreachable() {
+                        info!("nothing listens at the server's address (ICMP port unreachable)");
+                    } else {
+                        warn!("endpoint shut down under a live connection");
+                    }
                     break;
                 }
                 Wake::App(Ok(())) => {}
@@ -183,6 +205,12 @@ impl<M: Metrics> WorkerParts<M> {
         self.metrics.connection_closed();
         self.state
             .send_replace(ConnectionState::Closed(Arc::new(outcome)));
+    }
+
+    fn is_unreachable(&self) -> bool {
+        self.unreachable
+            .as_ref()
+            .is_some_and(|s| s.unreachable.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Tells the handle at once when the handshake can no longer complete,
@@ -393,6 +421,13 @@ impl<M: Metrics> WorkerParts<M> {
         let src = from.and_then(|f| self.socket.source_ip(f));
         match self.socket.send(to, src, buf, seg).await {
             Ok(()) => self.metrics.packets_out(count as u64, buf.len() as u64),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                if let Some(sig) = &self.unreachable {
+                    if !sig.established.load(std::sync::atomic::Ordering::Relaxed) {
+                        sig.unreachable.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
             Err(e) => debug!(error = %e, "send failed"),
         }
     }
@@ -419,6 +454,7 @@ impl<M: Metrics> WorkerParts<M> {
             local_close: self.conn.local_error().map(CloseReason::from_quiche),
             peer_close: self.conn.peer_error().map(CloseReason::from_quiche),
             timed_out: self.conn.is_timed_out(),
+            unreachable: self.is_unreachable(),
             application_error: result.as_ref().err().map(|e| e.to_string()),
             stats: ConnectionStats {
                 packets_sent: s.sent,
