@@ -424,7 +424,8 @@ impl<M: Metrics> WorkerParts<M> {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 if let Some(sig) = &self.unreachable {
                     if !sig.established.load(std::sync::atomic::Ordering::Relaxed) {
-                        sig.unreachable.store(true, std::sync::atomic::Ordering::Relaxed);
+                        sig.unreachable
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
