@@ -721,3 +721,75 @@ async fn dropping_a_response_sender_before_fin_resets_the_stream() {
     assert!(!client.connection().is_closed());
     serve.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_body_receiver_stops_the_upload_and_the_early_answer_stands() {
+    init_tracing();
+    let (server, mut controllers) =
+        H3TestServer::start_raw(QuicSettings::default(), Http3Settings::default()).await;
+    let serve = tokio::spawn(async move {
+        let mut c = controllers.recv().await.expect("a connection");
+        while let Some(ev) = c.next_event().await {
+            if let tq_host::http3::H3Event::IncomingRequest(req) = ev {
+                // Refuse the body (STOP_SENDING) and answer at once.
+                drop(req.body);
+                let _ = req
+                    .response
+                    .send_headers(headers(&[(":status", "413")]), true)
+                    .await;
+            }
+        }
+    });
+    let client = server.client().await;
+    let stream = client
+        .handle()
+        .send_request(
+            headers(&[
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                (":path", "/upload"),
+            ]),
+            true,
+        )
+        .await
+        .expect("request");
+    let body = stream.body.expect("body sender");
+    // The upload stops being accepted once the server's STOP_SENDING lands:
+    // far less than 64 MiB goes out before the sender reports the stream gone.
+    let mut sent = 0usize;
+    let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+    let stopped = tokio::time::timeout(Duration::from_secs(10), async {
+        while sent < (64 << 20) {
+            if body.send_body(chunk.clone(), false).await.is_err() {
+                return true;
+            }
+            sent += chunk.len();
+        }
+        false
+    })
+    .await
+    .expect("the upload ends");
+    assert!(
+        stopped,
+        "the client sent all 64 MiB: no STOP_SENDING took effect"
+    );
+    let mut rx = stream.response;
+    match rx.recv().await {
+        Some(InboundFrame::Headers(h)) => {
+            use tq_host::http3::NameValue;
+            assert!(h
+                .iter()
+                .any(|h| h.name() == b":status" && h.value() == b"413"));
+        }
+        other => panic!("expected the 413 head, got {other:?}"),
+    }
+
+    // Through the H3Client too: the early answer is returned, not an error.
+    let r = client
+        .request("POST", "/upload", Some(Bytes::from(vec![1u8; 8 << 20])))
+        .await
+        .expect("the early answer stands");
+    assert_eq!(r.status, 413);
+    serve.abort();
+}

@@ -211,7 +211,11 @@ impl H3Client {
         };
         let (sent, resp) = tokio::join!(send, recv);
         let resp = resp?;
-        sent?;
+        // A server may answer before reading the whole body and ask us to
+        // stop sending it (RFC 9114 §4.1); a complete response stands.
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "request body cut short; the response is complete");
+        }
         Ok(resp)
     }
 }
