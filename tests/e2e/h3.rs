@@ -303,15 +303,7 @@ async fn a_client_reset_mid_body_reaches_the_server_and_frees_the_stream() {
     let client = server.client().await;
     let stream = client
         .handle()
-        .send_request(
-            headers(&[
-                (":method", "POST"),
-                (":scheme", "https"),
-                (":authority", "localhost"),
-                (":path", "/"),
-            ]),
-            true,
-        )
+        .send_request(tq_e2e::request_head("POST", "/"), true)
         .await
         .expect("request");
     let body = stream.body.expect("body sender");
@@ -450,12 +442,7 @@ async fn a_slow_reader_keeps_the_servers_buffers_bounded() {
     let stream = client
         .handle()
         .send_request(
-            headers(&[
-                (":method", "GET"),
-                (":scheme", "https"),
-                (":authority", "localhost"),
-                (":path", &format!("/bytes/{}", 64 << 20)),
-            ]),
+            tq_e2e::request_head("GET", &format!("/bytes/{}", 64 << 20)),
             false,
         )
         .await
@@ -647,15 +634,7 @@ async fn settings_and_http_datagrams_reach_the_application() {
     .expect("connect");
     let handle = controller.handle();
     let stream = handle
-        .send_request(
-            headers(&[
-                (":method", "GET"),
-                (":scheme", "https"),
-                (":authority", "localhost"),
-                (":path", "/"),
-            ]),
-            true,
-        )
+        .send_request(tq_e2e::request_head("GET", "/"), true)
         .await
         .expect("request");
     let settings = tokio::time::timeout(Duration::from_secs(5), saw_settings)
@@ -743,15 +722,7 @@ async fn dropping_a_body_receiver_stops_the_upload_and_the_early_answer_stands()
     let client = server.client().await;
     let stream = client
         .handle()
-        .send_request(
-            headers(&[
-                (":method", "POST"),
-                (":scheme", "https"),
-                (":authority", "localhost"),
-                (":path", "/upload"),
-            ]),
-            true,
-        )
+        .send_request(tq_e2e::request_head("POST", "/upload"), true)
         .await
         .expect("request");
     let body = stream.body.expect("body sender");

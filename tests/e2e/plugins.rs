@@ -291,15 +291,7 @@ async fn an_echo_to_a_slow_reader_is_paced_by_back_pressure_not_plugin_memory() 
     let data = Bytes::from(payload(48 << 20, 5));
     let stream = client
         .handle()
-        .send_request(
-            tq_host::http3::headers(&[
-                (":method", "POST"),
-                (":scheme", "https"),
-                (":authority", "localhost"),
-                (":path", "/echo"),
-            ]),
-            true,
-        )
+        .send_request(tq_e2e::request_head("POST", "/echo"), true)
         .await
         .expect("request");
     let body = stream.body.expect("body sender");

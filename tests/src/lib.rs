@@ -670,3 +670,14 @@ pub fn bench_arg(name: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The head of a request to `localhost`: `:method`, `:scheme`, `:authority`
+/// and `:path`, for tests that drive `H3Handle::send_request` directly.
+pub fn request_head(method: &str, path: &str) -> Vec<tq_host::http3::Header> {
+    tq_host::http3::headers(&[
+        (":method", method),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", path),
+    ])
+}
