@@ -136,15 +136,27 @@ fn bad_configuration_is_refused_with_a_clear_message() {
 
     let out = Command::new(BIN).arg("--help").output().expect("run");
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--listen", "--cert", "--config", "--no-retry", "--app"] {
+    for flag in [
+        "--listen",
+        "--cert",
+        "--config",
+        "--no-retry",
+        "--app",
+        "--plugin",
+        "--alpn",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn hello_wasm() -> std::path::PathBuf {
+    plugin_wasm("hello")
+}
+
+fn plugin_wasm(name: &str) -> std::path::PathBuf {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm/wasm32-wasip2/release/hello.wasm");
+        .join(format!("../target/wasm/wasm32-wasip2/release/{name}.wasm"));
     assert!(
         p.exists(),
         "build the plugins first: bash scripts/build-plugins.sh"
@@ -172,6 +184,35 @@ fn serves_a_plugin() {
 }
 
 #[test]
+fn serves_a_raw_quic_plugin_under_the_alpn_given() {
+    let wasm = plugin_wasm("echo");
+    let wasm = wasm.to_str().unwrap();
+    // Without --alpn the operator is told what is missing.
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--plugin", wasm])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("raw QUIC plugin") && err.contains("--alpn"),
+        "{err}"
+    );
+
+    let (_server, addr) = serve(&["--plugin", wasm, "--alpn", "my-echo"]);
+    let out = Command::new(BIN)
+        .args(["echo", "-k", "--alpn", "my-echo", "-m", "raw hello", &addr])
+        .output()
+        .expect("run echo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "raw hello");
+}
+
+#[test]
 fn a_file_that_is_not_a_plugin_is_refused_at_start() {
     let dir = std::env::temp_dir().join(format!("tq-cli-plugin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -184,7 +225,9 @@ fn a_file_that_is_not_a_plugin_is_refused_at_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cannot load the plugin") && err.contains("tq:plugin/http3-app"),
+        err.contains("cannot load the plugin")
+            && err.contains("tq:plugin/http3-app")
+            && err.contains("tq:plugin/quic-app"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -35,6 +35,34 @@
 //! streamed with [`http3::Conn::write_body`], which buffers what the client
 //! is not ready for and sends it as the stream drains, so a plugin never has
 //! to handle back-pressure by hand (it may, through `on_writable`).
+//!
+//! ## A raw QUIC plugin
+//!
+//! The plugin is the connection's application: it sees stream bytes and
+//! datagrams as they arrive and writes its own. An echo server:
+//!
+//! ```ignore
+//! use tq_sdk::quic::{App, Conn, StreamId};
+//!
+//! #[derive(Default)]
+//! struct Echo;
+//!
+//! impl App for Echo {
+//!     fn on_stream_data(&mut self, conn: &mut Conn, stream: StreamId, data: &[u8], fin: bool) {
+//!         conn.write(stream, data, fin);
+//!     }
+//! }
+//!
+//! tq_sdk::export_quic_app!(Echo);
+//! ```
+//!
+//! Serve it with `tq-host --plugin echo.wasm --alpn my-proto`: clients must
+//! offer that ALPN. [`quic::Conn::write`] buffers what the host cannot take
+//! yet, and the host reads no more of a stream while its writes are held
+//! back, so an echo never buffers more than a chunk.
+
+// Lets generated code name this crate the same way inside and outside it.
+extern crate self as tq_sdk;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -47,4 +75,19 @@ pub mod bindings {
     });
 }
 
+// One module per world: each export macro carries its own world's exports,
+// so a plugin exports only the world it names.
+#[doc(hidden)]
+pub mod quic_bindings {
+    wit_bindgen::generate!({
+        world: "quic-app",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_quic_app_raw",
+        default_bindings_module: "tq_sdk::quic_bindings",
+        with: { "tq:plugin/types@0.1.0": tq_sdk::bindings::tq::plugin::types },
+    });
+}
+
 pub mod http3;
+pub mod quic;

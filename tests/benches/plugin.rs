@@ -4,7 +4,9 @@
 //! - instantiation per connection;
 //! - resident memory per idle connection, with the plugin and natively;
 //! - requests/s of `GET /` from the hello plugin and from the same handler
-//!   written natively, in the same run (10 connections x 16 in flight).
+//!   written natively, in the same run (10 connections x 16 in flight);
+//! - raw QUIC: echo of 64 MiB on one stream through the echo plugin and
+//!   through the native `EchoApplication`, in the same run.
 //!
 //! Needs the plugins built (`bash scripts/build-plugins.sh`). Run:
 //! `cargo bench -p tq-e2e --bench plugin`
@@ -12,7 +14,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tq_e2e::{plugin_path, H3App, H3TestServer, PluginServer};
+use tq_e2e::{
+    echo_with_our_client, payload, plugin_path, H3App, H3TestServer, PluginServer,
+    QuicPluginServer, TestServer,
+};
 use tq_host::http3::{H3Client, Http3Settings, RequestBody, RequestHandler, ResponseBody};
 use tq_host::plugin::{Plugin, PluginLimits};
 use tq_host::quic::QuicSettings;
@@ -116,5 +121,20 @@ fn main() {
         let n = requests_per_second(&native_clients, total).await;
         let w = requests_per_second(&wasm_clients, total).await;
         println!("GET / over 10 connections x 16 in flight: native {n:.0} requests/s, hello plugin {w:.0} requests/s ({:.0}%)", w / n * 100.0);
+
+        let mib = tq_e2e::bench_arg("--echo-mib", 64);
+        let data = Arc::new(payload(mib << 20, 9));
+        let native = TestServer::start(QuicSettings::default()).await;
+        let native_params = native.client_params(QuicSettings::default());
+        let raw = QuicPluginServer::start("echo", PluginLimits::default()).await;
+        let raw_params = raw.client_params();
+        let mut rates = Vec::new();
+        for (addr, params) in [(native.addr, &native_params), (raw.addr, &raw_params)] {
+            let start = Instant::now();
+            let r = echo_with_our_client(addr, params, vec![data.clone()]).await.expect("echo");
+            assert_eq!(r[0].len, data.len());
+            rates.push((mib << 20) as f64 / start.elapsed().as_secs_f64() / 1e6);
+        }
+        println!("raw QUIC echo, 1 stream, {mib} MiB each way: native {:.0} MB/s, echo plugin {:.0} MB/s ({:.0}%)", rates[0], rates[1], rates[1] / rates[0] * 100.0);
     });
 }

@@ -5,5 +5,6 @@ mod h3;
 mod plugins;
 mod quic_echo;
 mod quic_handshake;
+mod quic_plugins;
 mod quic_robustness;
 mod quic_shutdown;

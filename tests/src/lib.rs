@@ -661,6 +661,86 @@ impl PluginServer {
     }
 }
 
+/// A raw QUIC server running a `quic-app` plugin, as `tq-host --plugin
+/// x.wasm --alpn tq-echo` does, with datagrams enabled.
+pub struct QuicPluginServer {
+    /// The address to connect to.
+    pub addr: SocketAddr,
+    /// The certificate the server presents.
+    pub cert: TestCert,
+    /// Set to true to send every connection's plugin a `shutdown` event.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for QuicPluginServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl QuicPluginServer {
+    /// Loads the plugin `name` with `limits` and serves it (ALPN `tq-echo`).
+    pub async fn start(name: &str, limits: tq_host::plugin::PluginLimits) -> Self {
+        let plugin =
+            tq_host::plugin::Plugin::load(&plugin_path(name), limits).expect("plugin loads");
+        assert_eq!(plugin.world(), tq_host::plugin::World::QuicApp);
+        let cert = TestCert::new();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let settings = echo_alpn(QuicSettings {
+            enable_datagrams: true,
+            ..QuicSettings::default()
+        });
+        let params = ConnectionParams::new_server(settings, cert.paths.clone());
+        let mut listener =
+            quic::listen([socket], params, DefaultMetrics::default()).expect("listen");
+        let addr = listener.local_addrs()[0];
+        let (shutdown, stop) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Some(c) = listener.accept().await {
+                let (app, session) = tq_host::plugin::QuicPluginApp::new();
+                c.start(app);
+                let plugin = plugin.clone();
+                let mut stop = stop.clone();
+                conns.spawn(async move {
+                    let shutdown = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    plugin.serve_quic(session, shutdown).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            cert,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Client parameters of ours that trust this server (ALPN `tq-echo`,
+    /// datagrams on).
+    pub fn client_params(&self) -> ConnectionParams {
+        ConnectionParams::new_client(echo_alpn(QuicSettings {
+            enable_datagrams: true,
+            ..QuicSettings::default()
+        }))
+        .ca_file(&self.cert.paths.cert)
+    }
+
+    /// A quinn connection to this server.
+    pub async fn quinn(&self) -> (quinn::Endpoint, quinn::Connection) {
+        let ep = quinn_client(&self.cert.cert, b"tq-echo");
+        let conn = ep
+            .connect(self.addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("quinn handshake");
+        (ep, conn)
+    }
+}
+
 /// The value after `--name` on a bench's command line, or `default`.
 pub fn bench_arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();

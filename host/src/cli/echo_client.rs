@@ -38,6 +38,10 @@ pub(super) struct EchoArgs {
     #[arg(long, short = 'k')]
     insecure: bool,
 
+    /// Application protocol (ALPN) to offer. Default: tq-echo.
+    #[arg(long, value_name = "NAME", default_value = "tq-echo")]
+    alpn: String,
+
     /// Give up after this long, e.g. `5s`.
     #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
     timeout: Duration,
@@ -59,7 +63,7 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot reach {}", args.server))?;
     let settings = QuicSettings {
-        alpn: vec!["tq-echo".into()],
+        alpn: vec![args.alpn.clone()],
         max_idle_timeout: args.timeout,
         ..Default::default()
     };

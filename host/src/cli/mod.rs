@@ -55,9 +55,16 @@ pub enum App {
 #[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
     /// Serve this WebAssembly component (built for wasm32-wasip2) instead of a
-    /// built-in application. It must implement `tq:plugin/http3-app`.
+    /// built-in application. It implements `tq:plugin/http3-app` (served over
+    /// HTTP/3) or `tq:plugin/quic-app` (a raw QUIC application; give its
+    /// protocol with --alpn); tq-host tells which from its exports.
     #[arg(long, value_name = "WASM")]
     plugin: Option<PathBuf>,
+
+    /// Application protocol (ALPN) clients must offer; repeatable. Default:
+    /// `h3`, or `tq-echo` with `--app echo`. Required for a raw QUIC plugin.
+    #[arg(long, value_name = "NAME")]
+    alpn: Vec<String>,
 
     /// Plugins: linear memory per instance (one instance per connection),
     /// in MiB. Default: 64.

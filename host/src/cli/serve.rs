@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tokio::net::UdpSocket;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use super::{App, ServeArgs};
 use crate::builtin::{EchoApplication, WelcomePage};
 use crate::http3::{serve_connection, ServerH3Driver};
 use crate::metrics::DefaultMetrics;
-use crate::plugin::{ConnectionMeta, Plugin, PluginGrants, PluginLimits};
+use crate::plugin::{ConnectionMeta, Plugin, PluginGrants, PluginLimits, QuicPluginApp, World};
 use crate::quic::{self, ConnectionParams, TlsCertificatePaths};
 use crate::tls::SelfSignedCertificate;
 
@@ -34,6 +35,9 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         && settings.alpn == crate::quic::QuicSettings::default().alpn
     {
         settings.alpn = vec!["tq-echo".into()];
+    }
+    if !args.alpn.is_empty() {
+        settings.alpn = args.alpn.clone();
     }
     if args.no_retry {
         settings.enable_retry = false;
@@ -65,6 +69,18 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let p =
                 Plugin::load_with_grants(path, limits, grants).context("cannot load the plugin")?;
             info!(plugin = %path.display(), world = %p.world(), "plugin loaded");
+            if p.world() == World::QuicApp
+                && args.alpn.is_empty()
+                && settings.alpn == crate::quic::QuicSettings::default().alpn
+            {
+                bail!(
+                    "{} is a raw QUIC plugin ({}): say which application protocol its \
+                     clients offer with --alpn NAME (e.g. --alpn tq-echo), or `alpn` under \
+                     [quic] in --config",
+                    path.display(),
+                    World::QuicApp
+                );
+            }
             Some(p)
         }
         None => None,
@@ -94,11 +110,20 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for a in listener.local_addrs() {
         info!(addr = %a, app = %args.plugin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("{:?}", args.app)), alpn = ?params.settings.alpn, retry = params.settings.enable_retry, "listening");
     }
-    if args.app == App::Page || args.plugin.is_some() {
-        if let Some(a) = listener.local_addrs().first() {
-            info!("try: tq-host get -k https://{a}/");
+    if let Some(a) = listener.local_addrs().first() {
+        match plugin.as_ref().map(Plugin::world) {
+            Some(World::QuicApp) => info!(
+                "try: tq-host echo -k --alpn {} {a}",
+                params.settings.alpn.first().map_or("", String::as_str)
+            ),
+            _ if args.app == App::Page || plugin.is_some() => {
+                info!("try: tq-host get -k https://{a}/")
+            }
+            _ => info!("try: tq-host echo -k {a}"),
         }
     }
+    // Tells raw-QUIC plugins the server is shutting down.
+    let (stopping, stop_signal) = watch::channel(false);
 
     // Owns the per-connection request loops; they end with their connections.
     let services = TaskTracker::new();
@@ -109,6 +134,18 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Some(c) => {
                     info!(peer = %c.peer_addr(), "connection accepted");
                     match (&plugin, args.app) {
+                        (Some(plugin), _) if plugin.world() == World::QuicApp => {
+                            let (app, session) = QuicPluginApp::new();
+                            c.start(app);
+                            let plugin = plugin.clone();
+                            let mut stop = stop_signal.clone();
+                            services.spawn(async move {
+                                let shutdown = async move {
+                                    let _ = stop.wait_for(|s| *s).await;
+                                };
+                                plugin.serve_quic(session, shutdown).await;
+                            });
+                        }
                         (Some(plugin), _) => {
                             let (driver, controller) = ServerH3Driver::new_server(h3_settings.clone());
                             let peer = c.peer_addr().to_string();
@@ -142,6 +179,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     }
+    stopping.send_replace(true);
     services.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, async {
         listener.shutdown().await;

@@ -13,17 +13,16 @@ use std::collections::HashMap;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn, Instrument};
-use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use tracing::{debug, warn, Instrument};
+use wasmtime::Store;
 
-use super::bindings::tq::plugin::h3_types::{Event, RequestHead};
-use super::bindings::tq::plugin::types::{ConnectionInfo, Header};
-use super::bindings::Http3App;
+use super::bindings::h3::tq::plugin::h3_types::{Event, RequestHead};
+use super::bindings::h3::tq::plugin::types::{ConnectionInfo, Header};
+use super::bindings::h3::Http3App;
+use super::h3_host::H3Conn;
+use super::instance::{call, log_output, new_store, sleep_until};
 use super::state::PluginState;
-use super::{ConnectionMeta, Inner};
+use super::{ConnectionMeta, Inner, Pre};
 use crate::http3::{H3Controller, H3Event, H3Handle, InboundFrame, NameValue, H3_INTERNAL_ERROR};
 
 /// Frames of request bodies waiting for the plugin, across all requests of
@@ -51,55 +50,9 @@ pub(super) async fn serve(plugin: Arc<Inner>, controller: H3Controller, meta: Co
     run(plugin, controller, meta).instrument(span).await
 }
 
-/// A store for one connection's instance, with its limits, deadline
-/// callback and WASI context (nothing granted but the operator's grants).
-pub(super) fn new_store(plugin: &Inner, handle: H3Handle) -> anyhow::Result<Store<PluginState>> {
-    let output = MemoryOutputPipe::new(plugin.limits.output_bytes);
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.stdout(output.clone()).stderr(output.clone());
-    for (k, v) in &plugin.grants.env {
-        wasi.env(k, v);
-    }
-    for d in &plugin.grants.dirs {
-        wasi.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
-            .map_err(|e| anyhow::anyhow!("cannot grant {}: {e:?}", d.host.display()))?;
-    }
-    let state = PluginState {
-        wasi: wasi.build(),
-        table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new()
-            .memory_size(plugin.limits.memory_bytes)
-            .instances(64)
-            .trap_on_grow_failure(true)
-            .build(),
-        streams: Default::default(),
-        want_writable: Vec::new(),
-        handle,
-        established: Instant::now(),
-        call_started: Instant::now(),
-        call_deadline: plugin.limits.call_deadline,
-        output,
-        output_logged: 0,
-    };
-    let mut store = Store::new(&plugin.engine, state);
-    store.limiter(|s| &mut s.limits);
-    // Each tick: past the call's deadline, trap; otherwise yield to the
-    // runtime so other connections run, and check again next tick.
-    store.epoch_deadline_callback(|ctx| {
-        let s = ctx.data();
-        if s.call_started.elapsed() > s.call_deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
-    store.set_epoch_deadline(1);
-    Ok(store)
-}
-
 async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionMeta) {
     let handle = controller.handle();
-    let mut store = match new_store(&plugin, handle.clone()) {
+    let mut store = match new_store(&plugin, H3Conn::new(handle.clone())) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %format!("{e:#}"), "cannot set up the plugin; closing the connection");
@@ -108,8 +61,13 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
         }
     };
 
+    let Pre::Http3(pre) = &plugin.pre else {
+        warn!("not an HTTP/3 plugin; closing the connection");
+        handle.close(H3_INTERNAL_ERROR, "plugin failed");
+        return;
+    };
     store.data_mut().call_started = Instant::now();
-    let app = match plugin.pre.instantiate_async(&mut store).await {
+    let app = match pre.instantiate_async(&mut store).await {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %format!("{e:#}"), "plugin failed to instantiate; closing the connection");
@@ -126,13 +84,9 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
         server_name: meta.server_name.clone(),
         peer_address: meta.peer.clone(),
     };
-    let mut failed = call(
-        &mut store,
-        |s, a: &Http3App| {
-            Box::pin(async move { a.tq_plugin_h3_handler().call_on_established(s, &info).await })
-        },
-        &app,
-    )
+    let mut failed = call(&mut store, &app, |s, a: &Http3App| {
+        Box::pin(async move { a.tq_plugin_h3_handler().call_on_established(s, &info).await })
+    })
     .await
     .is_err();
 
@@ -144,17 +98,13 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
                 p.send_replace(true);
             }
         }
-        let wait = match call(
-            &mut store,
-            |s, a: &Http3App| {
-                Box::pin(async move { a.tq_plugin_h3_handler().call_wait_for_data(s).await })
-            },
-            &app,
-        )
+        let wait = match call(&mut store, &app, |s, a: &Http3App| {
+            Box::pin(async move { a.tq_plugin_h3_handler().call_wait_for_data(s).await })
+        })
         .await
         {
             Ok(w) => w,
-            Err(()) => {
+            Err(_) => {
                 failed = true;
                 break;
             }
@@ -173,7 +123,7 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
             Wake::Event(None) | Wake::Event(Some(H3Event::ConnectionShutdown { .. })) => break,
             Wake::Event(Some(H3Event::IncomingRequest(req))) => {
                 let id = req.stream_id;
-                store.data_mut().streams.insert(id, req.response);
+                store.data_mut().conn.streams.insert(id, req.response);
                 let end = req.body.is_none();
                 if let Some(mut body) = req.body {
                     let tx = frames_tx.clone();
@@ -215,7 +165,7 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
             }
             Wake::Event(Some(H3Event::GoAway { .. })) => Event::Goaway,
             Wake::Event(Some(H3Event::StreamReset { stream_id, code })) => {
-                store.data_mut().streams.remove(&stream_id);
+                store.data_mut().conn.streams.remove(&stream_id);
                 pauses.remove(&stream_id);
                 Event::Reset((stream_id, code))
             }
@@ -235,13 +185,9 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
             }
             Wake::Timer => Event::Timer,
         };
-        failed = call(
-            &mut store,
-            |s, a: &Http3App| {
-                Box::pin(async move { a.tq_plugin_h3_handler().call_on_event(s, &event).await })
-            },
-            &app,
-        )
+        failed = call(&mut store, &app, |s, a: &Http3App| {
+            Box::pin(async move { a.tq_plugin_h3_handler().call_on_event(s, &event).await })
+        })
         .await
         .is_err();
     }
@@ -251,13 +197,9 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
         // requests' senders drop with the store, resetting their streams.
         handle.close(H3_INTERNAL_ERROR, "plugin failed");
     } else {
-        let _ = call(
-            &mut store,
-            |s, a: &Http3App| {
-                Box::pin(async move { a.tq_plugin_h3_handler().call_on_close(s).await })
-            },
-            &app,
-        )
+        let _ = call(&mut store, &app, |s, a: &Http3App| {
+            Box::pin(async move { a.tq_plugin_h3_handler().call_on_close(s).await })
+        })
         .await;
         debug!("plugin connection finished");
     }
@@ -266,63 +208,9 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
     writable.abort_all();
 }
 
-type CallFuture<'a, R> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>>;
-
-/// Calls into the plugin with a fresh CPU deadline; logs what it printed and,
-/// on failure, why (trap, panic, deadline, memory).
-async fn call<R>(
-    store: &mut Store<PluginState>,
-    f: impl for<'a> FnOnce(&'a mut Store<PluginState>, &'a Http3App) -> CallFuture<'a, R>,
-    app: &Http3App,
-) -> Result<R, ()> {
-    store.data_mut().call_started = Instant::now();
-    store.set_epoch_deadline(1);
-    let res = f(store, app).await;
-    log_output(store);
-    res.map_err(|e| {
-        let deadline = store.data().call_started.elapsed() >= store.data().call_deadline;
-        let why = if deadline {
-            format!(
-                "exceeded its CPU deadline of {:?}",
-                store.data().call_deadline
-            )
-        } else {
-            describe(&e)
-        };
-        warn!(error = %why, "plugin failed; closing its connection");
-    })
-}
-
-/// One line on why a call failed: the trap (a Rust panic shows as
-/// `unreachable`), or the innermost error (a memory limit), without the
-/// multi-line wasm backtrace.
-fn describe(e: &wasmtime::Error) -> String {
-    let first = |s: String| s.lines().next().unwrap_or_default().to_owned();
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::UnreachableCodeReached) => {
-            "trapped: wasm `unreachable` executed (a panic or abort in the plugin)".into()
-        }
-        Some(t) => format!("trapped: {}", first(t.to_string())),
-        None => first(e.root_cause().to_string()),
-    }
-}
-
-fn log_output(store: &mut Store<PluginState>) {
-    let s = store.data_mut();
-    let all = s.output.contents();
-    if all.len() > s.output_logged {
-        let new = String::from_utf8_lossy(&all[s.output_logged..]).into_owned();
-        s.output_logged = all.len();
-        for line in new.lines() {
-            info!(target: "tq_host::plugin::output", "{line}");
-        }
-    }
-}
-
 /// Starts a wait for every stream the plugin found full; returns them.
-fn arm_writable(store: &mut Store<PluginState>, writable: &mut JoinSet<u64>) -> Vec<u64> {
-    let s = store.data_mut();
+fn arm_writable(store: &mut Store<PluginState<H3Conn>>, writable: &mut JoinSet<u64>) -> Vec<u64> {
+    let s = &mut store.data_mut().conn;
     let ids = std::mem::take(&mut s.want_writable);
     for &id in &ids {
         if let Some(sender) = s.streams.get(&id) {
@@ -336,13 +224,6 @@ fn arm_writable(store: &mut Store<PluginState>, writable: &mut JoinSet<u64>) -> 
     ids
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Measures, for benchmarks: the mean time to instantiate the plugin, and
 /// the mean time of one `wait-for-data` call (the cheapest hook), over `n`.
 pub(super) async fn measure(
@@ -350,20 +231,20 @@ pub(super) async fn measure(
     handle: H3Handle,
     n: u32,
 ) -> anyhow::Result<(Duration, Duration)> {
+    let Pre::Http3(pre) = &plugin.pre else {
+        anyhow::bail!("{} is not an HTTP/3 plugin", plugin.path.display());
+    };
     let n = n.max(1);
     let started = Instant::now();
     for _ in 0..n {
-        let mut store = new_store(plugin, handle.clone())?;
-        plugin
-            .pre
-            .instantiate_async(&mut store)
+        let mut store = new_store(plugin, H3Conn::new(handle.clone()))?;
+        pre.instantiate_async(&mut store)
             .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
     let instantiate = started.elapsed() / n;
-    let mut store = new_store(plugin, handle)?;
-    let app = plugin
-        .pre
+    let mut store = new_store(plugin, H3Conn::new(handle))?;
+    let app = pre
         .instantiate_async(&mut store)
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;

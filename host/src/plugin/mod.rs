@@ -1,8 +1,11 @@
 //! The WebAssembly plugin runtime: loads a component, checks which world it
-//! implements, and runs one sandboxed instance per connection.
+//! implements (`http3-app` or `quic-app`), and runs one sandboxed instance
+//! per connection.
 //!
-//! It owns wasmtime and knows the HTTP/3 layer only through its public API
-//! (controller, events, stream channels); it never names quiche. Every store
+//! It owns wasmtime. HTTP/3 plugins see the HTTP/3 layer through its public
+//! API (controller, events, stream channels); raw QUIC plugins run behind
+//! [`QuicPluginApp`], an `ApplicationOverQuic` that bridges the connection's
+//! worker and the plugin's own task. Every store
 //! gets a memory cap, a CPU deadline per call (epoch interruption, with a
 //! yield to the runtime every tick so a busy plugin cannot stall others), and
 //! WASI with nothing granted but what the operator lists ([`PluginGrants`]:
@@ -18,29 +21,49 @@
 //! ```
 
 mod engine;
+mod h3_host;
 mod http3;
+mod instance;
 mod limits;
+mod quic;
+mod quic_bridge;
+mod quic_host;
 mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Engine;
 
 pub use limits::{DirGrant, PluginGrants, PluginLimits};
+pub use quic_bridge::{QuicPluginApp, QuicPluginSession};
 
 use engine::{build_engine, EpochTicker};
+use h3_host::H3Conn;
+use quic_host::QuicConn;
 use state::PluginState;
 
-/// Bindings generated from `wit/`; private, so no raw type leaks out.
+/// Bindings generated from `wit/`, one module per world; private, so no raw
+/// type leaks out.
 mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "http3-app",
-        exports: { default: async },
-    });
+    pub(crate) mod h3 {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "http3-app",
+            exports: { default: async },
+        });
+    }
+    pub(crate) mod quic {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "quic-app",
+            exports: { default: async },
+            // One Rust type for the shared interface.
+            with: { "tq:plugin/types": super::h3::tq::plugin::types },
+        });
+    }
 }
 
 /// Adds context to wasmtime's own error type (which is not anyhow's).
@@ -54,23 +77,52 @@ impl<T> WasmtimeContext<T> for wasmtime::Result<T> {
     }
 }
 
-/// The worlds a plugin may implement, by the interface it exports.
-const HTTP3_EXPORT: &str = "tq:plugin/h3-handler@0.1.0";
-
 /// Which world a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum World {
     /// `tq:plugin/http3-app`: the plugin answers HTTP/3 requests.
     Http3App,
+    /// `tq:plugin/quic-app`: the plugin is a raw QUIC connection's
+    /// application.
+    QuicApp,
+}
+
+impl World {
+    /// Every world tq-host serves.
+    pub const ALL: [World; 2] = [World::Http3App, World::QuicApp];
+
+    /// The interface a component of this world exports.
+    pub fn export(self) -> &'static str {
+        match self {
+            World::Http3App => "tq:plugin/h3-handler@0.1.0",
+            World::QuicApp => "tq:plugin/quic-handler@0.1.0",
+        }
+    }
+
+    /// What the CLI and logs call it.
+    fn describe_all() -> String {
+        World::ALL
+            .iter()
+            .map(|w| format!("{w} (exporting {})", w.export()))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
 }
 
 impl std::fmt::Display for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             World::Http3App => f.write_str("tq:plugin/http3-app@0.1.0"),
+            World::QuicApp => f.write_str("tq:plugin/quic-app@0.1.0"),
         }
     }
+}
+
+/// A component linked and ready to instantiate, per world.
+enum Pre {
+    Http3(bindings::h3::Http3AppPre<PluginState<H3Conn>>),
+    Quic(bindings::quic::QuicAppPre<PluginState<QuicConn>>),
 }
 
 /// A loaded, validated plugin, ready to run on connections. Cheap to share.
@@ -82,7 +134,7 @@ struct Inner {
     path: PathBuf,
     world: World,
     engine: Engine,
-    pre: bindings::Http3AppPre<PluginState>,
+    pre: Pre,
     limits: PluginLimits,
     grants: PluginGrants,
     _ticker: EpochTicker,
@@ -160,7 +212,7 @@ impl Plugin {
                 "{} is a core WebAssembly module, not a component: build it for wasm32-wasip2 \
                  (or run `wasm-tools component new`) so that it implements {}",
                 path.display(),
-                World::Http3App
+                World::describe_all()
             );
         }
         let engine = build_engine(&limits)?;
@@ -171,34 +223,34 @@ impl Plugin {
             .exports(&engine)
             .map(|(name, _)| name.to_owned())
             .collect();
-        let world = if exports.iter().any(|e| e == HTTP3_EXPORT) {
-            World::Http3App
-        } else {
+        let Some(world) = World::ALL
+            .into_iter()
+            .find(|w| exports.iter().any(|e| e == w.export()))
+        else {
             bail!(
-                "{} implements none of the worlds tq-host serves: expected {} (exporting {}); \
-                 it exports [{}]",
+                "{} implements none of the worlds tq-host serves: expected {}; it exports [{}]",
                 path.display(),
-                World::Http3App,
-                HTTP3_EXPORT,
+                World::describe_all(),
                 exports.join(", ")
             );
         };
-        let mut linker: Linker<PluginState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .wt_context(|| "cannot link WASI".into())?;
-        bindings::Http3App::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(
-            &mut linker,
-            |s| s,
-        )
-        .wt_context(|| "cannot link the host interfaces".into())?;
-        let pre = linker.instantiate_pre(&component).wt_context(|| {
-            format!(
-                "{} imports something tq-host does not provide",
-                path.display()
-            )
-        })?;
-        let pre = bindings::Http3AppPre::new(pre)
-            .wt_context(|| format!("{} does not match {}", path.display(), World::Http3App))?;
+        let matches = |e: wasmtime::Error| {
+            anyhow::anyhow!("{} does not match {world}: {e:?}", path.display())
+        };
+        let pre = match world {
+            World::Http3App => {
+                let pre = link(&engine, &component, path, |l| {
+                    bindings::h3::Http3App::add_to_linker::<_, HasSelf<_>>(l, |s| s)
+                })?;
+                Pre::Http3(bindings::h3::Http3AppPre::new(pre).map_err(matches)?)
+            }
+            World::QuicApp => {
+                let pre = link(&engine, &component, path, |l| {
+                    bindings::quic::QuicApp::add_to_linker::<_, HasSelf<_>>(l, |s| s)
+                })?;
+                Pre::Quic(bindings::quic::QuicAppPre::new(pre).map_err(matches)?)
+            }
+        };
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
             inner: Arc::new(Inner {
@@ -221,6 +273,20 @@ impl Plugin {
     /// The world it implements.
     pub fn world(&self) -> World {
         self.inner.world
+    }
+
+    /// Serves one raw QUIC connection (whose application is `session`'s
+    /// [`QuicPluginApp`]) with a fresh instance until the connection closes.
+    /// When `shutdown` completes the plugin gets a `shutdown` event. A trap,
+    /// panic, deadline or memory overrun closes this connection with
+    /// application error code [`INTERNAL_ERROR_CODE`](crate::quic::INTERNAL_ERROR_CODE)
+    /// and is logged; nothing else is affected.
+    pub async fn serve_quic(
+        &self,
+        session: QuicPluginSession,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
+        quic::serve(self.inner.clone(), session, shutdown).await
     }
 
     /// Serves one HTTP/3 connection with a fresh instance until the
@@ -246,6 +312,25 @@ impl Plugin {
         let (_driver, controller) = crate::http3::ServerH3Driver::new_server(Default::default());
         http3::measure(&self.inner, controller.handle(), n).await
     }
+}
+
+/// Links a component against WASI and one world's host interfaces
+/// (`add`), checking that every import it needs is provided.
+fn link<C: Send + 'static>(
+    engine: &Engine,
+    component: &Component,
+    path: &Path,
+    add: impl FnOnce(&mut Linker<PluginState<C>>) -> wasmtime::Result<()>,
+) -> anyhow::Result<wasmtime::component::InstancePre<PluginState<C>>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).wt_context(|| "cannot link WASI".into())?;
+    add(&mut linker).wt_context(|| "cannot link the host interfaces".into())?;
+    linker.instantiate_pre(component).wt_context(|| {
+        format!(
+            "{} imports something tq-host does not provide",
+            path.display()
+        )
+    })
 }
 
 /// What the host tells a plugin about its connection.

@@ -1,0 +1,125 @@
+//! Making a sandboxed store for one connection's instance, and calling into
+//! it: a fresh CPU deadline per call, the plugin's output logged after each
+//! call, and a one-line reason when a call fails.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use tracing::{info, warn};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use super::state::PluginState;
+use super::Inner;
+
+/// A store for one connection's instance, with its limits, deadline
+/// callback and WASI context (nothing granted but the operator's grants).
+pub(super) fn new_store<C: Send>(plugin: &Inner, conn: C) -> anyhow::Result<Store<PluginState<C>>> {
+    let output = MemoryOutputPipe::new(plugin.limits.output_bytes);
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(output.clone()).stderr(output.clone());
+    for (k, v) in &plugin.grants.env {
+        wasi.env(k, v);
+    }
+    for d in &plugin.grants.dirs {
+        wasi.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
+            .map_err(|e| anyhow::anyhow!("cannot grant {}: {e:?}", d.host.display()))?;
+    }
+    let state = PluginState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(plugin.limits.memory_bytes)
+            .instances(64)
+            .trap_on_grow_failure(true)
+            .build(),
+        established: Instant::now(),
+        call_started: Instant::now(),
+        call_deadline: plugin.limits.call_deadline,
+        output,
+        output_logged: 0,
+        conn,
+    };
+    let mut store = Store::new(&plugin.engine, state);
+    store.limiter(|s| &mut s.limits);
+    // Each tick: past the call's deadline, trap; otherwise yield to the
+    // runtime so other connections run, and check again next tick.
+    store.epoch_deadline_callback(|ctx| {
+        let s = ctx.data();
+        if s.call_started.elapsed() > s.call_deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store.set_epoch_deadline(1);
+    Ok(store)
+}
+
+/// The future of one call into the plugin.
+pub(super) type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+
+/// Calls into the plugin with a fresh CPU deadline; logs what it printed and,
+/// on failure, why (trap, panic, deadline, memory). The error is that
+/// one-line reason.
+///
+/// The call future is always driven to completion: an instance whose call
+/// was dropped midway must not be called again.
+pub(super) async fn call<C: Send, A, R>(
+    store: &mut Store<PluginState<C>>,
+    app: &A,
+    f: impl for<'a> FnOnce(&'a mut Store<PluginState<C>>, &'a A) -> CallFuture<'a, R>,
+) -> Result<R, String> {
+    store.data_mut().call_started = Instant::now();
+    store.set_epoch_deadline(1);
+    let res = f(store, app).await;
+    log_output(store);
+    res.map_err(|e| {
+        let s = store.data();
+        let why = if s.call_started.elapsed() >= s.call_deadline {
+            format!("exceeded its CPU deadline of {:?}", s.call_deadline)
+        } else {
+            describe(&e)
+        };
+        warn!(error = %why, "plugin failed; closing its connection");
+        why
+    })
+}
+
+/// One line on why a call failed: the trap (a Rust panic shows as
+/// `unreachable`), or the innermost error (a memory limit), without the
+/// multi-line wasm backtrace.
+pub(super) fn describe(e: &wasmtime::Error) -> String {
+    let first = |s: String| s.lines().next().unwrap_or_default().to_owned();
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::UnreachableCodeReached) => {
+            "trapped: wasm `unreachable` executed (a panic or abort in the plugin)".into()
+        }
+        Some(t) => format!("trapped: {}", first(t.to_string())),
+        None => first(e.root_cause().to_string()),
+    }
+}
+
+/// Logs, line by line, what the plugin printed since the last call.
+pub(super) fn log_output<C>(store: &mut Store<PluginState<C>>) {
+    let s = store.data_mut();
+    let all = s.output.contents();
+    if all.len() > s.output_logged {
+        let new = String::from_utf8_lossy(&all[s.output_logged..]).into_owned();
+        s.output_logged = all.len();
+        for line in new.lines() {
+            info!(target: "tq_host::plugin::output", "{line}");
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub(super) async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

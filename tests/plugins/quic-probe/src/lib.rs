@@ -1,0 +1,105 @@
+//! A raw QUIC test plugin. Each client stream carries one command (the
+//! bytes up to the client's fin); the answer comes back on the same stream:
+//!
+//! | command | what it does |
+//! | --- | --- |
+//! | `echo TEXT` | answers `TEXT` |
+//! | `after MS` | answers `tick after MS` once MS milliseconds have passed (timers through wait-for-data) |
+//! | `stats` | answers `rtt_us=.. recv_bytes=.. sent_packets=..` |
+//! | `push` | opens a server stream (unidirectional) carrying `pushed`, then answers `ok` |
+//! | `close CODE` | closes the connection with that application error code |
+//! | `loop` | spins forever |
+//! | `bomb` | allocates until memory runs out |
+//! | `panic` | panics |
+//!
+//! On shutdown it writes `bye` on every stream still waiting for a timer,
+//! then closes with code 0x42.
+
+use std::collections::HashMap;
+
+use tq_sdk::quic::{App, Conn, StreamId};
+
+#[derive(Default)]
+struct Probe {
+    commands: HashMap<StreamId, Vec<u8>>,
+    /// Streams waiting for a timer: (due, stream, ms).
+    due: Vec<(u64, StreamId, u64)>,
+    hoard: Vec<Vec<u8>>,
+}
+
+impl Probe {
+    fn run(&mut self, conn: &mut Conn, stream: StreamId, cmd: &str) {
+        let (verb, arg) = cmd.split_once(' ').unwrap_or((cmd, ""));
+        match verb {
+            "echo" => conn.write(stream, arg.as_bytes(), true),
+            "after" => match arg.parse::<u64>() {
+                Ok(ms) => self.due.push((conn.now_ms() + ms, stream, ms)),
+                Err(_) => conn.write(stream, b"bad number", true),
+            },
+            "stats" => {
+                let s = conn.stats();
+                let answer = format!(
+                    "rtt_us={} recv_bytes={} sent_packets={}",
+                    s.rtt_us, s.recv_bytes, s.sent_packets
+                );
+                conn.write(stream, answer.as_bytes(), true);
+            }
+            "push" => {
+                let id = conn.open_uni();
+                conn.write(id, b"pushed", true);
+                conn.write(stream, b"ok", true);
+            }
+            "close" => conn.close(arg.parse().unwrap_or(0), "asked to"),
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "bomb" => loop {
+                let mut v = vec![0u8; 1 << 20];
+                v[0] = 1;
+                self.hoard.push(std::hint::black_box(v));
+            },
+            "panic" => panic!("this plugin panics on purpose"),
+            _ => conn.write(stream, b"unknown command", true),
+        }
+    }
+}
+
+impl App for Probe {
+    fn on_stream_data(&mut self, conn: &mut Conn, stream: StreamId, data: &[u8], fin: bool) {
+        self.commands
+            .entry(stream)
+            .or_default()
+            .extend_from_slice(data);
+        if fin {
+            let cmd = self.commands.remove(&stream).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).trim().to_owned();
+            self.run(conn, stream, &cmd);
+        }
+    }
+
+    fn on_timer(&mut self, conn: &mut Conn) {
+        let now = conn.now_ms();
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.due.drain(..).partition(|(at, _, _)| *at <= now);
+        self.due = waiting;
+        for (_, stream, ms) in ready {
+            conn.write(stream, format!("tick after {ms}").as_bytes(), true);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.due.iter().map(|(at, _, _)| *at).min()
+    }
+
+    fn on_shutdown(&mut self, conn: &mut Conn) {
+        for (_, stream, _) in self.due.drain(..) {
+            conn.write(stream, b"bye", true);
+        }
+        conn.close(0x42, "shutting down");
+    }
+}
+
+tq_sdk::export_quic_app!(Probe);
