@@ -20,6 +20,13 @@ impl Drop for Server {
 /// Starts `tq-host` on an ephemeral port and returns it with its address,
 /// read from its "listening" log line.
 fn serve(extra: &[&str]) -> (Server, String) {
+    let (server, addr, _) = serve_logging(extra);
+    (server, addr)
+}
+
+/// As [`serve`], also returning the log lines up to the listening one.
+fn serve_logging(extra: &[&str]) -> (Server, String, Vec<String>) {
+    let mut seen = Vec::new();
     let mut child = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
@@ -34,6 +41,7 @@ fn serve(extra: &[&str]) -> (Server, String) {
     let addr = loop {
         assert!(Instant::now() < deadline, "no listening line");
         let line = lines.next().expect("server exited").expect("read stderr");
+        seen.push(line.clone());
         if let Some(i) = line.find("addr=") {
             let rest = &line[i + 5..];
             break rest.split_whitespace().next().unwrap().to_owned();
@@ -41,7 +49,43 @@ fn serve(extra: &[&str]) -> (Server, String) {
     };
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (Server(child), addr)
+    (Server(child), addr, seen)
+}
+
+/// One HTTP/1.1 request to the admin endpoint: (status, body).
+fn admin(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect admin");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read admin answer");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn get(addr: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["get", "-k", &format!("https://{addr}/")])
+        .output()
+        .expect("run get");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -210,6 +254,79 @@ fn serves_a_raw_quic_plugin_under_the_alpn_given() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "raw hello");
+}
+
+#[test]
+fn reloads_through_the_admin_endpoint_and_sighup() {
+    let dir = tempfile_dir("reload");
+    let file = dir.join("app.wasm");
+    std::fs::copy(plugin_wasm("version_a"), &file).unwrap();
+    let (server, addr, lines) = serve_logging(&[
+        "--plugin",
+        file.to_str().unwrap(),
+        "--no-watch",
+        "--admin",
+        "127.0.0.1:0",
+        "--drain-timeout",
+        "200ms",
+    ]);
+    let admin_addr = lines
+        .iter()
+        .find_map(|l| l.split("admin=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .expect("admin address logged")
+        .to_owned();
+    assert!(get(&addr).starts_with("version a "));
+    let (status, body) = admin(&admin_addr, "GET", "/versions");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"current\": true") && body.contains("\"last_error\": null"),
+        "{body}"
+    );
+
+    // A good file through POST /reload.
+    std::fs::copy(plugin_wasm("version_b"), &file).unwrap();
+    let (status, body) = admin(&admin_addr, "POST", "/reload");
+    assert_eq!(
+        (status, body.contains("\"reloaded\"")),
+        (200, true),
+        "{body}"
+    );
+    assert!(get(&addr).starts_with("version b "));
+    let (_, body) = admin(&admin_addr, "POST", "/reload");
+    assert!(body.contains("\"unchanged\""), "{body}");
+
+    // A broken one is refused, said why, and b keeps answering.
+    std::fs::write(&file, b"junk").unwrap();
+    let (status, body) = admin(&admin_addr, "POST", "/reload");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("not a WebAssembly file"), "{body}");
+    let (_, body) = admin(&admin_addr, "GET", "/versions");
+    assert!(body.contains("not a WebAssembly file"), "{body}");
+    assert!(get(&addr).starts_with("version b "));
+
+    // SIGHUP.
+    std::fs::copy(plugin_wasm("version_a"), &file).unwrap();
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get(&addr).starts_with("version a ") {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = admin(&admin_addr, "GET", "/nope");
+    assert_eq!(status, 404);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tq-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 #[test]

@@ -44,6 +44,13 @@ pub type Error = ErrorCode;
 /// An HTTP/3 application. Every method has a default, so implement only what
 /// you need. The default `on_request` answers 404.
 pub trait App: Default + 'static {
+    /// Runs once when tq-host loads or reloads the plugin, before any
+    /// connection: an error refuses this version (on a reload the running
+    /// one keeps serving). The default accepts.
+    fn init() -> Result<(), String> {
+        Ok(())
+    }
+
     /// The connection is established.
     fn on_connect(&mut self, _conn: &mut Conn, _info: &ConnectionInfo) {}
 
@@ -329,7 +336,14 @@ macro_rules! export_http3_app {
                 }
             }
 
+            impl $crate::init_bindings::exports::tq::plugin::init::Guest for Export {
+                fn init() -> ::std::result::Result<(), ::std::string::String> {
+                    <$app as $crate::http3::App>::init()
+                }
+            }
+
             $crate::bindings::__export_http3_app_raw!(Export with_types_in $crate::bindings);
+            $crate::init_bindings::__export_init_raw!(Export with_types_in $crate::init_bindings);
         }
     };
 }

@@ -89,5 +89,28 @@ pub mod quic_bindings {
     });
 }
 
+// The optional exports, each with its own export macro.
+#[doc(hidden)]
+pub mod init_bindings {
+    wit_bindgen::generate!({
+        world: "with-init",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_init_raw",
+        default_bindings_module: "tq_sdk::init_bindings",
+    });
+}
+
+#[doc(hidden)]
+pub mod migrate_bindings {
+    wit_bindgen::generate!({
+        world: "with-migrate",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_migrate_raw",
+        default_bindings_module: "tq_sdk::migrate_bindings",
+    });
+}
+
 pub mod http3;
 pub mod quic;

@@ -47,6 +47,28 @@ pub type Error = ErrorCode;
 /// A raw QUIC application. Every method has a default, so implement only
 /// what you need.
 pub trait App: Default + 'static {
+    /// Runs once when tq-host loads or reloads the plugin, before any
+    /// connection: an error refuses this version (on a reload the running
+    /// one keeps serving). The default accepts.
+    fn init() -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Opt in to moving live connections to a new version on a reload:
+    /// return this connection's state as bytes ([`App::restore`] of the new
+    /// version reads them). `None` (the default) keeps the connection on
+    /// its version. Asked between events, never while [`Conn::write`] still
+    /// holds bytes.
+    fn save(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Rebuilds a connection's state from what [`App::save`] of the old
+    /// version returned; an error keeps the connection on the old version.
+    fn restore(_state: &[u8]) -> Result<Self, String> {
+        Err("this plugin does not restore state".into())
+    }
+
     /// The connection is established.
     fn on_connect(&mut self, _conn: &mut Conn, _info: &ConnectionInfo) {}
 
@@ -205,6 +227,30 @@ impl Conn {
         self.flush(stream);
     }
 
+    /// The connection's own state for a move: stream-id counters. None
+    /// while bytes are held back.
+    #[doc(hidden)]
+    pub fn __save(&self) -> Option<[u8; 16]> {
+        if !self.pending.is_empty() {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.next_bidi.to_le_bytes());
+        out[8..].copy_from_slice(&self.next_uni.to_le_bytes());
+        Some(out)
+    }
+
+    #[doc(hidden)]
+    pub fn __restore(state: &[u8]) -> Option<Self> {
+        let bidi = state.get(..8)?.try_into().ok()?;
+        let uni = state.get(8..16)?.try_into().ok()?;
+        Some(Self {
+            pending: HashMap::new(),
+            next_bidi: u64::from_le_bytes(bidi),
+            next_uni: u64::from_le_bytes(uni),
+        })
+    }
+
     #[doc(hidden)]
     pub fn __forget(&mut self, stream: StreamId) {
         self.pending.remove(&stream);
@@ -281,7 +327,35 @@ macro_rules! export_quic_app {
                 }
             }
 
+            impl $crate::init_bindings::exports::tq::plugin::init::Guest for Export {
+                fn init() -> ::std::result::Result<(), ::std::string::String> {
+                    <$app as $crate::quic::App>::init()
+                }
+            }
+
+            impl $crate::migrate_bindings::exports::tq::plugin::migrate::Guest for Export {
+                fn export_state() -> ::std::option::Option<::std::vec::Vec<u8>> {
+                    STATE.with_borrow(|(app, conn)| {
+                        let head = conn.__save()?;
+                        let body = app.save()?;
+                        let mut out = head.to_vec();
+                        out.extend_from_slice(&body);
+                        Some(out)
+                    })
+                }
+
+                fn import_state(state: ::std::vec::Vec<u8>) -> ::std::result::Result<(), ::std::string::String> {
+                    let conn = $crate::quic::Conn::__restore(&state)
+                        .ok_or_else(|| ::std::string::String::from("state too short"))?;
+                    let app = <$app as $crate::quic::App>::restore(&state[16..])?;
+                    STATE.with_borrow_mut(|s| *s = (app, conn));
+                    Ok(())
+                }
+            }
+
             $crate::quic_bindings::__export_quic_app_raw!(Export with_types_in $crate::quic_bindings);
+            $crate::init_bindings::__export_init_raw!(Export with_types_in $crate::init_bindings);
+            $crate::migrate_bindings::__export_migrate_raw!(Export with_types_in $crate::migrate_bindings);
         }
     };
 }

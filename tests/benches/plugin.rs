@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tq_e2e::{
-    echo_with_our_client, payload, plugin_path, H3App, H3TestServer, PluginServer,
+    echo_with_our_client, payload, plugin_path, rss_kib, H3App, H3TestServer, PluginServer,
     QuicPluginServer, TestServer,
 };
 use tq_host::http3::{H3Client, Http3Settings, RequestBody, RequestHandler, ResponseBody};
@@ -32,17 +32,6 @@ impl RequestHandler for NativeHello {
             .insert("content-type", http::HeaderValue::from_static("text/plain"));
         r
     }
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 async fn requests_per_second(clients: &[Arc<H3Client>], total: usize) -> f64 {

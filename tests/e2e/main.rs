@@ -8,3 +8,4 @@ mod quic_handshake;
 mod quic_plugins;
 mod quic_robustness;
 mod quic_shutdown;
+mod reload;

@@ -627,22 +627,12 @@ impl PluginServer {
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Some(c) = listener.accept().await {
-                let (driver, controller) = tq_host::http3::ServerH3Driver::new_server(
-                    tq_host::http3::Http3Settings::default(),
-                );
-                let peer = c.peer_addr().to_string();
-                let handle = c.start(driver);
-                let plugin = plugin.clone();
-                conns.spawn(async move {
-                    if handle.established().await.is_ok() {
-                        let meta = tq_host::plugin::ConnectionMeta {
-                            alpn: "h3".into(),
-                            server_name: None,
-                            peer,
-                        };
-                        plugin.serve_http3(controller, meta).await;
-                    }
-                });
+                while conns.try_join_next().is_some() {}
+                conns.spawn(plugin.start_connection(
+                    c,
+                    &Default::default(),
+                    std::future::pending(),
+                ));
             }
         });
         Self { addr, cert, task }
@@ -650,14 +640,7 @@ impl PluginServer {
 
     /// A connected client of ours.
     pub async fn client(&self) -> tq_host::http3::H3Client {
-        tq_host::http3::H3Client::connect(
-            self.addr,
-            "localhost",
-            &ConnectionParams::new_client(QuicSettings::default()).ca_file(&self.cert.paths.cert),
-            tq_host::http3::Http3Settings::default(),
-        )
-        .await
-        .expect("h3 client connects")
+        h3_client(self.addr, &self.cert).await
     }
 }
 
@@ -699,16 +682,12 @@ impl QuicPluginServer {
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Some(c) = listener.accept().await {
-                let (app, session) = tq_host::plugin::QuicPluginApp::new();
-                c.start(app);
-                let plugin = plugin.clone();
+                while conns.try_join_next().is_some() {}
                 let mut stop = stop.clone();
-                conns.spawn(async move {
-                    let shutdown = async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    };
-                    plugin.serve_quic(session, shutdown).await;
-                });
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                conns.spawn(plugin.start_connection(c, &Default::default(), shutdown));
             }
         });
         Self {
@@ -731,14 +710,143 @@ impl QuicPluginServer {
 
     /// A quinn connection to this server.
     pub async fn quinn(&self) -> (quinn::Endpoint, quinn::Connection) {
-        let ep = quinn_client(&self.cert.cert, b"tq-echo");
-        let conn = ep
-            .connect(self.addr, "localhost")
-            .expect("connect")
-            .await
-            .expect("quinn handshake");
-        (ep, conn)
+        quinn_connect(self.addr, &self.cert, b"tq-echo").await
     }
+}
+
+/// A server running a [`LivePlugin`](tq_host::plugin::LivePlugin) from a
+/// copy of a plugin in a temporary directory, as `tq-host --plugin` does,
+/// so tests can replace the file and reload.
+pub struct LiveServer {
+    /// The address to connect to.
+    pub addr: SocketAddr,
+    /// The certificate the server presents.
+    pub cert: TestCert,
+    /// The plugin and its versions.
+    pub live: tq_host::plugin::LivePlugin,
+    /// The file the plugin is loaded from.
+    pub file: std::path::PathBuf,
+    /// Set to true to ask every connection to finish.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    alpn: String,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LiveServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LiveServer {
+    /// Serves a copy of plugin `name` (ALPN `h3`, or `tq-echo` for a raw
+    /// QUIC plugin); replaced versions drain for `drain`.
+    pub async fn start(name: &str, drain: Duration) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("app.wasm");
+        std::fs::copy(plugin_path(name), &file).expect("copy plugin");
+        let live =
+            tq_host::plugin::LivePlugin::load(&file, Default::default(), Default::default(), drain)
+                .await
+                .expect("plugin loads");
+        let alpn = match live.current().world() {
+            tq_host::plugin::World::QuicApp => "tq-echo",
+            _ => "h3",
+        };
+        let cert = TestCert::new();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let settings = QuicSettings {
+            alpn: vec![alpn.into()],
+            ..QuicSettings::default()
+        };
+        let params = ConnectionParams::new_server(settings, cert.paths.clone());
+        let mut listener =
+            quic::listen([socket], params, DefaultMetrics::default()).expect("listen");
+        let addr = listener.local_addrs()[0];
+        let (shutdown, stop) = tokio::sync::watch::channel(false);
+        let l = live.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Some(c) = listener.accept().await {
+                while conns.try_join_next().is_some() {}
+                let mut stop = stop.clone();
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                conns.spawn(
+                    l.current()
+                        .start_connection(c, &Default::default(), shutdown),
+                );
+            }
+        });
+        Self {
+            addr,
+            cert,
+            live,
+            file,
+            shutdown,
+            alpn: alpn.into(),
+            _dir: dir,
+            task,
+        }
+    }
+
+    /// Replaces the plugin file with plugin `name` (whole, by rename).
+    pub fn install(&self, name: &str) {
+        let tmp = self.file.with_extension("tmp");
+        std::fs::copy(plugin_path(name), &tmp).expect("copy plugin");
+        std::fs::rename(&tmp, &self.file).expect("rename plugin");
+    }
+
+    /// A connected HTTP/3 client of ours.
+    pub async fn client(&self) -> tq_host::http3::H3Client {
+        h3_client(self.addr, &self.cert).await
+    }
+
+    /// A quinn connection (for raw QUIC plugins).
+    pub async fn quinn(&self) -> (quinn::Endpoint, quinn::Connection) {
+        quinn_connect(self.addr, &self.cert, self.alpn.as_bytes()).await
+    }
+}
+
+/// A connected HTTP/3 client of ours that trusts `cert`.
+pub async fn h3_client(addr: SocketAddr, cert: &TestCert) -> tq_host::http3::H3Client {
+    tq_host::http3::H3Client::connect(
+        addr,
+        "localhost",
+        &ConnectionParams::new_client(QuicSettings::default()).ca_file(&cert.paths.cert),
+        tq_host::http3::Http3Settings::default(),
+    )
+    .await
+    .expect("h3 client connects")
+}
+
+/// A quinn connection to `addr` that trusts `cert` and speaks `alpn`.
+pub async fn quinn_connect(
+    addr: SocketAddr,
+    cert: &TestCert,
+    alpn: &[u8],
+) -> (quinn::Endpoint, quinn::Connection) {
+    let ep = quinn_client(&cert.cert, alpn);
+    let conn = ep
+        .connect(addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("quinn handshake");
+    (ep, conn)
+}
+
+/// Resident memory of this process, KiB (Linux).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
 }
 
 /// The value after `--name` on a bench's command line, or `default`.

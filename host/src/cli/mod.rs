@@ -2,6 +2,7 @@
 //! socket is bound, then wires the layers together. The only module that
 //! knows every layer.
 
+mod admin;
 mod config;
 mod echo_client;
 mod get;
@@ -60,6 +61,27 @@ pub struct ServeArgs {
     /// protocol with --alpn); tq-host tells which from its exports.
     #[arg(long, value_name = "WASM")]
     plugin: Option<PathBuf>,
+
+    /// Plugins: do not watch the plugin file. By default a change to it is
+    /// reloaded once it has stopped changing (checked every 200 ms): new
+    /// connections get the new version, existing ones finish on theirs. A
+    /// file that fails to load is refused and the running version keeps
+    /// serving. SIGHUP reloads too.
+    #[arg(long)]
+    no_watch: bool,
+
+    /// Plugins: after a reload, how long connections may stay on the old
+    /// version before they are asked to close gracefully (GOAWAY, or
+    /// `shutdown` for raw QUIC plugins), e.g. `60s`. Default: 60s.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    drain_timeout: Duration,
+
+    /// Plugins: serve the admin endpoint (HTTP/1.1) here: `GET /versions`
+    /// lists loaded versions, `POST /reload` reloads. Without a value it
+    /// binds 127.0.0.1:9901; it has no authentication, so keep it local.
+    /// Default: off.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9901")]
+    admin: Option<SocketAddr>,
 
     /// Application protocol (ALPN) clients must offer; repeatable. Default:
     /// `h3`, or `tq-echo` with `--app echo`. Required for a raw QUIC plugin.

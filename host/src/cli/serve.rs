@@ -3,8 +3,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use tokio::net::TcpListener;
 use tokio::net::UdpSocket;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use std::sync::Arc;
@@ -16,9 +19,12 @@ use super::{App, ServeArgs};
 use crate::builtin::{EchoApplication, WelcomePage};
 use crate::http3::{serve_connection, ServerH3Driver};
 use crate::metrics::DefaultMetrics;
-use crate::plugin::{ConnectionMeta, Plugin, PluginGrants, PluginLimits, QuicPluginApp, World};
+use crate::plugin::{LivePlugin, PluginGrants, PluginLimits, World};
 use crate::quic::{self, ConnectionParams, TlsCertificatePaths};
 use crate::tls::SelfSignedCertificate;
+
+/// How often the plugin file is checked for changes.
+const WATCH_POLL: Duration = Duration::from_millis(200);
 
 /// How long live connections may take to finish after Ctrl-C.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -66,9 +72,11 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 dirs: args.plugin_dirs.clone(),
                 env: args.plugin_env.clone(),
             };
-            let p =
-                Plugin::load_with_grants(path, limits, grants).context("cannot load the plugin")?;
-            info!(plugin = %path.display(), world = %p.world(), "plugin loaded");
+            let live = LivePlugin::load(path, limits, grants, args.drain_timeout)
+                .await
+                .context("cannot load the plugin")?;
+            let p = live.current();
+            info!(plugin = %path.display(), world = %p.world(), sha256 = %p.hash(), "plugin loaded");
             if p.world() == World::QuicApp
                 && args.alpn.is_empty()
                 && settings.alpn == crate::quic::QuicSettings::default().alpn
@@ -81,10 +89,37 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     World::QuicApp
                 );
             }
-            Some(p)
+            Some(live)
         }
         None => None,
     };
+    // Reload triggers: SIGHUP, the file changing, the admin endpoint. They
+    // live as long as the server.
+    let mut triggers = JoinSet::new();
+    if let Some(live) = &plugin {
+        let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+        let l = live.clone();
+        triggers.spawn(async move {
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: reloading the plugin");
+                // Errors are logged by `reload`.
+                let _ = l.reload().await;
+            }
+        });
+        if !args.no_watch {
+            triggers.spawn(live.clone().watch_file(WATCH_POLL));
+            info!(file = %live.path().display(), "watching the plugin file for changes");
+        }
+        if let Some(addr) = args.admin {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the admin endpoint to {addr}"))?;
+            info!(admin = %l.local_addr().unwrap_or(addr), "admin endpoint: GET /versions, POST /reload");
+            triggers.spawn(super::admin::serve(l, live.clone()));
+        }
+    } else if args.admin.is_some() {
+        bail!("--admin needs --plugin: it manages the plugin's versions");
+    }
 
     let tls = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => TlsCertificatePaths {
@@ -111,7 +146,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         info!(addr = %a, app = %args.plugin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("{:?}", args.app)), alpn = ?params.settings.alpn, retry = params.settings.enable_retry, "listening");
     }
     if let Some(a) = listener.local_addrs().first() {
-        match plugin.as_ref().map(Plugin::world) {
+        match plugin.as_ref().map(|l| l.current().world()) {
             Some(World::QuicApp) => info!(
                 "try: tq-host echo -k --alpn {} {a}",
                 params.settings.alpn.first().map_or("", String::as_str)
@@ -122,7 +157,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             _ => info!("try: tq-host echo -k {a}"),
         }
     }
-    // Tells raw-QUIC plugins the server is shutting down.
+    // Tells plugin connections the server is shutting down.
     let (stopping, stop_signal) = watch::channel(false);
 
     // Owns the per-connection request loops; they end with their connections.
@@ -134,32 +169,14 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Some(c) => {
                     info!(peer = %c.peer_addr(), "connection accepted");
                     match (&plugin, args.app) {
-                        (Some(plugin), _) if plugin.world() == World::QuicApp => {
-                            let (app, session) = QuicPluginApp::new();
-                            c.start(app);
-                            let plugin = plugin.clone();
+                        (Some(live), _) => {
+                            // The connection is pinned to the version
+                            // current now.
                             let mut stop = stop_signal.clone();
-                            services.spawn(async move {
-                                let shutdown = async move {
-                                    let _ = stop.wait_for(|s| *s).await;
-                                };
-                                plugin.serve_quic(session, shutdown).await;
-                            });
-                        }
-                        (Some(plugin), _) => {
-                            let (driver, controller) = ServerH3Driver::new_server(h3_settings.clone());
-                            let peer = c.peer_addr().to_string();
-                            let conn = c.start(driver);
-                            let plugin = plugin.clone();
-                            services.spawn(async move {
-                                let Ok(hs) = conn.established().await else { return };
-                                let meta = ConnectionMeta {
-                                    alpn: String::from_utf8_lossy(&hs.alpn).into_owned(),
-                                    server_name: hs.server_name,
-                                    peer,
-                                };
-                                plugin.serve_http3(controller, meta).await;
-                            });
+                            let shutdown = async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            };
+                            services.spawn(live.current().start_connection(c, &h3_settings, shutdown));
                         }
                         (None, App::Echo) => {
                             c.start(EchoApplication::default());
@@ -180,6 +197,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     stopping.send_replace(true);
+    triggers.abort_all();
     services.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, async {
         listener.shutdown().await;

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quiche::h3::{self, Header, NameValue};
@@ -24,6 +24,11 @@ use crate::quic::{ApplicationClose, ApplicationOverQuic, HandshakeInfo, QuicResu
 
 /// H3_NO_ERROR: a graceful close.
 pub const H3_NO_ERROR: u64 = 0x100;
+
+/// The least a server waits after its GOAWAY before closing an idle
+/// connection (three RTTs if longer).
+const GOAWAY_LINGER: Duration = Duration::from_millis(25);
+
 /// H3_INTERNAL_ERROR.
 pub const H3_INTERNAL_ERROR: u64 = 0x102;
 /// H3_REQUEST_REJECTED: the request was not processed and may be retried.
@@ -283,6 +288,11 @@ pub struct H3Driver {
     buf: Vec<u8>,
     settings_reported: bool,
     goaway_sent: Option<u64>,
+    /// A server that sent GOAWAY closes once idle, but not before this:
+    /// requests the client sent before it saw the GOAWAY are then refused
+    /// with H3_REQUEST_REJECTED (which clients may retry) instead of dying
+    /// with the connection.
+    close_not_before: Option<Instant>,
     goaway_received: bool,
     next_request_id: u64,
     established_at: Option<Instant>,
@@ -326,6 +336,7 @@ impl H3Driver {
                 buf: vec![0; chunk],
                 settings_reported: false,
                 goaway_sent: None,
+                close_not_before: None,
                 goaway_received: false,
                 next_request_id: 0,
                 established_at: None,
@@ -442,6 +453,10 @@ impl H3Driver {
                 Ok(()) => {
                     debug!(id, "GOAWAY sent");
                     self.goaway_sent = Some(id);
+                    if self.is_server {
+                        let rtt = qconn.path_stats().next().map_or(Duration::ZERO, |p| p.rtt);
+                        self.close_not_before = Some(Instant::now() + (rtt * 3).max(GOAWAY_LINGER));
+                    }
                     self.shared.going_away.store(true, Ordering::Relaxed);
                 }
                 Err(e) => {
@@ -848,7 +863,9 @@ impl H3Driver {
             !(inbound_done && ctx.send_done && ctx.pending_out.is_none())
         });
         let going_away = self.goaway_sent.is_some() || self.goaway_received;
+        let lingering = self.close_not_before.is_some_and(|t| Instant::now() < t);
         if going_away
+            && !lingering
             && self.streams.is_empty()
             && self.waiting_requests.is_empty()
             && !qconn.is_closed()
@@ -883,6 +900,12 @@ impl ApplicationOverQuic for H3Driver {
             }
             _ => None,
         };
+        // Wake when a going-away server's linger ends, to close if idle.
+        let linger = self.close_not_before.filter(|t| *t > Instant::now());
+        let deadline = match (deadline, linger) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let timer = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -905,6 +928,7 @@ impl ApplicationOverQuic for H3Driver {
             // future would be ready forever.
             Wake::Command(None) => self.commands_closed = true,
             Wake::Notified => {}
+            Wake::FirstRequestTimeout if linger.is_some_and(|t| t <= Instant::now()) => {}
             Wake::FirstRequestTimeout => {
                 debug!("no request within the first-request timeout; closing");
                 return Err(Box::new(ApplicationClose {

@@ -167,10 +167,16 @@ impl OutboundSender {
             OutboundFrame::Body(b, _) => b.len(),
             _ => 0,
         };
-        let res = self.tx.send(frame).await.map_err(|e| e.0);
-        if res.is_ok() {
-            self.shared.add_outbound(n);
-        }
+        // Count the bytes before the driver can see the frame (and subtract
+        // them): counting after let the counter wrap below zero.
+        let res = match self.tx.reserve().await {
+            Ok(permit) => {
+                self.shared.add_outbound(n);
+                permit.send(frame);
+                Ok(())
+            }
+            Err(_) => Err(frame),
+        };
         self.shared.notify.notify_one();
         res
     }
@@ -185,13 +191,14 @@ impl OutboundSender {
             OutboundFrame::Body(b, _) => b.len(),
             _ => 0,
         };
-        let res = match self.tx.try_send(frame) {
-            Ok(()) => {
+        let res = match self.tx.try_reserve() {
+            Ok(permit) => {
                 self.shared.add_outbound(n);
+                permit.send(frame);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(f)) => Err(TrySend::Full(f)),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(TrySend::Closed),
+            Err(mpsc::error::TrySendError::Full(())) => Err(TrySend::Full(frame)),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(TrySend::Closed),
         };
         self.shared.notify.notify_one();
         res

@@ -6,6 +6,7 @@
 //! loop's `JoinSet`) into a single bounded channel, so a plugin that is slow
 //! to take events holds back the client through flow control.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use super::bindings::h3::Http3App;
 use super::h3_host::H3Conn;
 use super::instance::{call, log_output, new_store, sleep_until};
 use super::state::PluginState;
-use super::{ConnectionMeta, Inner, Pre};
+use super::{ConnectionMeta, ConnectionPin, Inner, Pre};
 use crate::http3::{H3Controller, H3Event, H3Handle, InboundFrame, NameValue, H3_INTERNAL_ERROR};
 
 /// Frames of request bodies waiting for the plugin, across all requests of
@@ -34,6 +35,36 @@ enum Wake {
     Frame(u64, InboundFrame),
     Writable(u64),
     Timer,
+    Retired,
+}
+
+/// Keeps the version's count of requests in flight in step with this
+/// connection's; gives its share back when dropped.
+struct RequestGauge<'a> {
+    plugin: &'a Inner,
+    mine: usize,
+}
+
+impl<'a> RequestGauge<'a> {
+    fn new(plugin: &'a Inner) -> Self {
+        Self { plugin, mine: 0 }
+    }
+
+    fn set(&mut self, n: usize) {
+        let counter = &self.plugin.live.requests;
+        if n > self.mine {
+            counter.fetch_add(n - self.mine, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(self.mine - n, Ordering::Relaxed);
+        }
+        self.mine = n;
+    }
+}
+
+impl Drop for RequestGauge<'_> {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }
 
 fn headers(list: &[crate::http3::Header]) -> Vec<Header> {
@@ -45,12 +76,29 @@ fn headers(list: &[crate::http3::Header]) -> Vec<Header> {
         .collect()
 }
 
-pub(super) async fn serve(plugin: Arc<Inner>, controller: H3Controller, meta: ConnectionMeta) {
+pub(super) async fn serve(
+    plugin: Arc<Inner>,
+    controller: H3Controller,
+    meta: ConnectionMeta,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
     let span = tracing::info_span!("plugin", file = %plugin.path.display(), peer = %meta.peer);
-    run(plugin, controller, meta).instrument(span).await
+    run(plugin, controller, meta, shutdown)
+        .instrument(span)
+        .await
 }
 
-async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionMeta) {
+async fn run(
+    plugin: Arc<Inner>,
+    mut controller: H3Controller,
+    meta: ConnectionMeta,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let _pin = ConnectionPin::new(plugin.clone());
+    let mut retired = plugin.live.retired.subscribe();
+    let mut going_away = false;
+    let mut requests = RequestGauge::new(&plugin);
     let handle = controller.handle();
     let mut store = match new_store(&plugin, H3Conn::new(handle.clone())) {
         Ok(s) => s,
@@ -93,6 +141,7 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
     // Per request with a body: whether its reader holds the body back.
     let mut pauses: HashMap<u64, watch::Sender<bool>> = HashMap::new();
     while !failed {
+        requests.set(store.data().conn.streams.len());
         for id in arm_writable(&mut store, &mut writable) {
             if let Some(p) = pauses.get(&id) {
                 p.send_replace(true);
@@ -118,6 +167,8 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
             Some(Ok(id)) = writable.join_next(), if !writable.is_empty() => Wake::Writable(id),
             () = sleep_until(deadline) => Wake::Timer,
             Some(_) = readers.join_next(), if !readers.is_empty() => continue,
+            Ok(()) = async { retired.wait_for(|r| *r).await.map(|_| ()) }, if !going_away => Wake::Retired,
+            () = &mut shutdown, if !going_away => Wake::Retired,
         };
         let event = match wake {
             Wake::Event(None) | Wake::Event(Some(H3Event::ConnectionShutdown { .. })) => break,
@@ -184,6 +235,14 @@ async fn run(plugin: Arc<Inner>, mut controller: H3Controller, meta: ConnectionM
                 Event::Writable(id)
             }
             Wake::Timer => Event::Timer,
+            // The server is stopping, or the version was replaced and its
+            // drain deadline passed: stop taking requests; the driver
+            // closes once these are answered.
+            Wake::Retired => {
+                going_away = true;
+                handle.goaway();
+                Event::Goaway
+            }
         };
         failed = call(&mut store, &app, |s, a: &Http3App| {
             Box::pin(async move { a.tq_plugin_h3_handler().call_on_event(s, &event).await })

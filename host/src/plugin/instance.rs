@@ -12,8 +12,13 @@ use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use wasmtime::component::{ComponentNamedList, Instance, InstancePre, Lift, Lower};
+
+use super::bindings;
+use super::h3_host::H3Conn;
+use super::quic_host::QuicConn;
 use super::state::PluginState;
-use super::Inner;
+use super::{Inner, Pre, INIT_EXPORT};
 
 /// A store for one connection's instance, with its limits, deadline
 /// callback and WASI context (nothing granted but the operator's grants).
@@ -121,5 +126,95 @@ pub(super) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Calls `func` of the exported interface `iface` if the instance exports
+/// it (`None` if not), with a fresh CPU deadline. The error is a one-line
+/// reason.
+pub(super) async fn call_export<C, P, R>(
+    store: &mut Store<PluginState<C>>,
+    instance: &Instance,
+    iface: &str,
+    func: &str,
+    params: P,
+) -> Option<Result<R, String>>
+where
+    C: Send,
+    P: ComponentNamedList + Lower + Send + Sync,
+    R: Lift + Send + Sync + 'static,
+    (R,): ComponentNamedList + Lift + Send + Sync,
+{
+    let i = instance.get_export_index(&mut *store, None, iface)?;
+    let f = instance.get_export_index(&mut *store, Some(&i), func)?;
+    let typed = match instance.get_typed_func::<P, (R,)>(&mut *store, &f) {
+        Ok(t) => t,
+        Err(e) => return Some(Err(format!("{iface}#{func} has the wrong type: {e}"))),
+    };
+    store.data_mut().call_started = Instant::now();
+    store.set_epoch_deadline(1);
+    let res = typed.call_async(&mut *store, params).await.map(|(r,)| r);
+    log_output(store);
+    Some(res.map_err(|e| {
+        let s = store.data();
+        if s.call_started.elapsed() >= s.call_deadline {
+            format!("exceeded its CPU deadline of {:?}", s.call_deadline)
+        } else {
+            describe(&e)
+        }
+    }))
+}
+
+/// Instantiates the plugin once in a scratch store, checks its exports
+/// match its world, and runs its optional `init`.
+pub(super) async fn validate(plugin: &Inner) -> anyhow::Result<()> {
+    match &plugin.pre {
+        Pre::Http3(pre) => {
+            let (_driver, controller) =
+                crate::http3::ServerH3Driver::new_server(Default::default());
+            let mut store = new_store(plugin, H3Conn::new(controller.handle()))?;
+            let instance = instantiate(pre.instance_pre(), &mut store).await?;
+            bindings::h3::Http3App::new(&mut store, &instance)
+                .map_err(|e| anyhow::anyhow!("its exports do not match: {e:?}"))?;
+            run_init(plugin, &mut store, &instance).await
+        }
+        Pre::Quic(pre) => {
+            let conn = QuicConn {
+                shared: Default::default(),
+            };
+            let mut store = new_store(plugin, conn)?;
+            let instance = instantiate(pre.instance_pre(), &mut store).await?;
+            bindings::quic::QuicApp::new(&mut store, &instance)
+                .map_err(|e| anyhow::anyhow!("its exports do not match: {e:?}"))?;
+            run_init(plugin, &mut store, &instance).await
+        }
+    }
+}
+
+/// Instantiates with a fresh CPU deadline.
+pub(super) async fn instantiate<C: Send>(
+    pre: &InstancePre<PluginState<C>>,
+    store: &mut Store<PluginState<C>>,
+) -> anyhow::Result<Instance> {
+    store.data_mut().call_started = Instant::now();
+    store.set_epoch_deadline(1);
+    let res = pre.instantiate_async(&mut *store).await;
+    log_output(store);
+    res.map_err(|e| anyhow::anyhow!("instantiating it failed: {}", describe(&e)))
+}
+
+async fn run_init<C: Send>(
+    plugin: &Inner,
+    store: &mut Store<PluginState<C>>,
+    instance: &Instance,
+) -> anyhow::Result<()> {
+    if !plugin.has_init {
+        return Ok(());
+    }
+    match call_export::<C, (), Result<(), String>>(store, instance, INIT_EXPORT, "init", ()).await {
+        None => anyhow::bail!("it exports {INIT_EXPORT} without an `init` function"),
+        Some(Err(why)) => anyhow::bail!("its init failed: {why}"),
+        Some(Ok(Err(msg))) => anyhow::bail!("its init refused to start: {msg}"),
+        Some(Ok(Ok(()))) => Ok(()),
     }
 }

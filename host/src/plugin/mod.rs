@@ -28,10 +28,15 @@ mod limits;
 mod quic;
 mod quic_bridge;
 mod quic_host;
+mod reload;
 mod state;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::watch;
 
 use anyhow::{bail, Context};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -39,6 +44,7 @@ use wasmtime::Engine;
 
 pub use limits::{DirGrant, PluginGrants, PluginLimits};
 pub use quic_bridge::{QuicPluginApp, QuicPluginSession};
+pub use reload::{LivePlugin, Reloaded, VersionInfo};
 
 use engine::{build_engine, EpochTicker};
 use h3_host::H3Conn;
@@ -137,8 +143,48 @@ struct Inner {
     pre: Pre,
     limits: PluginLimits,
     grants: PluginGrants,
+    /// SHA-256 of the component's bytes, in hex.
+    hash: String,
+    loaded_at: SystemTime,
+    /// How long compiling and linking took.
+    compile_time: std::time::Duration,
+    /// Whether it exports the optional `tq:plugin/init` / `tq:plugin/migrate`.
+    has_init: bool,
+    has_migrate: bool,
+    live: Live,
     _ticker: EpochTicker,
 }
+
+/// What a version's connections share while it serves.
+struct Live {
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+    /// Set when the version's drain deadline passes: its connections get a
+    /// graceful close (GOAWAY for HTTP/3, `shutdown` for raw QUIC).
+    retired: watch::Sender<bool>,
+    /// The version its raw QUIC connections may move to (`migrate`).
+    successor: watch::Sender<Option<Plugin>>,
+}
+
+/// Counts a connection on a version for as long as it is held.
+pub(crate) struct ConnectionPin(Arc<Inner>);
+
+impl ConnectionPin {
+    fn new(inner: Arc<Inner>) -> Self {
+        inner.live.connections.fetch_add(1, Ordering::Relaxed);
+        Self(inner)
+    }
+}
+
+impl Drop for ConnectionPin {
+    fn drop(&mut self) {
+        self.0.live.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The optional exports, by name.
+const INIT_EXPORT: &str = "tq:plugin/init@0.1.0";
+const MIGRATE_EXPORT: &str = "tq:plugin/migrate@0.1.0";
 
 impl Clone for Plugin {
     fn clone(&self) -> Self {
@@ -203,6 +249,7 @@ impl Plugin {
         limits: PluginLimits,
         grants: PluginGrants,
     ) -> anyhow::Result<Self> {
+        let started = std::time::Instant::now();
         if !bytes.starts_with(b"\0asm") {
             bail!("{} is not a WebAssembly file", path.display());
         }
@@ -260,6 +307,17 @@ impl Plugin {
                 pre,
                 limits,
                 grants,
+                hash: hex(&boring::sha::sha256(bytes)),
+                loaded_at: SystemTime::now(),
+                compile_time: started.elapsed(),
+                has_init: exports.iter().any(|e| e == INIT_EXPORT),
+                has_migrate: exports.iter().any(|e| e == MIGRATE_EXPORT),
+                live: Live {
+                    connections: AtomicUsize::new(0),
+                    requests: AtomicUsize::new(0),
+                    retired: watch::Sender::new(false),
+                    successor: watch::Sender::new(None),
+                },
                 _ticker: ticker,
             }),
         })
@@ -268,6 +326,71 @@ impl Plugin {
     /// The file the plugin came from.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// SHA-256 of the component's bytes, in hex.
+    pub fn hash(&self) -> &str {
+        &self.inner.hash
+    }
+
+    /// When it was loaded.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.inner.loaded_at
+    }
+
+    /// How long compiling and linking it took.
+    pub fn compile_time(&self) -> std::time::Duration {
+        self.inner.compile_time
+    }
+
+    /// Connections it serves now.
+    pub fn connections(&self) -> usize {
+        self.inner.live.connections.load(Ordering::Relaxed)
+    }
+
+    /// HTTP/3 requests it is answering now (responses not yet ended).
+    pub fn requests_in_flight(&self) -> usize {
+        self.inner.live.requests.load(Ordering::Relaxed)
+    }
+
+    /// Whether a raw QUIC plugin can carry live connections to a new version
+    /// (it exports `tq:plugin/migrate`).
+    pub fn can_migrate(&self) -> bool {
+        self.inner.world == World::QuicApp && self.inner.has_migrate
+    }
+
+    /// Asks every connection on this version to close gracefully: HTTP/3
+    /// ones get GOAWAY and end once their requests are answered; raw QUIC
+    /// ones get the `shutdown` event.
+    pub fn retire(&self) {
+        self.inner.live.retired.send_replace(true);
+    }
+
+    /// Whether [`retire`](Self::retire) was called.
+    pub fn is_retired(&self) -> bool {
+        *self.inner.live.retired.borrow()
+    }
+
+    /// Offers this version's raw QUIC connections a move to `next` (both
+    /// must export `tq:plugin/migrate`; see [`can_migrate`](Self::can_migrate)).
+    pub fn hand_over_to(&self, next: &Plugin) {
+        if self.can_migrate() && next.can_migrate() {
+            self.inner.live.successor.send_replace(Some(next.clone()));
+        }
+    }
+
+    /// Instantiates the plugin once, outside any connection, and runs its
+    /// optional `init` export: what a reload checks before swapping.
+    ///
+    /// # Errors
+    /// Instantiation traps, or `init` fails, traps or overruns its deadline.
+    pub async fn validate(&self) -> anyhow::Result<()> {
+        instance::validate(&self.inner).await
+    }
+
+    /// Whether two plugins are the same loaded version.
+    pub fn same_version(&self, other: &Plugin) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The world it implements.
@@ -294,7 +417,56 @@ impl Plugin {
     /// this connection with H3_INTERNAL_ERROR and is logged; nothing else is
     /// affected.
     pub async fn serve_http3(&self, controller: crate::http3::H3Controller, info: ConnectionMeta) {
-        http3::serve(self.inner.clone(), controller, info).await
+        http3::serve(self.inner.clone(), controller, info, std::future::pending()).await
+    }
+
+    /// Serves an accepted connection with this version, whichever its world:
+    /// starts the connection with the right application (the HTTP/3 driver,
+    /// or [`QuicPluginApp`]) and returns the future that runs the plugin
+    /// until the connection ends; spawn it on a task you own. When
+    /// `shutdown` completes the connection is asked to finish: GOAWAY for
+    /// HTTP/3, the `shutdown` event for raw QUIC.
+    ///
+    /// ```no_run
+    /// # async fn demo(plugin: tq_host::plugin::Plugin, mut listener: tq_host::quic::Listener<tq_host::metrics::DefaultMetrics>) {
+    /// let tasks = tokio_util::task::TaskTracker::new();
+    /// while let Some(incoming) = listener.accept().await {
+    ///     tasks.spawn(plugin.start_connection(incoming, &Default::default(), std::future::pending()));
+    /// }
+    /// # }
+    /// ```
+    pub fn start_connection<M: crate::metrics::Metrics>(
+        &self,
+        incoming: crate::quic::IncomingConnection<M>,
+        h3: &crate::http3::Http3Settings,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        let peer = incoming.peer_addr().to_string();
+        let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match inner.world
+        {
+            World::QuicApp => {
+                let (app, session) = QuicPluginApp::new();
+                incoming.start(app);
+                Box::pin(quic::serve(inner, session, shutdown))
+            }
+            World::Http3App => {
+                let (driver, controller) = crate::http3::ServerH3Driver::new_server(h3.clone());
+                let conn = incoming.start(driver);
+                Box::pin(async move {
+                    let Ok(hs) = conn.established().await else {
+                        return;
+                    };
+                    let meta = ConnectionMeta {
+                        alpn: String::from_utf8_lossy(&hs.alpn).into_owned(),
+                        server_name: hs.server_name,
+                        peer,
+                    };
+                    http3::serve(inner, controller, meta, shutdown).await
+                })
+            }
+        };
+        run
     }
 }
 
@@ -312,6 +484,10 @@ impl Plugin {
         let (_driver, controller) = crate::http3::ServerH3Driver::new_server(Default::default());
         http3::measure(&self.inner, controller.handle(), n).await
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Links a component against WASI and one world's host interfaces

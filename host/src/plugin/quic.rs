@@ -2,20 +2,28 @@
 //! instance's store, turns what the worker sends (through the bridge) into
 //! `on-read` / `on-event` calls, and waits natively for what the plugin asked
 //! for (`wait-for-data`).
+//!
+//! On a reload the connection may move to the new version between calls
+//! (`tq:plugin/migrate`): the old instance exports its state, a fresh
+//! instance of the new version imports it, and the loop goes on with the new
+//! one. The bridge (streams, budgets) is the host's and does not move.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
+use wasmtime::component::Instance;
+use wasmtime::Store;
 
 use super::bindings::h3::tq::plugin::types::ConnectionInfo;
 use super::bindings::quic::tq::plugin::quic_types::{Event, Incoming, StreamData};
 use super::bindings::quic::QuicApp;
-use super::instance::{call, describe, log_output, new_store, sleep_until};
+use super::instance::{call, call_export, instantiate, new_store, sleep_until};
 use super::quic_bridge::{self, lock, Notice, QuicPluginSession, ToPlugin};
 use super::quic_host::QuicConn;
-use super::{Inner, Pre};
+use super::state::PluginState;
+use super::{ConnectionPin, Inner, Pre, MIGRATE_EXPORT};
 
 /// Serves one connection until it closes. A failure of the plugin closes the
 /// connection with application error code `INTERNAL_ERROR_CODE` (0x1).
@@ -35,7 +43,7 @@ pub(super) async fn serve(
     };
     let span = tracing::info_span!("plugin", file = %plugin.path.display(), peer = %info.peer_addr);
     async {
-        if run(&plugin, &mut session, &info, shutdown).await.is_err() {
+        if run(plugin, &mut session, &info, shutdown).await.is_err() {
             session.fail();
         } else {
             debug!("plugin connection finished");
@@ -45,14 +53,17 @@ pub(super) async fn serve(
     .await
 }
 
-/// The connection's life in the plugin; an error means the plugin failed
-/// (already logged).
-async fn run(
-    plugin: &Inner,
-    session: &mut QuicPluginSession,
-    info: &crate::quic::HandshakeInfo,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ()> {
+/// One version's instance serving the connection.
+struct Running {
+    plugin: Arc<Inner>,
+    store: Store<PluginState<QuicConn>>,
+    instance: Instance,
+    app: QuicApp,
+    _pin: ConnectionPin,
+}
+
+/// A fresh instance of `plugin` for this connection's bridge.
+async fn start(plugin: Arc<Inner>, session: &QuicPluginSession) -> Result<Running, ()> {
     let Pre::Quic(pre) = &plugin.pre else {
         warn!("not a raw QUIC plugin; closing the connection");
         return Err(());
@@ -60,20 +71,38 @@ async fn run(
     let conn = QuicConn {
         shared: session.shared.clone(),
     };
-    let mut store = new_store(plugin, conn).map_err(|e| {
+    let mut store = new_store(&plugin, conn).map_err(|e| {
         warn!(error = %format!("{e:#}"), "cannot set up the plugin; closing the connection");
     })?;
-    store.data_mut().call_started = Instant::now();
-    let app = pre.instantiate_async(&mut store).await.map_err(|e| {
-        log_output(&mut store);
-        warn!(error = %describe(&e), "plugin failed to instantiate; closing the connection");
-    })?;
+    let instance = instantiate(pre.instance_pre(), &mut store)
+        .await
+        .map_err(|e| warn!(error = %format!("{e:#}"), "plugin failed; closing the connection"))?;
+    let app = QuicApp::new(&mut store, &instance)
+        .map_err(|e| warn!(error = ?e, "plugin exports do not match; closing the connection"))?;
+    Ok(Running {
+        _pin: ConnectionPin::new(plugin.clone()),
+        plugin,
+        store,
+        instance,
+        app,
+    })
+}
+
+/// The connection's life in the plugin; an error means the plugin failed
+/// (already logged).
+async fn run(
+    plugin: Arc<Inner>,
+    session: &mut QuicPluginSession,
+    info: &crate::quic::HandshakeInfo,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ()> {
+    let mut cur = start(plugin, session).await?;
     let info = ConnectionInfo {
         alpn: String::from_utf8_lossy(&info.alpn).into_owned(),
         server_name: info.server_name.clone(),
         peer_address: info.peer_addr.to_string(),
     };
-    call(&mut store, &app, |s, a: &QuicApp| {
+    call(&mut cur.store, &cur.app, |s, a: &QuicApp| {
         Box::pin(async move {
             a.tq_plugin_quic_handler()
                 .call_on_established(s, &info)
@@ -85,24 +114,48 @@ async fn run(
 
     let mut shutdown = std::pin::pin!(shutdown);
     let mut shutting_down = false;
+    let mut retired = cur.plugin.live.retired.subscribe();
+    let mut successor = cur.plugin.live.successor.subscribe();
+    // A version that refused this connection's state is not asked again.
+    let mut refused: Option<Arc<Inner>> = None;
     loop {
+        let next = successor.borrow_and_update().clone();
+        if let Some(next) = next {
+            let tried = refused
+                .as_ref()
+                .is_some_and(|r| Arc::ptr_eq(r, &next.inner));
+            if !tried && !Arc::ptr_eq(&next.inner, &cur.plugin) {
+                match migrate(&mut cur, next.inner.clone(), session).await? {
+                    Moved::Yes => {
+                        retired = cur.plugin.live.retired.subscribe();
+                        successor = cur.plugin.live.successor.subscribe();
+                    }
+                    Moved::NotNow => {}
+                    Moved::Refused => refused = Some(next.inner),
+                }
+            }
+        }
         // Let the worker apply what the last call queued.
         session.wake();
-        let wait = call(&mut store, &app, |s, a: &QuicApp| {
+        let wait = call(&mut cur.store, &cur.app, |s, a: &QuicApp| {
             Box::pin(async move { a.tq_plugin_quic_handler().call_wait_for_data(s).await })
         })
         .await
         .map_err(drop)?;
         let deadline = wait
             .deadline_ms
-            .map(|ms| store.data().established + Duration::from_millis(ms));
+            .map(|ms| cur.store.data().established + Duration::from_millis(ms));
         let event = tokio::select! {
+            // A new version first: data that arrives after a reload is
+            // handled by it.
+            biased;
+            Ok(()) = successor.changed() => continue,
             msg = session.from_worker.recv() => match msg {
                 None | Some(ToPlugin::Closed) => break,
                 Some(ToPlugin::Established(_)) => continue,
                 Some(ToPlugin::Read(batch, cost)) => {
                     let incoming: Vec<Incoming> = batch.into_iter().map(incoming).collect();
-                    call(&mut store, &app, |s, a: &QuicApp| {
+                    call(&mut cur.store, &cur.app, |s, a: &QuicApp| {
                         Box::pin(async move {
                             a.tq_plugin_quic_handler().call_on_read(s, &incoming).await
                         })
@@ -113,7 +166,7 @@ async fn run(
                     continue;
                 }
                 Some(ToPlugin::Notice(Notice::Writable(id))) => {
-                    call(&mut store, &app, |s, a: &QuicApp| {
+                    call(&mut cur.store, &cur.app, |s, a: &QuicApp| {
                         Box::pin(async move {
                             a.tq_plugin_quic_handler().call_on_event(s, Event::Writable(id)).await
                         })
@@ -132,18 +185,91 @@ async fn run(
                 shutting_down = true;
                 Event::Shutdown
             }
+            // The version was replaced and the drain deadline passed.
+            Ok(()) = async { retired.wait_for(|r| *r).await.map(|_| ()) }, if !shutting_down => {
+                shutting_down = true;
+                Event::Shutdown
+            }
         };
-        call(&mut store, &app, |s, a: &QuicApp| {
+        call(&mut cur.store, &cur.app, |s, a: &QuicApp| {
             Box::pin(async move { a.tq_plugin_quic_handler().call_on_event(s, event).await })
         })
         .await
         .map_err(drop)?;
     }
-    let _ = call(&mut store, &app, |s, a: &QuicApp| {
+    let _ = call(&mut cur.store, &cur.app, |s, a: &QuicApp| {
         Box::pin(async move { a.tq_plugin_quic_handler().call_on_close(s).await })
     })
     .await;
     Ok(())
+}
+
+enum Moved {
+    Yes,
+    /// The plugin has no state to give now; ask again after the next event.
+    NotNow,
+    /// The new version failed to start or to take the state.
+    Refused,
+}
+
+/// Moves the connection from `cur`'s version to `next`. An error means the
+/// old instance failed while exporting its state.
+async fn migrate(
+    cur: &mut Running,
+    next: Arc<Inner>,
+    session: &QuicPluginSession,
+) -> Result<Moved, ()> {
+    let state = match call_export::<_, (), Option<Vec<u8>>>(
+        &mut cur.store,
+        &cur.instance,
+        MIGRATE_EXPORT,
+        "export-state",
+        (),
+    )
+    .await
+    {
+        None | Some(Ok(None)) => return Ok(Moved::NotNow),
+        Some(Err(why)) => {
+            warn!(error = %why, "plugin failed exporting its state; closing the connection");
+            return Err(());
+        }
+        Some(Ok(Some(state))) => state,
+    };
+    let Ok(mut new) = start(next, session).await else {
+        return Ok(Moved::Refused);
+    };
+    // The connection's clock goes on.
+    new.store.data_mut().established = cur.store.data().established;
+    let len = state.len();
+    match call_export::<_, (Vec<u8>,), Result<(), String>>(
+        &mut new.store,
+        &new.instance,
+        MIGRATE_EXPORT,
+        "import-state",
+        (state,),
+    )
+    .await
+    {
+        Some(Ok(Ok(()))) => {
+            info!(
+                from = %&cur.plugin.hash[..12],
+                to = %&new.plugin.hash[..12],
+                state_bytes = len,
+                "connection moved to the new plugin version"
+            );
+            *cur = new;
+            Ok(Moved::Yes)
+        }
+        Some(Ok(Err(msg))) => {
+            warn!(reason = %msg, "the new version refused the connection's state; it stays on the old one");
+            Ok(Moved::Refused)
+        }
+        Some(Err(why)) => {
+            warn!(error = %why, "the new version failed importing the state; the connection stays on the old one");
+            Ok(Moved::Refused)
+        }
+        None => Ok(Moved::Refused),
+    }
 }
 
 fn incoming(i: quic_bridge::Incoming) -> Incoming {

@@ -1,0 +1,356 @@
+//! Hot reload: a [`LivePlugin`] holds the version new connections get, and
+//! replaces it without failing a request or dropping a connection.
+//!
+//! A reload reads the file, skips it if the bytes are the running ones,
+//! compiles it on a blocking thread (off the serving threads), checks it
+//! implements the running world, instantiates it once and runs its optional
+//! `init`, and only then swaps. New connections get the new version;
+//! existing ones stay pinned to theirs (raw QUIC ones that export
+//! `tq:plugin/migrate` move over). An old version is freed when its last
+//! connection ends; if connections remain when the drain deadline passes,
+//! they are asked to close gracefully ([`Plugin::retire`]). A version that
+//! fails any step is refused: the error is logged and kept for
+//! [`LivePlugin::last_error`], and the running version keeps serving.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! use tq_host::plugin::{LivePlugin, PluginGrants, PluginLimits, Reloaded};
+//! let live = LivePlugin::load(
+//!     "app.wasm".as_ref(),
+//!     PluginLimits::default(),
+//!     PluginGrants::default(),
+//!     Duration::from_secs(60),
+//! )
+//! .await?;
+//! // ... serve with `live.current()` per new connection ...
+//! match live.reload().await? {
+//!     Reloaded::New(v) => println!("now serving {}", v.hash()),
+//!     Reloaded::Unchanged => println!("same bytes; nothing to do"),
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::{Inner, Plugin, PluginGrants, PluginLimits};
+
+/// A plugin whose version can be replaced while it serves. Cheap to clone.
+#[derive(Clone)]
+pub struct LivePlugin {
+    inner: Arc<LiveInner>,
+}
+
+struct LiveInner {
+    path: PathBuf,
+    limits: PluginLimits,
+    grants: PluginGrants,
+    drain_timeout: Duration,
+    current: RwLock<Version>,
+    /// Every version loaded before the current one that is still alive.
+    old: Mutex<Vec<(u64, Weak<Inner>)>>,
+    last_error: Mutex<Option<(SystemTime, String)>>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<u64>,
+    /// Drain deadlines of replaced versions; aborted with the last clone.
+    drains: Mutex<JoinSet<()>>,
+}
+
+#[derive(Clone)]
+struct Version {
+    id: u64,
+    plugin: Plugin,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// A new version serves new connections.
+    New(Plugin),
+    /// The file holds the bytes already serving: nothing changed.
+    Unchanged,
+}
+
+/// One loaded version, for listings (the admin endpoint).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VersionInfo {
+    /// 1 for the first version loaded, then counting up.
+    pub id: u64,
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+    /// When it was loaded (RFC 3339).
+    pub loaded_at: String,
+    /// Whether new connections get it.
+    pub current: bool,
+    /// Whether its drain deadline passed (its connections were asked to
+    /// close).
+    pub retired: bool,
+    /// Connections it serves.
+    pub connections: usize,
+    /// HTTP/3 requests it is answering.
+    pub requests_in_flight: usize,
+    /// How long compiling it took, in milliseconds.
+    pub compile_ms: f64,
+}
+
+impl std::fmt::Debug for LivePlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LivePlugin")
+            .field("path", &self.inner.path)
+            .field("current", &self.current().hash())
+            .finish()
+    }
+}
+
+impl LivePlugin {
+    /// Loads and validates the first version.
+    ///
+    /// # Errors
+    /// As [`Plugin::load_with_grants`] and [`Plugin::validate`].
+    pub async fn load(
+        path: &Path,
+        limits: PluginLimits,
+        grants: PluginGrants,
+        drain_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let plugin = Plugin::load_with_grants(path, limits.clone(), grants.clone())?;
+        plugin
+            .validate()
+            .await
+            .with_context(|| format!("{} failed its check", path.display()))?;
+        Ok(Self {
+            inner: Arc::new(LiveInner {
+                path: path.to_owned(),
+                limits,
+                grants,
+                drain_timeout,
+                current: RwLock::new(Version { id: 1, plugin }),
+                old: Mutex::new(Vec::new()),
+                last_error: Mutex::new(None),
+                reloading: tokio::sync::Mutex::new(1),
+                drains: Mutex::new(JoinSet::new()),
+            }),
+        })
+    }
+
+    /// The version new connections get.
+    pub fn current(&self) -> Plugin {
+        read(&self.inner.current).plugin.clone()
+    }
+
+    /// The file reloads read.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Reads the file again and, if it changed and passes every check,
+    /// makes it the version new connections get.
+    ///
+    /// # Errors
+    /// The file cannot be read, does not compile, implements another world
+    /// than the running version, or fails instantiation or `init`. The
+    /// running version is untouched; the error is logged and kept for
+    /// [`last_error`](Self::last_error).
+    pub async fn reload(&self) -> anyhow::Result<Reloaded> {
+        let mut last_id = self.inner.reloading.lock().await;
+        let started = Instant::now();
+        match self.try_reload(*last_id + 1).await {
+            Ok(Reloaded::New(plugin)) => {
+                *last_id += 1;
+                *lock(&self.inner.last_error) = None;
+                info!(
+                    file = %self.inner.path.display(),
+                    version = *last_id,
+                    sha256 = %plugin.hash(),
+                    took = ?started.elapsed(),
+                    "plugin reloaded; new connections get the new version"
+                );
+                Ok(Reloaded::New(plugin))
+            }
+            Ok(Reloaded::Unchanged) => Ok(Reloaded::Unchanged),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                warn!(file = %self.inner.path.display(), error = %msg, "plugin reload refused; the running version keeps serving");
+                *lock(&self.inner.last_error) = Some((SystemTime::now(), msg));
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_reload(&self, id: u64) -> anyhow::Result<Reloaded> {
+        let path = self.inner.path.clone();
+        let running = self.current();
+        let Some(plugin) = compile(
+            &path,
+            &self.inner.limits,
+            &self.inner.grants,
+            running.hash(),
+        )
+        .await?
+        else {
+            return Ok(Reloaded::Unchanged);
+        };
+        if plugin.world() != running.world() {
+            bail!(
+                "{} now implements {}, but the running version implements {}: \
+                 a reload cannot change the world (restart tq-host instead)",
+                path.display(),
+                plugin.world(),
+                running.world()
+            );
+        }
+        plugin
+            .validate()
+            .await
+            .with_context(|| format!("{} failed its check", path.display()))?;
+
+        let old = {
+            let mut cur = write(&self.inner.current);
+            std::mem::replace(
+                &mut *cur,
+                Version {
+                    id,
+                    plugin: plugin.clone(),
+                },
+            )
+        };
+        // Every version still alive may hand its raw QUIC connections over.
+        let mut olds = lock(&self.inner.old);
+        olds.retain(|(_, w)| w.strong_count() > 0);
+        olds.push((old.id, Arc::downgrade(&old.plugin.inner)));
+        for (_, w) in olds.iter() {
+            if let Some(inner) = w.upgrade() {
+                Plugin { inner }.hand_over_to(&plugin);
+            }
+        }
+        drop(olds);
+        // The drain deadline holds the old version only weakly: it is freed
+        // as soon as its last connection ends.
+        let weak = Arc::downgrade(&old.plugin.inner);
+        let timeout = self.inner.drain_timeout;
+        drop(old);
+        lock(&self.inner.drains).spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(inner) = weak.upgrade() {
+                let old = Plugin { inner };
+                if old.connections() > 0 {
+                    info!(
+                        sha256 = %old.hash(),
+                        connections = old.connections(),
+                        "drain deadline passed: asking the old version's connections to close"
+                    );
+                }
+                old.retire();
+            }
+        });
+        Ok(Reloaded::New(plugin))
+    }
+
+    /// Every version alive: the current one first, then older ones still
+    /// serving connections.
+    pub fn versions(&self) -> Vec<VersionInfo> {
+        let cur = read(&self.inner.current).clone();
+        let mut out = vec![info_of(cur.id, &cur.plugin, true)];
+        let olds = lock(&self.inner.old);
+        for (id, w) in olds.iter().rev() {
+            if let Some(inner) = w.upgrade() {
+                out.push(info_of(*id, &Plugin { inner }, false));
+            }
+        }
+        out
+    }
+
+    /// The last reload's error, if it failed, with when.
+    pub fn last_error(&self) -> Option<(SystemTime, String)> {
+        lock(&self.inner.last_error).clone()
+    }
+
+    /// Watches the file and reloads when it changes: every `poll` its size
+    /// and modification time are checked, and a change is acted on once
+    /// they have stayed the same for one more poll (so a file still being
+    /// written is not read half-way; one that is read half-way anyway fails
+    /// to compile and is refused, and the finished file is loaded at the
+    /// next change). Runs until the returned future is dropped.
+    pub async fn watch_file(self, poll: Duration) {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()))
+        };
+        let mut seen = stamp(&self.inner.path);
+        let mut candidate: Option<Option<(u64, Option<SystemTime>)>> = None;
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = stamp(&self.inner.path);
+            match candidate.take() {
+                Some(c) if c == now => {
+                    seen = now;
+                    if seen.is_some() {
+                        // Errors are logged and kept by `reload`.
+                        let _ = self.reload().await;
+                    }
+                }
+                _ if now != seen => candidate = Some(now),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn info_of(id: u64, p: &Plugin, current: bool) -> VersionInfo {
+    VersionInfo {
+        id,
+        file: p.path().to_owned(),
+        sha256: p.hash().to_owned(),
+        loaded_at: humantime_serde::re::humantime::format_rfc3339_millis(p.loaded_at()).to_string(),
+        current,
+        retired: p.is_retired(),
+        connections: p.connections(),
+        requests_in_flight: p.requests_in_flight(),
+        compile_ms: p.compile_time().as_secs_f64() * 1e3,
+    }
+}
+
+/// Reads the file and, unless its bytes hash to `running`, compiles it on a
+/// blocking thread (off the serving threads).
+async fn compile(
+    path: &Path,
+    limits: &PluginLimits,
+    grants: &PluginGrants,
+    running: &str,
+) -> anyhow::Result<Option<Plugin>> {
+    let (path, limits, grants) = (path.to_owned(), limits.clone(), grants.clone());
+    let running = running.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read plugin {}", path.display()))?;
+        if super::hex(&boring::sha::sha256(&bytes)) == running {
+            return Ok(None);
+        }
+        Plugin::build(&path, &bytes, limits, grants).map(Some)
+    })
+    .await
+    .context("the compile task failed")?
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
