@@ -194,10 +194,6 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn hello_wasm() -> std::path::PathBuf {
-    plugin_wasm("hello")
-}
-
 fn plugin_wasm(name: &str) -> std::path::PathBuf {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(format!("../target/wasm/wasm32-wasip2/release/{name}.wasm"));
@@ -209,22 +205,15 @@ fn plugin_wasm(name: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn serves_a_plugin() {
-    let wasm = hello_wasm();
-    let (_server, addr) = serve(&["--plugin", wasm.to_str().unwrap()]);
-    let out = Command::new(BIN)
-        .args(["get", "-k", &format!("https://{addr}/")])
-        .output()
-        .expect("run get");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "hello from a tq-host plugin\n"
-    );
+fn serves_a_plugin_of_either_http_world() {
+    for (name, expected) in [
+        ("hello", "hello from a tq-host plugin\n"),
+        ("wasi_hello", "hello from a wasi:http component\n"),
+    ] {
+        let wasm = plugin_wasm(name);
+        let (_server, addr) = serve(&["--plugin", wasm.to_str().unwrap()]);
+        assert_eq!(get(&addr), expected, "{name}");
+    }
 }
 
 #[test]

@@ -31,10 +31,7 @@ pub struct Request {
 impl Request {
     /// A header's value as text, if present and UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        crate::header_text(&self.headers, name)
     }
 }
 

@@ -36,6 +36,26 @@
 //! is not ready for and sends it as the stream drains, so a plugin never has
 //! to handle back-pressure by hand (it may, through `on_writable`).
 //!
+//! ## A standard wasi:http handler
+//!
+//! [`http::Handler`] compiles to the standard `wasi:http/proxy` world, so
+//! the same component runs on tq-host (over HTTP/3) and on any other
+//! wasi:http host:
+//!
+//! ```ignore
+//! use tq_sdk::http::{Handler, Request, Response};
+//!
+//! struct Hello;
+//!
+//! impl Handler for Hello {
+//!     fn handle(req: Request) -> Response {
+//!         Response::text(200, &format!("hello from {}\n", req.path))
+//!     }
+//! }
+//!
+//! tq_sdk::export_http_handler!(Hello);
+//! ```
+//!
 //! ## A raw QUIC plugin
 //!
 //! The plugin is the connection's application: it sees stream bytes and
@@ -112,5 +132,17 @@ pub mod migrate_bindings {
     });
 }
 
+pub mod http;
 pub mod http3;
 pub mod quic;
+
+#[doc(hidden)]
+pub use wasi as __wasi;
+
+/// A header's value as text, if present and UTF-8 (names match in any case).
+fn header_text<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+}

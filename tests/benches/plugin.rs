@@ -5,6 +5,7 @@
 //! - resident memory per idle connection, with the plugin and natively;
 //! - requests/s of `GET /` from the hello plugin and from the same handler
 //!   written natively, in the same run (10 connections x 16 in flight);
+//! - the same with a standard wasi:http component (instance per request);
 //! - raw QUIC: echo of 64 MiB on one stream through the echo plugin and
 //!   through the native `EchoApplication`, in the same run.
 //!
@@ -34,7 +35,11 @@ impl RequestHandler for NativeHello {
     }
 }
 
-async fn requests_per_second(clients: &[Arc<H3Client>], total: usize) -> f64 {
+async fn requests_per_second(
+    clients: &[Arc<H3Client>],
+    total: usize,
+    expect: &'static [u8],
+) -> f64 {
     const IN_FLIGHT: usize = 16;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -45,7 +50,7 @@ async fn requests_per_second(clients: &[Arc<H3Client>], total: usize) -> f64 {
             tasks.spawn(async move {
                 for _ in 0..per {
                     let r = c.request("GET", "/", None).await.expect("GET /");
-                    assert_eq!(r.body, b"hello from a tq-host plugin\n");
+                    assert_eq!(r.body, expect);
                 }
             });
         }
@@ -107,8 +112,16 @@ fn main() {
         let total = 20_000;
         let native_clients = connect_many(native.addr, &native_params, 10).await;
         let wasm_clients = connect_many(wasm.addr, &wasm_params, 10).await;
-        let n = requests_per_second(&native_clients, total).await;
-        let w = requests_per_second(&wasm_clients, total).await;
+        const HELLO: &[u8] = b"hello from a tq-host plugin\n";
+        let n = requests_per_second(&native_clients, total, HELLO).await;
+        let w = requests_per_second(&wasm_clients, total, HELLO).await;
+        // The same GET / from a standard wasi:http component: a fresh
+        // instance per request.
+        let wasi = PluginServer::start("wasi_hello", PluginLimits::default()).await;
+        let wasi_params = tq_host::quic::ConnectionParams::new_client(QuicSettings::default()).ca_file(&wasi.cert.paths.cert);
+        let wasi_clients = connect_many(wasi.addr, &wasi_params, 10).await;
+        let h = requests_per_second(&wasi_clients, total, b"hello from a wasi:http component\n").await;
+        println!("GET / over 10 connections x 16 in flight: native {n:.0}, tq http3-app plugin {w:.0}, wasi:http component {h:.0} requests/s");
         println!("GET / over 10 connections x 16 in flight: native {n:.0} requests/s, hello plugin {w:.0} requests/s ({:.0}%)", w / n * 100.0);
 
         let mib = tq_e2e::bench_arg("--echo-mib", 64);

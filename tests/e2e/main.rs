@@ -9,3 +9,4 @@ mod quic_plugins;
 mod quic_robustness;
 mod quic_shutdown;
 mod reload;
+mod wasi_http;

@@ -182,6 +182,7 @@ async fn granted_directories_and_environment_are_visible_read_only() {
     let grants = tq_host::plugin::PluginGrants {
         dirs: vec![format!("{}::/data", dir.path().display()).parse().unwrap()],
         env: vec![("GREETING".into(), "hi".into())],
+        ..Default::default()
     };
     let server =
         PluginServer::start_with_grants("misbehave", PluginLimits::default(), grants).await;

@@ -196,6 +196,7 @@ async fn broken_versions_are_refused_while_the_old_one_keeps_answering() {
         (junk.path().to_owned(), "not a WebAssembly file"),
         (plugin_path("echo"), "cannot change the world"),
         (plugin_path("bad_init"), "refuses to start on purpose"),
+        (plugin_path("trap_init"), "its init failed: trapped"),
         (
             plugin_path("misbehave").with_file_name("missing.wasm"),
             "cannot read",

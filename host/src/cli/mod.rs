@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve (the default when no subcommand is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send a message to a tq-echo server and print what comes back.
     Echo(echo_client::EchoArgs),
     /// Fetch a URL over HTTP/3 and print the body.
@@ -57,8 +57,10 @@ pub enum App {
 pub struct ServeArgs {
     /// Serve this WebAssembly component (built for wasm32-wasip2) instead of a
     /// built-in application. It implements `tq:plugin/http3-app` (served over
-    /// HTTP/3) or `tq:plugin/quic-app` (a raw QUIC application; give its
-    /// protocol with --alpn); tq-host tells which from its exports.
+    /// HTTP/3), the standard `wasi:http/proxy` world (served over HTTP/3, an
+    /// instance per request), or `tq:plugin/quic-app` (a raw QUIC
+    /// application; give its protocol with --alpn); tq-host tells which from
+    /// its exports.
     #[arg(long, value_name = "WASM")]
     plugin: Option<PathBuf>,
 
@@ -108,6 +110,12 @@ pub struct ServeArgs {
     /// Default: an empty environment.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     plugin_env: Vec<(String, String)>,
+
+    /// Plugins (wasi:http): let them send requests to this destination,
+    /// `HOST` or `HOST:PORT`; repeatable. Default: every outgoing request is
+    /// refused with HTTP-request-denied.
+    #[arg(long = "allow-http", value_name = "HOST[:PORT]")]
+    allow_http: Vec<String>,
 
     /// What to serve: `page` (built-in HTTP/3 site) or `echo` (raw-QUIC echo).
     #[arg(long, value_enum, default_value_t = App::Page)]
@@ -179,7 +187,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 /// Any failure, with context, for `main` to print.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Serve(args)) => serve::run(args).await,
+        Some(Command::Serve(args)) => serve::run(*args).await,
         Some(Command::Echo(args)) => echo_client::run(args).await,
         Some(Command::Get(args)) => get::run(args).await,
         None => serve::run(cli.serve).await,

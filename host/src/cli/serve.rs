@@ -71,6 +71,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let grants = PluginGrants {
                 dirs: args.plugin_dirs.clone(),
                 env: args.plugin_env.clone(),
+                http_hosts: args.allow_http.clone(),
             };
             let live = LivePlugin::load(path, limits, grants, args.drain_timeout)
                 .await

@@ -98,7 +98,16 @@ impl BodyReceiver {
     /// # Cancel safety
     /// Cancel-safe: no frame is lost if the future is dropped.
     pub async fn recv(&mut self) -> Option<InboundFrame> {
-        let f = self.rx.recv().await;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next frame: [`recv`](Self::recv) for code that
+    /// implements `poll` methods (an `http_body::Body`, say).
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<InboundFrame>> {
+        let f = std::task::ready!(self.rx.poll_recv(cx));
         if let Some(InboundFrame::Body(b)) = &f {
             self.shared
                 .inbound_buffered
@@ -106,7 +115,7 @@ impl BodyReceiver {
         }
         // The driver may be holding data back for lack of room: wake it.
         self.shared.notify.notify_one();
-        f
+        std::task::Poll::Ready(f)
     }
 
     /// Reads the rest of the body, up to `limit` bytes, and returns it with

@@ -27,8 +27,11 @@ use super::{ConnectionMeta, ConnectionPin, Inner, Pre};
 use crate::http3::{H3Controller, H3Event, H3Handle, InboundFrame, NameValue, H3_INTERNAL_ERROR};
 
 /// Frames of request bodies waiting for the plugin, across all requests of
-/// the connection.
-const INBOUND_QUEUE: usize = 64;
+/// the connection. Small, because frames already queued still reach a
+/// plugin whose response is blocked (the pause stops only new reads): at 64
+/// KiB a frame, 8 keep that under half a MiB of plugin memory where 64 let
+/// an echo through a 16 MiB plugin hit its cap under load.
+const INBOUND_QUEUE: usize = 8;
 
 enum Wake {
     Event(Option<H3Event>),
@@ -114,7 +117,7 @@ async fn run(
         handle.close(H3_INTERNAL_ERROR, "plugin failed");
         return;
     };
-    store.data_mut().call_started = Instant::now();
+    store.data_mut().start_call();
     let app = match pre.instantiate_async(&mut store).await {
         Ok(a) => a,
         Err(e) => {

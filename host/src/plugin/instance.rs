@@ -42,7 +42,7 @@ pub(super) fn new_store<C: Send>(plugin: &Inner, conn: C) -> anyhow::Result<Stor
             .trap_on_grow_failure(true)
             .build(),
         established: Instant::now(),
-        call_started: Instant::now(),
+        call_ticks: 0,
         call_deadline: plugin.limits.call_deadline,
         output,
         output_logged: 0,
@@ -50,11 +50,14 @@ pub(super) fn new_store<C: Send>(plugin: &Inner, conn: C) -> anyhow::Result<Stor
     };
     let mut store = Store::new(&plugin.engine, state);
     store.limiter(|s| &mut s.limits);
-    // Each tick: past the call's deadline, trap; otherwise yield to the
-    // runtime so other connections run, and check again next tick.
-    store.epoch_deadline_callback(|ctx| {
-        let s = ctx.data();
-        if s.call_started.elapsed() > s.call_deadline {
+    // Each tick that finds guest code running counts against the call's
+    // CPU deadline: past it, trap; otherwise yield to the runtime so other
+    // connections run, and check again next tick. Time the guest spends
+    // waiting in the host (a wasi:http body stream, say) does not count.
+    store.epoch_deadline_callback(|mut ctx| {
+        let s = ctx.data_mut();
+        s.call_ticks += 1;
+        if s.past_deadline() {
             Ok(UpdateDeadline::Interrupt)
         } else {
             Ok(UpdateDeadline::Yield(1))
@@ -78,13 +81,13 @@ pub(super) async fn call<C: Send, A, R>(
     app: &A,
     f: impl for<'a> FnOnce(&'a mut Store<PluginState<C>>, &'a A) -> CallFuture<'a, R>,
 ) -> Result<R, String> {
-    store.data_mut().call_started = Instant::now();
+    store.data_mut().start_call();
     store.set_epoch_deadline(1);
     let res = f(store, app).await;
     log_output(store);
     res.map_err(|e| {
         let s = store.data();
-        let why = if s.call_started.elapsed() >= s.call_deadline {
+        let why = if s.past_deadline() {
             format!("exceeded its CPU deadline of {:?}", s.call_deadline)
         } else {
             describe(&e)
@@ -151,13 +154,13 @@ where
         Ok(t) => t,
         Err(e) => return Some(Err(format!("{iface}#{func} has the wrong type: {e}"))),
     };
-    store.data_mut().call_started = Instant::now();
+    store.data_mut().start_call();
     store.set_epoch_deadline(1);
     let res = typed.call_async(&mut *store, params).await.map(|(r,)| r);
     log_output(store);
     Some(res.map_err(|e| {
         let s = store.data();
-        if s.call_started.elapsed() >= s.call_deadline {
+        if s.past_deadline() {
             format!("exceeded its CPU deadline of {:?}", s.call_deadline)
         } else {
             describe(&e)
@@ -175,6 +178,14 @@ pub(super) async fn validate(plugin: &Inner) -> anyhow::Result<()> {
             let mut store = new_store(plugin, H3Conn::new(controller.handle()))?;
             let instance = instantiate(pre.instance_pre(), &mut store).await?;
             bindings::h3::Http3App::new(&mut store, &instance)
+                .map_err(|e| anyhow::anyhow!("its exports do not match: {e:?}"))?;
+            run_init(plugin, &mut store, &instance).await
+        }
+        Pre::WasiHttp(pre) => {
+            let conn = super::wasi_http::HttpConn::new(Default::default());
+            let mut store = new_store(plugin, conn)?;
+            let instance = instantiate(pre.instance_pre(), &mut store).await?;
+            wasmtime_wasi_http::p2::bindings::Proxy::new(&mut store, &instance)
                 .map_err(|e| anyhow::anyhow!("its exports do not match: {e:?}"))?;
             run_init(plugin, &mut store, &instance).await
         }
@@ -196,7 +207,7 @@ pub(super) async fn instantiate<C: Send>(
     pre: &InstancePre<PluginState<C>>,
     store: &mut Store<PluginState<C>>,
 ) -> anyhow::Result<Instance> {
-    store.data_mut().call_started = Instant::now();
+    store.data_mut().start_call();
     store.set_epoch_deadline(1);
     let res = pre.instantiate_async(&mut *store).await;
     log_output(store);

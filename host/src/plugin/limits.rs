@@ -38,6 +38,10 @@ pub struct PluginGrants {
     pub dirs: Vec<DirGrant>,
     /// Environment variables the plugin sees.
     pub env: Vec<(String, String)>,
+    /// Destinations a wasi:http plugin may send requests to, as `host` or
+    /// `host:port`; every other outgoing request is refused with
+    /// `HTTP-request-denied`.
+    pub http_hosts: Vec<String>,
 }
 
 /// A host directory made visible to plugins, read-only.

@@ -30,6 +30,7 @@ mod quic_bridge;
 mod quic_host;
 mod reload;
 mod state;
+mod wasi_http;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,6 +51,7 @@ use engine::{build_engine, EpochTicker};
 use h3_host::H3Conn;
 use quic_host::QuicConn;
 use state::PluginState;
+use wasi_http::HttpConn;
 
 /// Bindings generated from `wit/`, one module per world; private, so no raw
 /// type leaks out.
@@ -92,17 +94,30 @@ pub enum World {
     /// `tq:plugin/quic-app`: the plugin is a raw QUIC connection's
     /// application.
     QuicApp,
+    /// The standard `wasi:http/proxy` world (0.2.x): the plugin exports
+    /// `wasi:http/incoming-handler` and is served over HTTP/3, one instance
+    /// per request.
+    WasiHttp,
 }
 
 impl World {
     /// Every world tq-host serves.
-    pub const ALL: [World; 2] = [World::Http3App, World::QuicApp];
+    pub const ALL: [World; 3] = [World::Http3App, World::QuicApp, World::WasiHttp];
 
     /// The interface a component of this world exports.
     pub fn export(self) -> &'static str {
         match self {
             World::Http3App => "tq:plugin/h3-handler@0.1.0",
             World::QuicApp => "tq:plugin/quic-handler@0.1.0",
+            World::WasiHttp => "wasi:http/incoming-handler@0.2.x",
+        }
+    }
+
+    /// Whether a component exporting `name` implements this world.
+    fn exported_by(self, name: &str) -> bool {
+        match self {
+            World::WasiHttp => name.starts_with("wasi:http/incoming-handler@0.2."),
+            w => name == w.export(),
         }
     }
 
@@ -121,6 +136,7 @@ impl std::fmt::Display for World {
         match self {
             World::Http3App => f.write_str("tq:plugin/http3-app@0.1.0"),
             World::QuicApp => f.write_str("tq:plugin/quic-app@0.1.0"),
+            World::WasiHttp => f.write_str("wasi:http/proxy@0.2"),
         }
     }
 }
@@ -129,6 +145,7 @@ impl std::fmt::Display for World {
 enum Pre {
     Http3(bindings::h3::Http3AppPre<PluginState<H3Conn>>),
     Quic(bindings::quic::QuicAppPre<PluginState<QuicConn>>),
+    WasiHttp(wasmtime_wasi_http::p2::bindings::ProxyPre<PluginState<HttpConn>>),
 }
 
 /// A loaded, validated plugin, ready to run on connections. Cheap to share.
@@ -272,7 +289,7 @@ impl Plugin {
             .collect();
         let Some(world) = World::ALL
             .into_iter()
-            .find(|w| exports.iter().any(|e| e == w.export()))
+            .find(|w| exports.iter().any(|e| w.exported_by(e)))
         else {
             bail!(
                 "{} implements none of the worlds tq-host serves: expected {}; it exports [{}]",
@@ -296,6 +313,14 @@ impl Plugin {
                     bindings::quic::QuicApp::add_to_linker::<_, HasSelf<_>>(l, |s| s)
                 })?;
                 Pre::Quic(bindings::quic::QuicAppPre::new(pre).map_err(matches)?)
+            }
+            World::WasiHttp => {
+                let pre = link(&engine, &component, path, |l| {
+                    wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)
+                })?;
+                Pre::WasiHttp(
+                    wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(matches)?,
+                )
             }
         };
         let ticker = EpochTicker::start(engine.clone());
@@ -450,7 +475,7 @@ impl Plugin {
                 incoming.start(app);
                 Box::pin(quic::serve(inner, session, shutdown))
             }
-            World::Http3App => {
+            World::Http3App | World::WasiHttp => {
                 let (driver, controller) = crate::http3::ServerH3Driver::new_server(h3.clone());
                 let conn = incoming.start(driver);
                 Box::pin(async move {
@@ -462,7 +487,11 @@ impl Plugin {
                         server_name: hs.server_name,
                         peer,
                     };
-                    http3::serve(inner, controller, meta, shutdown).await
+                    if inner.world == World::WasiHttp {
+                        wasi_http::serve(inner, controller, meta, shutdown).await
+                    } else {
+                        http3::serve(inner, controller, meta, shutdown).await
+                    }
                 })
             }
         };

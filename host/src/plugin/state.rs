@@ -16,8 +16,10 @@ pub(crate) struct PluginState<C> {
     pub(crate) limits: StoreLimits,
     /// When the connection was established: the clock of `now-ms`.
     pub(crate) established: Instant,
-    /// When the current hook call started, and how long it may run.
-    pub(crate) call_started: Instant,
+    /// Epoch ticks at which the current call was found running guest code
+    /// (so time spent waiting in the host does not count), and how long it
+    /// may run.
+    pub(crate) call_ticks: u32,
     pub(crate) call_deadline: Duration,
     pub(crate) output: MemoryOutputPipe,
     /// How much of `output` has been logged.
@@ -36,6 +38,16 @@ impl<C: Send> WasiView for PluginState<C> {
 }
 
 impl<C> PluginState<C> {
+    /// A call into the plugin starts: its CPU budget is whole again.
+    pub(crate) fn start_call(&mut self) {
+        self.call_ticks = 0;
+    }
+
+    /// Whether the current call has run guest code for its deadline.
+    pub(crate) fn past_deadline(&self) -> bool {
+        super::engine::EPOCH_TICK * self.call_ticks >= self.call_deadline
+    }
+
     /// Milliseconds since the connection was established.
     pub(crate) fn now_ms(&self) -> u64 {
         self.established.elapsed().as_millis() as u64
