@@ -120,8 +120,15 @@ fn main() {
         let wasi = PluginServer::start("wasi_hello", PluginLimits::default()).await;
         let wasi_params = tq_host::quic::ConnectionParams::new_client(QuicSettings::default()).ca_file(&wasi.cert.paths.cert);
         let wasi_clients = connect_many(wasi.addr, &wasi_params, 10).await;
-        let h = requests_per_second(&wasi_clients, total, b"hello from a wasi:http component\n").await;
-        println!("GET / over 10 connections x 16 in flight: native {n:.0}, tq http3-app plugin {w:.0}, wasi:http component {h:.0} requests/s");
+        const WASI_HELLO: &[u8] = b"hello from a wasi:http component\n";
+        let h = requests_per_second(&wasi_clients, total, WASI_HELLO).await;
+        // And with instances reused for up to 100 requests each.
+        let limits = PluginLimits { reuse_instances: 100, ..Default::default() };
+        let reuse = PluginServer::start("wasi_hello", limits).await;
+        let reuse_params = tq_host::quic::ConnectionParams::new_client(QuicSettings::default()).ca_file(&reuse.cert.paths.cert);
+        let reuse_clients = connect_many(reuse.addr, &reuse_params, 10).await;
+        let r = requests_per_second(&reuse_clients, total, WASI_HELLO).await;
+        println!("GET / over 10 connections x 16 in flight: native {n:.0}, tq http3-app plugin {w:.0}, wasi:http component {h:.0} (fresh instance per request) / {r:.0} (instances reused) requests/s");
         println!("GET / over 10 connections x 16 in flight: native {n:.0} requests/s, hello plugin {w:.0} requests/s ({:.0}%)", w / n * 100.0);
 
         let mib = tq_e2e::bench_arg("--echo-mib", 64);

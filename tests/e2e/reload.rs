@@ -322,3 +322,39 @@ async fn a_raw_quic_connection_keeps_its_state_across_a_reload() {
     server.live.reload().await.unwrap();
     assert_eq!(ask("incr").await, "a 4");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_http_components_reload_too() {
+    init_tracing();
+    let server = LiveServer::start("wasi_hello", DRAIN).await;
+    let old = server.client().await;
+    assert_eq!(
+        old.request("GET", "/", None).await.unwrap().body,
+        b"hello from a wasi:http component\n"
+    );
+    // Another standard wasi:http component (written with tq_sdk::http).
+    server.install("sdk_http");
+    assert!(matches!(
+        server.live.reload().await.unwrap(),
+        Reloaded::New(_)
+    ));
+    let new = server.client().await;
+    assert_eq!(
+        new.request("GET", "/", None).await.unwrap().body,
+        b"hello from tq-sdk over wasi:http\n"
+    );
+    // The old connection stays on its version until the drain deadline
+    // closes it gracefully.
+    assert_eq!(
+        old.request("GET", "/", None).await.unwrap().body,
+        b"hello from a wasi:http component\n"
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(10), old.connection().closed())
+        .await
+        .expect("drained connection closes");
+    let graceful = [&outcome.peer_close, &outcome.local_close]
+        .into_iter()
+        .flatten()
+        .all(|c| c.is_app && c.code == tq_host::http3::H3_NO_ERROR);
+    assert!(graceful, "{}", outcome.describe());
+}

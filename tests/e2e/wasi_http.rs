@@ -177,3 +177,43 @@ async fn a_tq_sdk_http_handler_is_a_standard_wasi_http_component() {
     assert_eq!(text.lines().count(), 100_000);
     assert_eq!(text.lines().last(), Some("100000"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_fresh_per_request_unless_reuse_is_asked_for() {
+    init_tracing();
+    let fresh = PluginServer::start("wasi_hello", PluginLimits::default()).await;
+    let client = fresh.client().await;
+    for _ in 0..3 {
+        let r = client.request("GET", "/count", None).await.unwrap();
+        assert_eq!(r.body, b"request 1 on this instance\n");
+    }
+
+    // Reuse 2: an instance serves three requests in a row, then a new one
+    // takes over; a trap retires its instance.
+    let limits = PluginLimits {
+        reuse_instances: 2,
+        ..Default::default()
+    };
+    let reused = PluginServer::start("wasi_hello", limits).await;
+    let client = reused.client().await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = client.request("GET", "/count", None).await.unwrap();
+        seen.push(String::from_utf8(r.body).unwrap());
+    }
+    assert_eq!(
+        seen,
+        [1, 2, 3, 1].map(|n| format!("request {n} on this instance\n"))
+    );
+    assert_eq!(
+        client.request("GET", "/panic", None).await.unwrap().status,
+        500
+    );
+    let r = client.request("GET", "/count", None).await.unwrap();
+    // The panic took the pooled instance (which had served one) and it is
+    // gone: a fresh one answers.
+    assert_eq!(
+        r.body, b"request 1 on this instance\n",
+        "a trapped instance was reused"
+    );
+}

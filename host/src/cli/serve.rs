@@ -66,6 +66,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let limits = PluginLimits {
                 memory_bytes: args.plugin_memory << 20,
                 call_deadline: args.plugin_deadline,
+                reuse_instances: args.reuse_instances,
                 ..PluginLimits::default()
             };
             let grants = PluginGrants {

@@ -18,6 +18,12 @@ pub struct PluginLimits {
     /// Bytes of stdout plus stderr kept per instance; writes beyond fail in
     /// the plugin. Default 64 KiB.
     pub output_bytes: usize,
+    /// wasi:http: how many more requests one instance may serve after its
+    /// first, one after another (an instance that trapped or failed is never
+    /// reused). Default 0: a fresh instance per request, so nothing leaks
+    /// from one request to the next; reuse trades that for speed, as
+    /// `wasmtime serve` can.
+    pub reuse_instances: u32,
 }
 
 impl Default for PluginLimits {
@@ -27,6 +33,7 @@ impl Default for PluginLimits {
             call_deadline: Duration::from_secs(1),
             max_instances: 1000,
             output_bytes: 64 << 10,
+            reuse_instances: 0,
         }
     }
 }

@@ -169,6 +169,8 @@ struct Inner {
     has_init: bool,
     has_migrate: bool,
     live: Live,
+    /// wasi:http: idle instances, when reuse is on.
+    wasi_pool: wasi_http::Pool,
     _ticker: EpochTicker,
 }
 
@@ -343,6 +345,7 @@ impl Plugin {
                     retired: watch::Sender::new(false),
                     successor: watch::Sender::new(None),
                 },
+                wasi_pool: Default::default(),
                 _ticker: ticker,
             }),
         })

@@ -110,6 +110,24 @@ impl WasiHttpHooks for OutboundPolicy {
     }
 }
 
+/// Idle instances kept per plugin version when reuse is on.
+const POOL_MAX: usize = 64;
+
+/// An instance between two requests (reuse on).
+pub(crate) struct Idle {
+    store: wasmtime::Store<PluginState<HttpConn>>,
+    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    /// Requests it has served.
+    served: u32,
+}
+
+/// The pool of idle instances of a wasi:http version.
+pub(crate) type Pool = std::sync::Mutex<Vec<Idle>>;
+
+fn lock(pool: &Pool) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    pool.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A request body read from the H3 stream as the guest reads it.
 struct H3Body(Option<BodyReceiver>);
 
@@ -294,8 +312,20 @@ async fn run_request(plugin: &Arc<Inner>, req: IncomingRequest) -> Result<(), Fa
         message: format!("bad request: {e}"),
         head_sent: false,
     })?;
-    let conn = HttpConn::new(Arc::new(plugin.grants.http_hosts.clone()));
-    let mut store = new_store(plugin, conn).map_err(|e| fail(format!("{e:#}")))?;
+    // A pooled instance if reuse is on and one is idle, else a fresh one.
+    let pooled = lock(&plugin.wasi_pool).pop();
+    let (mut store, proxy, served) = match pooled {
+        Some(Idle {
+            store,
+            proxy,
+            served,
+        }) => (store, Some(proxy), served),
+        None => {
+            let conn = HttpConn::new(Arc::new(plugin.grants.http_hosts.clone()));
+            let store = new_store(plugin, conn).map_err(|e| fail(format!("{e:#}")))?;
+            (store, None, 0)
+        }
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (r, o) = {
         let mut http = store.data_mut().http();
@@ -313,29 +343,46 @@ async fn run_request(plugin: &Arc<Inner>, req: IncomingRequest) -> Result<(), Fa
     let guest = tokio::spawn(
         async move {
             store.data_mut().start_call();
-            let res = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+            let res: wasmtime::Result<wasmtime_wasi_http::p2::bindings::Proxy> = async {
+                let proxy = match proxy {
+                    Some(p) => p,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, r, o)
-                    .await
+                    .await?;
+                Ok(proxy)
             }
             .await;
             log_output(&mut store);
-            res.map_err(|e| {
-                if store.data().past_deadline() {
-                    format!(
-                        "exceeded its CPU deadline of {:?}",
-                        store.data().call_deadline
-                    )
-                } else {
-                    describe(&e)
-                }
-            })
+            match res {
+                Ok(proxy) => Ok(Idle {
+                    store,
+                    proxy,
+                    served: served + 1,
+                }),
+                Err(_) if store.data().past_deadline() => Err(format!(
+                    "exceeded its CPU deadline of {:?}",
+                    store.data().call_deadline
+                )),
+                Err(e) => Err(describe(&e)),
+            }
         }
         .in_current_span(),
     );
-    let guest_result = |r: Result<Result<(), String>, tokio::task::JoinError>| match r {
+    let reuse = plugin.limits.reuse_instances;
+    // The instance goes back to the pool only after a request that went
+    // well from start to end.
+    let give_back = |idle: Idle| {
+        if idle.served <= reuse {
+            let mut pool = lock(&plugin.wasi_pool);
+            if pool.len() < POOL_MAX {
+                pool.push(idle);
+            }
+        }
+    };
+    let guest_result = |r: Result<Result<Idle, String>, tokio::task::JoinError>| match r {
         Ok(r) => r,
         Err(e) => Err(format!("the plugin's task failed: {e}")),
     };
@@ -349,7 +396,7 @@ async fn run_request(plugin: &Arc<Inner>, req: IncomingRequest) -> Result<(), Fa
         Err(_) => {
             return Err(match guest_result(guest.await) {
                 Err(why) => fail(format!("plugin failed: {why}")),
-                Ok(()) => fail("the plugin returned without a response"),
+                Ok(_) => fail("the plugin returned without a response"),
             })
         }
     };
@@ -379,12 +426,13 @@ async fn run_request(plugin: &Arc<Inner>, req: IncomingRequest) -> Result<(), Fa
     // A trap after the head can end the body early and look like a clean
     // end: trust the end only if the guest finished well.
     match (ended, guest_result(guest.await)) {
-        (Ok(trailers), Ok(())) => {
+        (Ok(trailers), Ok(idle)) => {
             let last = match trailers {
                 Some(t) => OutboundFrame::Trailers(t),
                 None => OutboundFrame::Body(Bytes::new(), true),
             };
             out.send(last).await.map_err(|_| gone())?;
+            give_back(idle);
             Ok(())
         }
         (Err(why), _) | (_, Err(why)) => {

@@ -8,9 +8,11 @@
 //! | `POST /echo` | the request body, streamed back as it arrives |
 //! | `GET /bytes/N` | N bytes, generated as the client reads |
 //! | `GET /fetch?URL` | fetches URL (`http://...`) with `wasi:http/outgoing-handler` and answers `fetched STATUS: BODY`, or `refused: ERROR` (tq-host refuses destinations the operator did not grant with `--allow-http`) |
+//! | `GET /count` | `request N on this instance`: always 1 on tq-host's default fresh instance per request, counting up with `--reuse-instances` |
 //! | `GET /panic` | panics: the host answers 500 for this request only |
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasi::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
@@ -30,6 +32,15 @@ impl wasi::exports::http::incoming_handler::Guest for Hello {
                 Err(_) => respond(out, 400, b"N must be a number\n"),
             },
             (Method::Get, p) if p.starts_with("/fetch?") => fetch(out, &p[7..]),
+            (Method::Get, "/count") => {
+                static SERVED: AtomicU64 = AtomicU64::new(0);
+                let n = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
+                respond(
+                    out,
+                    200,
+                    format!("request {n} on this instance\n").as_bytes(),
+                )
+            }
             (Method::Get, "/panic") => panic!("this component panics on purpose"),
             _ => respond(out, 404, b"not found\n"),
         }
