@@ -117,13 +117,14 @@ async fn run(
     let mut retired = cur.plugin.live.retired.subscribe();
     let mut successor = cur.plugin.live.successor.subscribe();
     // A version that refused this connection's state is not asked again.
-    let mut refused: Option<Arc<Inner>> = None;
+    // Held weakly: a refused version must not stay loaded for this.
+    let mut refused: Option<std::sync::Weak<Inner>> = None;
     loop {
         let next = successor.borrow_and_update().clone();
         if let Some(next) = next {
             let tried = refused
                 .as_ref()
-                .is_some_and(|r| Arc::ptr_eq(r, &next.inner));
+                .is_some_and(|r| std::ptr::eq(r.as_ptr(), Arc::as_ptr(&next.inner)));
             if !tried && !Arc::ptr_eq(&next.inner, &cur.plugin) {
                 match migrate(&mut cur, next.inner.clone(), session).await? {
                     Moved::Yes => {
@@ -131,7 +132,7 @@ async fn run(
                         successor = cur.plugin.live.successor.subscribe();
                     }
                     Moved::NotNow => {}
-                    Moved::Refused => refused = Some(next.inner),
+                    Moved::Refused => refused = Some(Arc::downgrade(&next.inner)),
                 }
             }
         }

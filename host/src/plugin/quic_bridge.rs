@@ -442,6 +442,10 @@ impl QuicPluginApp {
                         ended.push((id, None));
                     }
                 }
+                // Gone already (quiche collects a stream once it is done
+                // both ways, e.g. after the client's STOP_SENDING): what is
+                // queued can never leave.
+                Err(quiche::Error::Done) if qconn.stream_closed(id) => ended.push((id, Some(0))),
                 Err(quiche::Error::Done) | Err(quiche::Error::StreamLimit) => {}
                 Err(quiche::Error::StreamStopped(code)) => ended.push((id, Some(code))),
                 Err(e @ (quiche::Error::InvalidStreamState(_) | quiche::Error::FinalSize)) => {

@@ -237,7 +237,9 @@ impl LivePlugin {
         let weak = Arc::downgrade(&old.plugin.inner);
         let timeout = self.inner.drain_timeout;
         drop(old);
-        lock(&self.inner.drains).spawn(async move {
+        let mut drains = lock(&self.inner.drains);
+        while drains.try_join_next().is_some() {}
+        drains.spawn(async move {
             tokio::time::sleep(timeout).await;
             if let Some(inner) = weak.upgrade() {
                 let old = Plugin { inner };

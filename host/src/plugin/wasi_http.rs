@@ -240,10 +240,36 @@ fn to_http(req: &IncomingRequest) -> Result<http::request::Builder, String> {
         .uri(format!("{scheme}://{authority}{path}")))
 }
 
+/// Counts a request in flight on its version, also when its task is
+/// aborted.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicUsize) -> Self {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The guest's task: aborted if the request ends first (the client left,
+/// the connection closed), so a guest never outlives its request.
+struct Guest(tokio::task::JoinHandle<Result<Idle, String>>);
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn handle_request(plugin: Arc<Inner>, req: IncomingRequest) {
     let stream = req.stream_id;
-    let requests = &plugin.live.requests;
-    requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _in_flight = InFlight::new(&plugin.live.requests);
     let out = req.response.clone();
     if let Err(why) = run_request(&plugin, req).await {
         warn!(stream, error = %why.message, "plugin request failed");
@@ -255,7 +281,6 @@ async fn handle_request(plugin: Arc<Inner>, req: IncomingRequest) {
             respond_error(&out, why.status, &why.message).await;
         }
     }
-    requests.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 struct Failure {
@@ -340,7 +365,7 @@ async fn run_request(plugin: &Arc<Inner>, req: IncomingRequest) -> Result<(), Fa
     // The guest runs on its own task: it goes on writing the body after it
     // has handed over the response head.
     let pre = pre.clone();
-    let guest = tokio::spawn(
+    let mut guest = Guest(tokio::spawn(
         async move {
             store.data_mut().start_call();
             let res: wasmtime::Result<wasmtime_wasi_http::p2::bindings::Proxy> = async {
@@ -370,7 +395,7 @@ async fn run_request(plugin: &Arc<Inner>, req: IncomingRequest) -> Result<(), Fa
             }
         }
         .in_current_span(),
-    );
+    ));
     let reuse = plugin.limits.reuse_instances;
     // The instance goes back to the pool only after a request that went
     // well from start to end.
@@ -394,7 +419,7 @@ async fn run_request(plugin: &Arc<Inner>, req: IncomingRequest) -> Result<(), Fa
         }
         // It never set a response: it trapped, or returned without one.
         Err(_) => {
-            return Err(match guest_result(guest.await) {
+            return Err(match guest_result((&mut guest.0).await) {
                 Err(why) => fail(format!("plugin failed: {why}")),
                 Ok(_) => fail("the plugin returned without a response"),
             })
@@ -423,9 +448,12 @@ async fn run_request(plugin: &Arc<Inner>, req: IncomingRequest) -> Result<(), Fa
     .await
     .map_err(|_| gone())?;
     let ended = stream_body(&out, &mut body).await;
+    // Done with the body: a guest still writing to it (the client left)
+    // gets an error instead of waiting for a reader forever.
+    drop(body);
     // A trap after the head can end the body early and look like a clean
     // end: trust the end only if the guest finished well.
-    match (ended, guest_result(guest.await)) {
+    match (ended, guest_result((&mut guest.0).await)) {
         (Ok(trailers), Ok(idle)) => {
             let last = match trailers {
                 Some(t) => OutboundFrame::Trailers(t),
