@@ -621,20 +621,11 @@ impl PluginServer {
         let cert = TestCert::new();
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let params = ConnectionParams::new_server(QuicSettings::default(), cert.paths.clone());
-        let mut listener =
-            quic::listen([socket], params, DefaultMetrics::default()).expect("listen");
+        let listener = quic::listen([socket], params, DefaultMetrics::default()).expect("listen");
         let addr = listener.local_addrs()[0];
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Some(c) = listener.accept().await {
-                while conns.try_join_next().is_some() {}
-                conns.spawn(plugin.start_connection(
-                    c,
-                    &Default::default(),
-                    std::future::pending(),
-                ));
-            }
-        });
+        // Nobody ever asks these connections to finish.
+        let (_, never) = tokio::sync::watch::channel(false);
+        let task = serve_plugin(listener, move || plugin.clone(), never);
         Self { addr, cert, task }
     }
 
@@ -675,21 +666,10 @@ impl QuicPluginServer {
             ..QuicSettings::default()
         });
         let params = ConnectionParams::new_server(settings, cert.paths.clone());
-        let mut listener =
-            quic::listen([socket], params, DefaultMetrics::default()).expect("listen");
+        let listener = quic::listen([socket], params, DefaultMetrics::default()).expect("listen");
         let addr = listener.local_addrs()[0];
         let (shutdown, stop) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Some(c) = listener.accept().await {
-                while conns.try_join_next().is_some() {}
-                let mut stop = stop.clone();
-                let shutdown = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                conns.spawn(plugin.start_connection(c, &Default::default(), shutdown));
-            }
-        });
+        let task = serve_plugin(listener, move || plugin.clone(), stop);
         Self {
             addr,
             cert,
@@ -761,25 +741,11 @@ impl LiveServer {
             ..QuicSettings::default()
         };
         let params = ConnectionParams::new_server(settings, cert.paths.clone());
-        let mut listener =
-            quic::listen([socket], params, DefaultMetrics::default()).expect("listen");
+        let listener = quic::listen([socket], params, DefaultMetrics::default()).expect("listen");
         let addr = listener.local_addrs()[0];
         let (shutdown, stop) = tokio::sync::watch::channel(false);
         let l = live.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Some(c) = listener.accept().await {
-                while conns.try_join_next().is_some() {}
-                let mut stop = stop.clone();
-                let shutdown = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                conns.spawn(
-                    l.current()
-                        .start_connection(c, &Default::default(), shutdown),
-                );
-            }
-        });
+        let task = serve_plugin(listener, move || l.current(), stop);
         Self {
             addr,
             cert,
@@ -808,6 +774,31 @@ impl LiveServer {
     pub async fn quinn(&self) -> (quinn::Endpoint, quinn::Connection) {
         quinn_connect(self.addr, &self.cert, self.alpn.as_bytes()).await
     }
+}
+
+/// Serves every connection `listener` accepts with the plugin version
+/// `pick` gives at that moment (as `tq-host --plugin` does); connections are
+/// asked to finish once `stop` turns true. Aborting the returned task aborts
+/// the connections' tasks too.
+fn serve_plugin(
+    mut listener: Listener<DefaultMetrics>,
+    pick: impl Fn() -> tq_host::plugin::Plugin + Send + 'static,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Some(c) = listener.accept().await {
+            while conns.try_join_next().is_some() {}
+            let mut stop = stop.clone();
+            let shutdown = async move {
+                // A dropped sender means nobody will ever ask.
+                if stop.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            conns.spawn(pick().start_connection(c, &Default::default(), shutdown));
+        }
+    })
 }
 
 /// A connected HTTP/3 client of ours that trusts `cert`.
