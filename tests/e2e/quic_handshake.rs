@@ -178,13 +178,6 @@ async fn untrusted_certificate_is_refused_by_the_client() {
 struct Silent;
 
 impl quic::ApplicationOverQuic for Silent {
-    fn on_conn_established(
-        &mut self,
-        _: &mut quiche::Connection,
-        _: &quic::HandshakeInfo,
-    ) -> quic::QuicResult<()> {
-        Ok(())
-    }
     async fn wait_for_data(&mut self, _: &mut quiche::Connection) -> quic::QuicResult<()> {
         std::future::pending().await
     }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use crate::quic::{ApplicationOverQuic, HandshakeInfo, QuicResult};
+use crate::quic::{ApplicationOverQuic, QuicResult};
 
 /// Echoes streams and datagrams back to the peer.
 #[derive(Debug, Default)]
@@ -61,14 +61,6 @@ impl EchoApplication {
 }
 
 impl ApplicationOverQuic for EchoApplication {
-    fn on_conn_established(
-        &mut self,
-        _qconn: &mut quiche::Connection,
-        _info: &HandshakeInfo,
-    ) -> QuicResult<()> {
-        Ok(())
-    }
-
     async fn wait_for_data(&mut self, _qconn: &mut quiche::Connection) -> QuicResult<()> {
         // Echo only reacts to packets; it has nothing of its own to wait for.
         std::future::pending().await

@@ -11,9 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
 use crate::metrics::DefaultMetrics;
-use crate::quic::{
-    self, ApplicationOverQuic, ConnectionParams, HandshakeInfo, QuicResult, QuicSettings,
-};
+use crate::quic::{self, ApplicationOverQuic, ConnectionParams, QuicResult, QuicSettings};
 
 /// Flags of `tq-host echo`.
 #[derive(Debug, Args, Clone)]
@@ -117,14 +115,6 @@ struct OneShotEcho {
 }
 
 impl ApplicationOverQuic for OneShotEcho {
-    fn on_conn_established(
-        &mut self,
-        _q: &mut quiche::Connection,
-        _i: &HandshakeInfo,
-    ) -> QuicResult<()> {
-        Ok(())
-    }
-
     async fn wait_for_data(&mut self, _q: &mut quiche::Connection) -> QuicResult<()> {
         std::future::pending().await
     }

@@ -7,7 +7,6 @@
 //! is kept for a client that has not proven its address when Retry is on.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,19 +16,13 @@ use tracing::{debug, trace, warn};
 
 use super::cid::ConnectionIdGenerator;
 use super::connection::{ApplicationOverQuic, ConnectionHandle, ConnectionState};
+use super::packet::{classify_unrouted, Unrouted};
 use super::retry::RetryTokens;
-use super::router::{Datagram, RouterCommand, Routes};
+use super::route::{next_conn_id, Datagram, RouterCommand, Routes};
 use super::settings::QuicSettings;
 use super::socket::QuicSocket;
 use super::worker::WorkerParts;
 use crate::metrics::{Metrics, PacketDropReason};
-
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A process-unique number naming a connection inside the router.
-pub(crate) fn next_conn_id() -> u64 {
-    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
-}
 
 /// Accepts new connections on one server socket.
 pub(crate) struct Acceptor<M: Metrics> {
@@ -53,30 +46,20 @@ impl<M: Metrics> Acceptor<M> {
         to: SocketAddr,
         routes: &mut Routes,
     ) {
-        let long = hdr.ty != quiche::Type::Short;
-        if long && !quiche::version_is_supported(hdr.version) {
-            // RFC 9000 §6: answer only datagrams big enough to be an Initial,
-            // so version negotiation cannot amplify an attack.
-            if buf.len() >= quiche::MIN_CLIENT_INITIAL_LEN {
+        match classify_unrouted(&hdr, buf.len()) {
+            Unrouted::Initial => {}
+            Unrouted::NegotiateVersion => {
                 let mut out = [0u8; 1350];
                 if let Ok(n) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
                     self.send(&out[..n], from, to).await;
                     self.metrics.version_negotiation_sent();
                 }
-            } else {
-                self.metrics.packet_dropped(PacketDropReason::Malformed);
+                return;
             }
-            return;
-        }
-        if hdr.ty != quiche::Type::Initial {
-            self.metrics
-                .packet_dropped(PacketDropReason::UnknownConnection);
-            return;
-        }
-        if buf.len() < quiche::MIN_CLIENT_INITIAL_LEN {
-            self.metrics
-                .packet_dropped(PacketDropReason::InitialTooSmall);
-            return;
+            Unrouted::Drop(reason) => {
+                self.metrics.packet_dropped(reason);
+                return;
+            }
         }
         if self.backlog.capacity() == 0 {
             warn!(%from, "accept backlog full; dropping new connection attempt");

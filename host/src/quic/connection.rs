@@ -74,14 +74,17 @@ use crate::metrics::Metrics;
 /// ```
 pub trait ApplicationOverQuic: Send + 'static {
     /// Called once, when the handshake completes (or early data arrives).
+    /// Default: does nothing.
     ///
     /// # Errors
     /// An error closes the connection before any other hook runs.
     fn on_conn_established(
         &mut self,
-        qconn: &mut quiche::Connection,
-        info: &HandshakeInfo,
-    ) -> QuicResult<()>;
+        _qconn: &mut quiche::Connection,
+        _info: &HandshakeInfo,
+    ) -> QuicResult<()> {
+        Ok(())
+    }
 
     /// Whether the worker should call `process_reads`, `process_writes` and
     /// `wait_for_data` now. An application that is waiting on something the

@@ -41,10 +41,14 @@ mod acceptor;
 mod cid;
 mod connection;
 mod error;
+mod gso;
+mod packet;
 mod retry;
+mod route;
 mod router;
 mod settings;
 mod socket;
+pub mod varint;
 mod worker;
 
 use std::pin::Pin;
@@ -67,10 +71,11 @@ pub use error::{BoxError, QuicError, QuicResult};
 pub use settings::{CongestionControl, ConnectionParams, QuicSettings, TlsCertificatePaths};
 
 use crate::metrics::Metrics;
-use acceptor::{attach_logs, next_conn_id, Acceptor};
+use acceptor::{attach_logs, Acceptor};
 use connection::ConnectionState;
 use retry::RetryTokens;
-use router::{Router, Routes};
+use route::{next_conn_id, ClientSignals, Routes};
+use router::Router;
 use socket::QuicSocket;
 use worker::WorkerParts;
 
@@ -379,7 +384,7 @@ impl<M: Metrics> Connector<M> {
             local_addr: local,
             state: state_rx,
         };
-        let signals = Arc::new(worker::ClientSignals::default());
+        let signals = Arc::new(ClientSignals::default());
         let router = Router {
             socket: socket.clone(),
             routes,

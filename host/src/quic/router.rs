@@ -7,7 +7,6 @@
 //! which ids are theirs through [`RouterCommand`]s, which the router applies
 //! before reading the socket again.
 
-use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,94 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
 
 use super::acceptor::Acceptor;
-use super::socket::QuicSocket;
+use super::route::{ClientSignals, Datagram, RouterCommand, Routes};
+use super::socket::{QuicSocket, MAX_DATAGRAM};
 use crate::metrics::{Metrics, PacketDropReason};
-
-/// A datagram on its way from the router to a worker.
-pub(crate) struct Datagram {
-    pub(crate) buf: Vec<u8>,
-    pub(crate) from: SocketAddr,
-    pub(crate) to: SocketAddr,
-}
-
-/// What workers (and pending connections) tell their router.
-#[derive(Debug)]
-pub(crate) enum RouterCommand {
-    /// Route datagrams for `cid` to connection `conn_id`.
-    Map { cid: Box<[u8]>, conn_id: u64 },
-    /// Stop routing `cid`.
-    Unmap { cid: Box<[u8]> },
-    /// The connection ended: forget it and every id it had.
-    Closed { conn_id: u64 },
-}
-
-/// A connection known to the router.
-pub(crate) struct Route {
-    pub(crate) inbox: mpsc::Sender<Datagram>,
-    pub(crate) cids: Vec<Box<[u8]>>,
-}
 
 /// Datagram buffers read per system call (recvmmsg); with GRO each may hold
 /// several datagrams.
 const RECV_BATCH: usize = 8;
-
-/// Routing state of one socket. Owned by its router task.
-pub(crate) struct Routes {
-    by_cid: HashMap<Box<[u8]>, u64>,
-    conns: HashMap<u64, Route>,
-}
-
-impl Routes {
-    pub(crate) fn new() -> Self {
-        Self {
-            by_cid: HashMap::new(),
-            conns: HashMap::new(),
-        }
-    }
-
-    pub(crate) fn insert(
-        &mut self,
-        conn_id: u64,
-        cids: Vec<Box<[u8]>>,
-        inbox: mpsc::Sender<Datagram>,
-    ) {
-        for cid in &cids {
-            self.by_cid.insert(cid.clone(), conn_id);
-        }
-        self.conns.insert(conn_id, Route { inbox, cids });
-    }
-
-    fn apply(&mut self, cmd: RouterCommand) {
-        match cmd {
-            RouterCommand::Map { cid, conn_id } => {
-                if let Some(route) = self.conns.get_mut(&conn_id) {
-                    route.cids.push(cid.clone());
-                    self.by_cid.insert(cid, conn_id);
-                }
-            }
-            RouterCommand::Unmap { cid } => {
-                if let Some(conn_id) = self.by_cid.remove(&cid) {
-                    if let Some(route) = self.conns.get_mut(&conn_id) {
-                        route.cids.retain(|c| *c != cid);
-                    }
-                }
-            }
-            RouterCommand::Closed { conn_id } => {
-                if let Some(route) = self.conns.remove(&conn_id) {
-                    for cid in route.cids {
-                        if self.by_cid.get(&cid) == Some(&conn_id) {
-                            self.by_cid.remove(&cid);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.conns.is_empty()
-    }
-}
 
 /// One socket's router task.
 pub(crate) struct Router<M: Metrics> {
@@ -117,7 +35,7 @@ pub(crate) struct Router<M: Metrics> {
     pub(crate) cid_len: usize,
     pub(crate) metrics: M,
     /// Client sockets: shared with the connection's worker.
-    pub(crate) client: Option<Arc<super::worker::ClientSignals>>,
+    pub(crate) client: Option<Arc<ClientSignals>>,
 }
 
 enum Wake {
@@ -131,7 +49,7 @@ impl<M: Metrics> Router<M> {
     /// one can come (client sockets, or a listener that stopped accepting).
     pub(crate) async fn run(mut self) {
         let gro = self.socket.gro_segments().max(1);
-        let buf_len = (gro * 1500).clamp(super::socket::MAX_DATAGRAM, 64 * 1500);
+        let buf_len = (gro * 1500).clamp(MAX_DATAGRAM, 64 * 1500);
         let mut bufs: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; buf_len]).collect();
         let mut meta = [RecvMeta::default(); RECV_BATCH];
         debug!(local = %self.socket.local_addr(), gro, gso = self.socket.max_gso_segments(), "router started");
@@ -220,18 +138,16 @@ impl<M: Metrics> Router<M> {
             }
         };
         trace!(%from, ty = ?hdr.ty, dcid = ?hdr.dcid, len = buf.len(), "datagram");
-        if let Some(conn_id) = self.routes.by_cid.get(hdr.dcid.as_ref()) {
-            if let Some(route) = self.routes.conns.get(conn_id) {
-                let d = Datagram {
-                    buf: buf.to_vec(),
-                    from,
-                    to,
-                };
-                if let Err(mpsc::error::TrySendError::Full(_)) = route.inbox.try_send(d) {
-                    self.metrics.packet_dropped(PacketDropReason::QueueFull);
-                }
-                return;
+        if let Some(route) = self.routes.get(hdr.dcid.as_ref()) {
+            let d = Datagram {
+                buf: buf.to_vec(),
+                from,
+                to,
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = route.inbox.try_send(d) {
+                self.metrics.packet_dropped(PacketDropReason::QueueFull);
             }
+            return;
         }
         match &mut self.acceptor {
             Some(acceptor) => {
@@ -244,10 +160,7 @@ impl<M: Metrics> Router<M> {
                 // never issued. On a client socket there is one connection, so
                 // hand it any unknown short-header packet: quiche recognises
                 // the reset token and closes the connection.
-                let only = (self.routes.conns.len() == 1)
-                    .then(|| self.routes.conns.values().next())
-                    .flatten();
-                match only {
+                match self.routes.sole() {
                     Some(route) if hdr.ty == quiche::Type::Short => {
                         let _ = route.inbox.try_send(Datagram {
                             buf: buf.to_vec(),

@@ -2,8 +2,8 @@
 //! and its application, and drives both.
 //!
 //! The worker never reads the socket (the router does, and hands it datagrams
-//! over a bounded channel); it sends directly, GSO-batched. Its loop order is
-//! the contract documented on [`ApplicationOverQuic`].
+//! over a bounded channel); it sends directly, GSO-batched (see `gso`). Its
+//! loop order is the contract documented on [`ApplicationOverQuic`].
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +17,9 @@ use super::connection::{
     ConnectionStats, HandshakeInfo, INTERNAL_ERROR_CODE,
 };
 use super::error::{BoxError, QuicResult};
-use super::router::{Datagram, RouterCommand};
+use super::gso::{self, GsoBatch, GsoSend};
+use super::packet::coalesced_packet_len;
+use super::route::{ClientSignals, Datagram, RouterCommand};
 use super::socket::QuicSocket;
 use crate::metrics::{HandshakeFailure, Metrics, PacketDropReason};
 
@@ -48,11 +50,39 @@ pub(crate) struct WorkerParts<M: Metrics> {
     pub(crate) unreachable: Option<Arc<ClientSignals>>,
 }
 
-/// What a client socket's router and its connection's worker share.
-#[derive(Debug, Default)]
-pub(crate) struct ClientSignals {
-    pub(crate) established: std::sync::atomic::AtomicBool,
-    pub(crate) unreachable: std::sync::atomic::AtomicBool,
+/// Where the connection is in its life, as the worker's loop sees it.
+enum Stage {
+    /// The handshake has not completed. `failure_reported`: the handle was
+    /// already told that it never will, so the metric is not counted twice.
+    Handshake { failure_reported: bool },
+    /// The application runs.
+    Running(HandshakeInfo),
+    /// The connection is closing (by the application's own close(), a failed
+    /// hook or the transport): the application has nothing left to do.
+    Closing(HandshakeInfo),
+}
+
+impl Stage {
+    fn is_handshake(&self) -> bool {
+        matches!(self, Stage::Handshake { .. })
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(self, Stage::Running(_))
+    }
+
+    /// Moves a running connection to `Closing`. A connection that closes
+    /// during the handshake stays in `Handshake`: the loop closes it as it
+    /// completes, if it ever does.
+    fn close(&mut self) {
+        let placeholder = Stage::Handshake {
+            failure_reported: false,
+        };
+        *self = match std::mem::replace(self, placeholder) {
+            Stage::Running(info) => Stage::Closing(info),
+            other => other,
+        };
+    }
 }
 
 enum Wake {
@@ -74,13 +104,18 @@ impl<M: Metrics> WorkerParts<M> {
     }
 
     async fn run_inner<A: ApplicationOverQuic>(mut self, mut app: A) {
-        let mut app_started = false;
-        let mut closing = false;
+        let mut stage = Stage::Handshake {
+            failure_reported: false,
+        };
         let mut result: QuicResult<()> = Ok(());
         let mut received = 0usize;
-        let mut handshake: Option<HandshakeInfo> = None;
-        let mut handshake_failed = false;
-        let mut out = vec![0u8; send_buffer_len(&self.socket, &self.conn)];
+        let mut out = vec![
+            0u8;
+            gso::send_buffer_len(
+                self.socket.max_gso_segments(),
+                self.conn.max_send_udp_payload_size()
+            )
+        ];
 
         loop {
             received += self.drain_inbox();
@@ -95,10 +130,16 @@ impl<M: Metrics> WorkerParts<M> {
             }
             // Once the connection is closing (by the application's own
             // close() or an error), the application has nothing left to do.
-            closing |= self.conn.local_error().is_some() || self.conn.is_draining();
+            // Both conditions are sticky in quiche, so a connection that began
+            // closing during the handshake is still seen closing below, when
+            // its handshake completes.
+            let conn_closing = self.conn.local_error().is_some() || self.conn.is_draining();
+            if conn_closing {
+                stage.close();
+            }
 
-            if !app_started && (self.conn.is_established() || self.conn.is_in_early_data()) {
-                app_started = true;
+            if stage.is_handshake() && (self.conn.is_established() || self.conn.is_in_early_data())
+            {
                 if let Some(sig) = &self.unreachable {
                     sig.established
                         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -107,36 +148,47 @@ impl<M: Metrics> WorkerParts<M> {
                 debug!(alpn = %String::from_utf8_lossy(&info.alpn), elapsed = ?info.handshake_duration, "handshake complete");
                 self.state
                     .send_replace(ConnectionState::Established(info.clone()));
-                if let Err(e) = app.on_conn_established(&mut self.conn, &info) {
-                    self.fail(&mut result, &mut closing, e);
+                let established = app.on_conn_established(&mut self.conn, &info);
+                stage = Stage::Running(info);
+                if conn_closing {
+                    stage.close();
                 }
-                handshake = Some(info);
+                if let Err(e) = established {
+                    self.fail(&mut result, &mut stage, e);
+                }
             }
 
-            if app_started && !closing && app.should_act() {
+            if stage.is_running() && app.should_act() {
                 if received > 0 {
                     if let Err(e) = app.process_reads(&mut self.conn) {
-                        self.fail(&mut result, &mut closing, e);
+                        self.fail(&mut result, &mut stage, e);
                     }
                 }
-                if !closing {
+                if stage.is_running() {
                     if let Err(e) = app.process_writes(&mut self.conn) {
-                        self.fail(&mut result, &mut closing, e);
+                        self.fail(&mut result, &mut stage, e);
                     }
                 }
             }
             received = 0;
 
-            if app_started && !self.conn.is_closed() {
-                self.refresh_connection_ids();
-            } else if !app_started && !handshake_failed {
-                handshake_failed = self.report_failed_handshake();
+            match &mut stage {
+                Stage::Handshake { failure_reported } => {
+                    if !*failure_reported {
+                        *failure_reported = self.report_failed_handshake();
+                    }
+                }
+                Stage::Running(_) | Stage::Closing(_) => {
+                    if !self.conn.is_closed() {
+                        self.refresh_connection_ids();
+                    }
+                }
             }
             let more_to_send = self.flush(&mut out).await;
             if self.conn.is_closed() {
                 break;
             }
-            if !app_started && self.is_unreachable() {
+            if stage.is_handshake() && self.is_unreachable() {
                 info!("nothing listens at the server's address (ICMP port unreachable)");
                 break;
             }
@@ -147,7 +199,7 @@ impl<M: Metrics> WorkerParts<M> {
             }
 
             let deadline = self.conn.timeout_instant();
-            let app_wait = app_started && !closing && app.should_act();
+            let app_wait = stage.is_running() && app.should_act();
             let wake = {
                 let timer = async {
                     match deadline {
@@ -181,16 +233,20 @@ impl<M: Metrics> WorkerParts<M> {
                     break;
                 }
                 Wake::App(Ok(())) => {}
-                Wake::App(Err(e)) => self.fail(&mut result, &mut closing, e),
+                Wake::App(Err(e)) => self.fail(&mut result, &mut stage, e),
             }
             if self.conn.is_closed() {
                 break;
             }
         }
 
+        let (handshake, failure_reported) = match stage {
+            Stage::Handshake { failure_reported } => (None, failure_reported),
+            Stage::Running(info) | Stage::Closing(info) => (Some(info), false),
+        };
         let outcome = self.outcome(handshake, &result);
         if outcome.handshake.is_none() {
-            if !handshake_failed {
+            if !failure_reported {
                 self.metrics
                     .handshake_failed(classify_handshake_failure(&outcome));
             }
@@ -286,8 +342,8 @@ impl<M: Metrics> WorkerParts<M> {
         }
     }
 
-    fn fail(&mut self, result: &mut QuicResult<()>, closing: &mut bool, e: BoxError) {
-        *closing = true;
+    fn fail(&mut self, result: &mut QuicResult<()>, stage: &mut Stage, e: BoxError) {
+        stage.close();
         if let Some(c) = e.downcast_ref::<ApplicationClose>() {
             // A deliberate close by the application, not a failure.
             debug!(code = c.code, reason = %c.reason, "application closes the connection");
@@ -343,62 +399,39 @@ impl<M: Metrics> WorkerParts<M> {
     /// Sends what quiche has, batching equal-sized packets to one destination
     /// into GSO sends. Returns true if it stopped at its per-turn bound.
     async fn flush(&mut self, out: &mut [u8]) -> bool {
-        let max_segments = self.socket.max_gso_segments().max(1);
+        let mut batch = GsoBatch::new(self.socket.max_gso_segments());
         let mut packets = 0;
-        let mut len = 0usize;
-        let mut segment = 0usize;
-        let mut count = 0usize;
-        let mut batch_to = None;
-        let mut batch_from = None;
         loop {
-            let room = out.len() - len;
             let max = self.conn.max_send_udp_payload_size();
-            let done = if room < max || count >= max_segments {
+            let done = if !batch.has_room(out.len(), max) {
                 true
             } else {
-                match self.conn.send(&mut out[len..len + max]) {
+                let at = batch.offset();
+                match self.conn.send(&mut out[at..at + max]) {
                     Ok((n, info)) => {
                         packets += 1;
-                        let same_dest = batch_to.is_none_or(|t| t == info.to);
-                        if !same_dest || (count > 0 && n > segment) {
-                            // Cannot join this batch: send it, then start anew
-                            // with this packet at the front.
-                            self.send_batch(&out[..len], batch_to, batch_from, segment, count)
-                                .await;
-                            out.copy_within(len..len + n, 0);
-                            len = 0;
-                            count = 0;
+                        if !batch.admits(n, info.to) {
+                            // Send the batch, then start anew with this packet
+                            // at the front.
+                            self.send_batch(out, batch.take()).await;
+                            out.copy_within(at..at + n, 0);
                         }
-                        if count == 0 {
-                            segment = n;
-                            batch_to = Some(info.to);
-                            batch_from = Some(info.from);
-                        }
-                        len += n;
-                        count += 1;
-                        // A short packet must be the last of a GSO batch.
-                        n < segment
+                        batch.push(n, info.to, info.from)
                     }
                     Err(quiche::Error::Done) => {
-                        self.send_batch(&out[..len], batch_to, batch_from, segment, count)
-                            .await;
+                        self.send_batch(out, batch.take()).await;
                         return false;
                     }
                     Err(e) => {
                         warn!(error = %e, "quiche failed to build a packet");
                         let _ = self.conn.close(false, 0x1, b"internal error");
-                        self.send_batch(&out[..len], batch_to, batch_from, segment, count)
-                            .await;
+                        self.send_batch(out, batch.take()).await;
                         return false;
                     }
                 }
             };
             if done {
-                self.send_batch(&out[..len], batch_to, batch_from, segment, count)
-                    .await;
-                len = 0;
-                count = 0;
-                batch_to = None;
+                self.send_batch(out, batch.take()).await;
                 if packets >= SEND_PER_TURN {
                     return true;
                 }
@@ -406,21 +439,14 @@ impl<M: Metrics> WorkerParts<M> {
         }
     }
 
-    async fn send_batch(
-        &self,
-        buf: &[u8],
-        to: Option<std::net::SocketAddr>,
-        from: Option<std::net::SocketAddr>,
-        segment: usize,
-        count: usize,
-    ) {
-        let (Some(to), false) = (to, buf.is_empty()) else {
+    /// Sends a finished batch from the front of `out`.
+    async fn send_batch(&self, out: &[u8], send: Option<GsoSend>) {
+        let Some(s) = send else {
             return;
         };
-        let seg = (count > 1).then_some(segment);
-        let src = from.and_then(|f| self.socket.source_ip(f));
-        match self.socket.send(to, src, buf, seg).await {
-            Ok(()) => self.metrics.packets_out(count as u64, buf.len() as u64),
+        let src = self.socket.source_ip(s.from);
+        match self.socket.send(s.to, src, &out[..s.len], s.segment).await {
+            Ok(()) => self.metrics.packets_out(s.count as u64, s.len as u64),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 if let Some(sig) = &self.unreachable {
                     if !sig.established.load(std::sync::atomic::Ordering::Relaxed) {
@@ -468,47 +494,6 @@ impl<M: Metrics> WorkerParts<M> {
     }
 }
 
-/// The length of the first packet in `buf` if it is a long-header packet
-/// that carries a Length field (Initial, 0-RTT, Handshake) and other packets
-/// follow it; `None` when it is the only or last one, or cannot be parsed.
-fn coalesced_packet_len(buf: &[u8]) -> Option<usize> {
-    let first = *buf.first()?;
-    if first & 0x80 == 0 {
-        return None; // short header: always last in a datagram
-    }
-    let mut off = 5; // first byte + version
-    let dcid_len = *buf.get(off)? as usize;
-    off += 1 + dcid_len;
-    let scid_len = *buf.get(off)? as usize;
-    off += 1 + scid_len;
-    match (first & 0x30) >> 4 {
-        0 => {
-            // Initial: a token precedes the length.
-            let (token_len, n) = read_varint(buf.get(off..)?)?;
-            off += n + usize::try_from(token_len).ok()?;
-        }
-        1 | 2 => {}
-        _ => return None, // Retry has no Length field
-    }
-    let (len, n) = read_varint(buf.get(off..)?)?;
-    let end = off
-        .checked_add(n)?
-        .checked_add(usize::try_from(len).ok()?)?;
-    (end < buf.len()).then_some(end)
-}
-
-/// A QUIC variable-length integer (RFC 9000 §16): value and bytes used.
-fn read_varint(b: &[u8]) -> Option<(u64, usize)> {
-    let first = *b.first()?;
-    let len = 1usize << (first >> 6);
-    let bytes = b.get(..len)?;
-    let mut v = u64::from(first & 0x3f);
-    for &x in &bytes[1..] {
-        v = (v << 8) | u64::from(x);
-    }
-    Some((v, len))
-}
-
 fn classify_handshake_failure(o: &ConnectionOutcome) -> HandshakeFailure {
     let is_tls = |c: &Option<CloseReason>| {
         c.as_ref()
@@ -522,51 +507,5 @@ fn classify_handshake_failure(o: &ConnectionOutcome) -> HandshakeFailure {
         HandshakeFailure::PeerClosed
     } else {
         HandshakeFailure::Other
-    }
-}
-
-/// Room for one full GSO batch (at most 64 KiB, the kernel's limit).
-fn send_buffer_len(socket: &QuicSocket, conn: &quiche::Connection) -> usize {
-    let segs = socket.max_gso_segments().clamp(1, 64);
-    (segs * conn.max_send_udp_payload_size().max(1500)).min(super::socket::MAX_DATAGRAM)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn varints_decode() {
-        assert_eq!(read_varint(&[0x25]), Some((37, 1)));
-        assert_eq!(read_varint(&[0x7b, 0xbd]), Some((15293, 2)));
-        assert_eq!(
-            read_varint(&[0x9d, 0x7f, 0x3e, 0x7d]),
-            Some((494_878_333, 4))
-        );
-        assert_eq!(read_varint(&[0x7b]), None);
-    }
-
-    #[test]
-    fn coalesced_packets_are_split_at_their_length() {
-        // Handshake packet: dcid 2 bytes, scid 1 byte, length 3, then a short packet.
-        let mut d = vec![0xe0, 0, 0, 0, 1, 2, 9, 9, 1, 8, 0x03, 1, 2, 3];
-        let first = d.len();
-        d.extend_from_slice(&[0x40, 1, 2, 3, 4]);
-        assert_eq!(coalesced_packet_len(&d), Some(first));
-        // Alone in its datagram: nothing to split.
-        assert_eq!(coalesced_packet_len(&d[..first]), None);
-        // Initial with a 2-byte token.
-        let mut i = vec![0xc0, 0, 0, 0, 1, 1, 7, 0, 0x02, 5, 5, 0x01, 0xaa];
-        let first = i.len();
-        i.push(0x40);
-        assert_eq!(coalesced_packet_len(&i), Some(first));
-        // Truncated or short headers are not split.
-        assert_eq!(coalesced_packet_len(&[0xc0, 0, 0]), None);
-        assert_eq!(coalesced_packet_len(&[0x40, 1, 2]), None);
-        // A length running past the datagram is not split either.
-        assert_eq!(
-            coalesced_packet_len(&[0xe0, 0, 0, 0, 1, 0, 0, 0x3f, 1]),
-            None
-        );
     }
 }

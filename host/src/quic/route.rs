@@ -1,0 +1,155 @@
+//! What a socket's router, its acceptor and its connections' workers share:
+//! the datagrams passed to workers, the commands workers send back, and the
+//! routing table those commands edit.
+//!
+//! These types live apart from the tasks that use them so that the router,
+//! the acceptor and the worker each depend on this module and never on one
+//! another.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique number naming a connection inside the router.
+pub(crate) fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A datagram on its way from the router to a worker.
+pub(crate) struct Datagram {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) from: SocketAddr,
+    pub(crate) to: SocketAddr,
+}
+
+/// What workers (and pending connections) tell their router.
+#[derive(Debug)]
+pub(crate) enum RouterCommand {
+    /// Route datagrams for `cid` to connection `conn_id`.
+    Map { cid: Box<[u8]>, conn_id: u64 },
+    /// Stop routing `cid`.
+    Unmap { cid: Box<[u8]> },
+    /// The connection ended: forget it and every id it had.
+    Closed { conn_id: u64 },
+}
+
+/// What a client socket's router and its connection's worker share.
+#[derive(Debug, Default)]
+pub(crate) struct ClientSignals {
+    pub(crate) established: AtomicBool,
+    pub(crate) unreachable: AtomicBool,
+}
+
+/// A connection known to the router.
+pub(crate) struct Route {
+    pub(crate) inbox: mpsc::Sender<Datagram>,
+    pub(crate) cids: Vec<Box<[u8]>>,
+}
+
+/// Routing state of one socket. Owned by its router task.
+pub(crate) struct Routes {
+    by_cid: HashMap<Box<[u8]>, u64>,
+    conns: HashMap<u64, Route>,
+}
+
+impl Routes {
+    pub(crate) fn new() -> Self {
+        Self {
+            by_cid: HashMap::new(),
+            conns: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn insert(
+        &mut self,
+        conn_id: u64,
+        cids: Vec<Box<[u8]>>,
+        inbox: mpsc::Sender<Datagram>,
+    ) {
+        for cid in &cids {
+            self.by_cid.insert(cid.clone(), conn_id);
+        }
+        self.conns.insert(conn_id, Route { inbox, cids });
+    }
+
+    pub(crate) fn apply(&mut self, cmd: RouterCommand) {
+        match cmd {
+            RouterCommand::Map { cid, conn_id } => {
+                if let Some(route) = self.conns.get_mut(&conn_id) {
+                    route.cids.push(cid.clone());
+                    self.by_cid.insert(cid, conn_id);
+                }
+            }
+            RouterCommand::Unmap { cid } => {
+                if let Some(conn_id) = self.by_cid.remove(&cid) {
+                    if let Some(route) = self.conns.get_mut(&conn_id) {
+                        route.cids.retain(|c| *c != cid);
+                    }
+                }
+            }
+            RouterCommand::Closed { conn_id } => {
+                if let Some(route) = self.conns.remove(&conn_id) {
+                    for cid in route.cids {
+                        // Another connection may have taken over this id since.
+                        if self.by_cid.get(&cid) == Some(&conn_id) {
+                            self.by_cid.remove(&cid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection `dcid` belongs to.
+    pub(crate) fn get(&self, dcid: &[u8]) -> Option<&Route> {
+        self.by_cid
+            .get(dcid)
+            .and_then(|conn_id| self.conns.get(conn_id))
+    }
+
+    /// The connection, when there is exactly one (as on a client socket).
+    pub(crate) fn sole(&self) -> Option<&Route> {
+        (self.conns.len() == 1)
+            .then(|| self.conns.values().next())
+            .flatten()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_edit_the_table() {
+        let (tx, _rx) = mpsc::channel(1);
+        let (other_tx, _other_rx) = mpsc::channel(1);
+        let mut routes = Routes::new();
+        routes.insert(1, vec![b"a".as_slice().into()], tx);
+        routes.apply(RouterCommand::Map {
+            cid: b"b".as_slice().into(),
+            conn_id: 1,
+        });
+        assert!(routes.get(b"b").is_some());
+        assert!(routes.sole().is_some());
+        routes.apply(RouterCommand::Unmap {
+            cid: b"a".as_slice().into(),
+        });
+        assert!(routes.get(b"a").is_none());
+        // Connection 2 now claims "b" too: closing 1 must leave it alone.
+        routes.insert(2, vec![b"b".as_slice().into()], other_tx);
+        assert!(routes.sole().is_none());
+        routes.apply(RouterCommand::Closed { conn_id: 1 });
+        assert!(routes.get(b"b").is_some());
+        routes.apply(RouterCommand::Closed { conn_id: 2 });
+        assert!(routes.get(b"b").is_none());
+        assert!(routes.is_empty());
+    }
+}
