@@ -4,7 +4,7 @@
 //! depending only on the ones before it:
 //!
 //! ```text
-//!   metrics (leaf) · quic  →  http3  →  plugin  →  cli
+//!   metrics (leaf) · quic  →  http3  →  plugin  →  server  →  cli
 //! ```
 //!
 //! - [`quic`]: a tokio bridge for quiche: [`quic::listen`], [`quic::connect`],
@@ -14,6 +14,8 @@
 //! - [`builtin`]: applications that ship in the binary.
 //! - [`http3`]: HTTP/3 over the QUIC layer: `H3Driver`, handlers, a client.
 //! - [`plugin`]: the WebAssembly plugin runtime (wasmtime).
+//! - [`server`]: the accept loop and graceful shutdown the binary and the
+//!   tests share ([`server::serve`]).
 //! - [`tls`]: self-signed certificates for a first run and for tests.
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
@@ -24,4 +26,5 @@ pub mod http3;
 pub mod metrics;
 pub mod plugin;
 pub mod quic;
+pub mod server;
 pub mod tls;

@@ -90,7 +90,8 @@ async fn misbehaving_request(
     let started = Instant::now();
     let res = tokio::time::timeout(Duration::from_secs(20), client.request("GET", path, None))
         .await
-        .expect("the misbehaving request ends");
+        .expect("the misbehaving request ends")
+        .map_err(|e| e.to_string());
     let took = started.elapsed();
     // The bystander goes on a little longer, then reports.
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -69,10 +69,10 @@ async fn load(server: Arc<LiveServer>, seen: Arc<Seen>, stop: Arc<AtomicBool>) {
                 .unwrap()
                 .push(format!("status {}", r.status)),
             // Not processed by the server (RFC 9114 5.2): safe to retry.
-            Err(e) if e.contains("GOAWAY") || e.contains("0x10b") => {
+            Err(e) if e.to_string().contains("GOAWAY") || e.to_string().contains("0x10b") => {
                 seen.retried.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => seen.failures.lock().unwrap().push(e),
+            Err(e) => seen.failures.lock().unwrap().push(e.to_string()),
         }
     }
 }

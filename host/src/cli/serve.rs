@@ -6,21 +6,18 @@ use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::info;
 
 use std::sync::Arc;
 
-use tokio_util::task::TaskTracker;
-
 use super::config::ConfigFile;
 use super::{App, ServeArgs};
-use crate::builtin::{EchoApplication, WelcomePage};
-use crate::http3::{serve_connection, ServerH3Driver};
+use crate::builtin::WelcomePage;
 use crate::metrics::DefaultMetrics;
 use crate::plugin::{LivePlugin, PluginGrants, PluginLimits, World};
 use crate::quic::{self, ConnectionParams, TlsCertificatePaths};
+use crate::server::{serve, PluginSource, ServeOptions, Service};
 use crate::tls::SelfSignedCertificate;
 
 /// How often the plugin file is checked for changes.
@@ -142,7 +139,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         sockets.push(s);
     }
     let metrics = DefaultMetrics::default();
-    let mut listener = quic::listen(sockets, params.clone(), metrics.clone())
+    let listener = quic::listen(sockets, params.clone(), metrics.clone())
         .context("cannot start the QUIC listener")?;
     for a in listener.local_addrs() {
         info!(addr = %a, app = %args.plugin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("{:?}", args.app)), alpn = ?params.settings.alpn, retry = params.settings.enable_retry, "listening");
@@ -159,57 +156,20 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             _ => info!("try: tq-host echo -k {a}"),
         }
     }
-    // Tells plugin connections the server is shutting down.
-    let (stopping, stop_signal) = watch::channel(false);
-
-    // Owns the per-connection request loops; they end with their connections.
-    let services = TaskTracker::new();
-    let page = Arc::new(WelcomePage);
-    loop {
-        tokio::select! {
-            incoming = listener.accept() => match incoming {
-                Some(c) => {
-                    info!(peer = %c.peer_addr(), "connection accepted");
-                    match (&plugin, args.app) {
-                        (Some(live), _) => {
-                            // The connection is pinned to the version
-                            // current now.
-                            let mut stop = stop_signal.clone();
-                            let shutdown = async move {
-                                let _ = stop.wait_for(|s| *s).await;
-                            };
-                            services.spawn(live.current().start_connection(c, &h3_settings, shutdown));
-                        }
-                        (None, App::Echo) => {
-                            c.start(EchoApplication::default());
-                        }
-                        (None, App::Page) => {
-                            let (driver, controller) = ServerH3Driver::new_server(h3_settings.clone());
-                            c.start(driver);
-                            services.spawn(serve_connection(controller, page.clone()));
-                        }
-                    }
-                }
-                None => break,
-            },
-            _ = tokio::signal::ctrl_c() => {
-                info!("shutting down: no new connections; waiting up to {SHUTDOWN_GRACE:?} for live ones");
-                break;
-            }
-        }
-    }
-    stopping.send_replace(true);
+    let service = match plugin {
+        Some(live) => Service::Plugin(PluginSource::Live(live)),
+        None if args.app == App::Echo => Service::Echo,
+        None => Service::Http3(Arc::new(WelcomePage)),
+    };
+    let options = ServeOptions {
+        http3: h3_settings,
+        grace: SHUTDOWN_GRACE,
+    };
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    serve(listener, service, options, ctrl_c).await;
     triggers.abort_all();
-    services.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, async {
-        listener.shutdown().await;
-        services.wait().await;
-    })
-    .await
-    .is_err()
-    {
-        warn!("connections still open after the grace period; exiting anyway");
-    }
     info!(metrics = ?metrics.snapshot(), "stopped");
     Ok(())
 }

@@ -9,7 +9,9 @@ use quiche::h3::{Header, NameValue};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use super::driver::{H3Driver, H3Event, H3Handle};
+use super::controller::{H3Event, H3Handle};
+use super::driver::H3Driver;
+use super::error::H3Error;
 use super::frames::{headers, InboundFrame, OutboundFrame};
 use super::settings::Http3Settings;
 use crate::metrics::DefaultMetrics;
@@ -129,7 +131,7 @@ impl H3Client {
         method: &str,
         path: &str,
         body: Option<Bytes>,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, H3Error> {
         self.request_with(method, path, &[], body, Vec::new()).await
     }
 
@@ -144,7 +146,7 @@ impl H3Client {
         extra: &[(&str, &str)],
         body: Option<Bytes>,
         trailers: Vec<Header>,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, H3Error> {
         let mut h = headers(&[
             (":method", method),
             (":scheme", "https"),
@@ -157,7 +159,7 @@ impl H3Client {
         let mut rx = stream.response;
         let send = async {
             if let Some(tx) = stream.body {
-                let gone = |_| "connection closed while sending the body".to_string();
+                let gone = |_| H3Error::StreamClosed;
                 let body = body.unwrap_or_default();
                 let fin = trailers.is_empty();
                 // Chunks of 64 KiB so the driver's channel bounds what waits.
@@ -173,7 +175,7 @@ impl H3Client {
                         .map_err(gone)?;
                 }
             }
-            Ok::<(), String>(())
+            Ok::<(), H3Error>(())
         };
         let recv = async {
             let mut informational = Vec::new();
@@ -193,14 +195,14 @@ impl H3Client {
                     }
                     Some(InboundFrame::Body(b)) => body.extend_from_slice(&b),
                     Some(InboundFrame::Finished) => break,
-                    Some(InboundFrame::Reset(code)) => {
-                        return Err(format!("response reset with code {code:#x}"))
-                    }
-                    None => return Err("connection closed before the response ended".into()),
+                    Some(InboundFrame::Reset(code)) => return Err(H3Error::StreamReset { code }),
+                    None => return Err(H3Error::ConnectionClosed),
                 }
             }
-            let headers = head.ok_or("response without headers")?;
-            let status = status_of(&headers).ok_or("response without :status")?;
+            let headers =
+                head.ok_or_else(|| H3Error::Malformed("response without headers".into()))?;
+            let status = status_of(&headers)
+                .ok_or_else(|| H3Error::Malformed("response without :status".into()))?;
             Ok(Response {
                 status,
                 informational,

@@ -14,6 +14,8 @@ use bytes::Bytes;
 use quiche::h3::Header;
 use tokio::sync::{mpsc, Notify};
 
+use super::error::H3Error;
+
 /// A frame from the peer on one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboundFrame {
@@ -60,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) peak_inbound: AtomicUsize,
     pub(crate) peak_outbound: AtomicUsize,
     pub(crate) requests: AtomicU64,
+    /// Entries in the driver's stream table.
+    pub(crate) open_streams: AtomicUsize,
     pub(crate) going_away: std::sync::atomic::AtomicBool,
 }
 
@@ -122,25 +126,23 @@ impl BodyReceiver {
     /// the trailers if any.
     ///
     /// # Errors
-    /// The text says whether the peer reset the stream, the body exceeded
-    /// `limit`, or the connection ended first.
-    pub async fn read_to_end(&mut self, limit: usize) -> Result<(Vec<u8>, Vec<Header>), String> {
+    /// [`H3Error::StreamReset`], [`H3Error::BodyTooLarge`] or
+    /// [`H3Error::ConnectionClosed`].
+    pub async fn read_to_end(&mut self, limit: usize) -> Result<(Vec<u8>, Vec<Header>), H3Error> {
         let mut body = Vec::new();
         let mut trailers = Vec::new();
         loop {
             match self.recv().await {
                 Some(InboundFrame::Body(b)) => {
                     if body.len() + b.len() > limit {
-                        return Err(format!("body larger than {limit} bytes"));
+                        return Err(H3Error::BodyTooLarge { limit });
                     }
                     body.extend_from_slice(&b);
                 }
                 Some(InboundFrame::Headers(h)) => trailers = h,
                 Some(InboundFrame::Finished) => return Ok((body, trailers)),
-                Some(InboundFrame::Reset(code)) => {
-                    return Err(format!("stream reset by peer with code {code:#x}"))
-                }
-                None => return Err("connection closed before the stream finished".into()),
+                Some(InboundFrame::Reset(code)) => return Err(H3Error::StreamReset { code }),
+                None => return Err(H3Error::ConnectionClosed),
             }
         }
     }

@@ -1,162 +1,23 @@
-//! The native request handler API: plain Rust functions from an
-//! `http::Request` to an `http::Response`, served over an [`H3Controller`].
-//!
-//! Each request runs in its own task, owned by the connection's serve loop
-//! (they end with the connection). Bodies stream both ways through the
-//! driver's bounded channels.
+//! Serving requests: the one connection loop ([`serve_requests`]: a task
+//! per request, GOAWAY on shutdown, every task ended with the connection),
+//! the one response path ([`send_response`], any `http_body::Body`), and
+//! the native handler API on top ([`RequestHandler`], [`serve_connection`]).
+//! The plugin runtime's wasi:http world sits on the same pieces.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quiche::h3::{Header, NameValue};
-use tokio::sync::mpsc;
+use http_body::Body;
+use http_body_util::BodyExt;
 use tokio::task::JoinSet;
 use tracing::{debug, Instrument};
 
-use super::driver::{H3Controller, H3Event, IncomingRequest};
-use super::frames::{BodyReceiver, InboundFrame, OutboundFrame, OutboundSender};
-
-/// A request body: streamed from the peer.
-#[derive(Debug)]
-pub struct RequestBody {
-    rx: Option<BodyReceiver>,
-    trailers: Vec<Header>,
-}
-
-impl RequestBody {
-    /// The next chunk of body; `None` at the end.
-    ///
-    /// # Errors
-    /// The peer reset the stream, or the connection closed.
-    pub async fn chunk(&mut self) -> Option<Result<Bytes, String>> {
-        let rx = self.rx.as_mut()?;
-        loop {
-            match rx.recv().await {
-                Some(InboundFrame::Body(b)) => return Some(Ok(b)),
-                Some(InboundFrame::Headers(h)) => self.trailers = h,
-                Some(InboundFrame::Finished) => {
-                    self.rx = None;
-                    return None;
-                }
-                Some(InboundFrame::Reset(code)) => {
-                    self.rx = None;
-                    return Some(Err(format!(
-                        "request reset by the client with code {code:#x}"
-                    )));
-                }
-                None => {
-                    self.rx = None;
-                    return Some(Err("connection closed mid-request".into()));
-                }
-            }
-        }
-    }
-
-    /// The whole body, refused past `limit` bytes.
-    ///
-    /// # Errors
-    /// As [`chunk`](Self::chunk), or the body is over `limit`.
-    pub async fn bytes(&mut self, limit: usize) -> Result<Bytes, String> {
-        let mut out = Vec::new();
-        while let Some(c) = self.chunk().await {
-            let c = c?;
-            if out.len() + c.len() > limit {
-                return Err(format!("request body over {limit} bytes"));
-            }
-            out.extend_from_slice(&c);
-        }
-        Ok(out.into())
-    }
-
-    /// Trailers, once the body has been read to its end.
-    pub fn trailers(&self) -> &[Header] {
-        &self.trailers
-    }
-}
-
-/// A response body.
-#[derive(Debug, Default)]
-pub enum ResponseBody {
-    /// No body.
-    #[default]
-    Empty,
-    /// A body in one piece.
-    Full(Bytes),
-    /// A body produced over time through a [`BodyWriter`].
-    Stream(mpsc::Receiver<BodyChunk>),
-}
-
-impl ResponseBody {
-    /// A streaming body and its writer; at most `capacity` chunks wait.
-    pub fn channel(capacity: usize) -> (BodyWriter, ResponseBody) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (BodyWriter { tx }, ResponseBody::Stream(rx))
-    }
-}
-
-impl From<&'static str> for ResponseBody {
-    fn from(s: &'static str) -> Self {
-        ResponseBody::Full(Bytes::from_static(s.as_bytes()))
-    }
-}
-
-impl From<String> for ResponseBody {
-    fn from(s: String) -> Self {
-        ResponseBody::Full(Bytes::from(s))
-    }
-}
-
-impl From<Vec<u8>> for ResponseBody {
-    fn from(v: Vec<u8>) -> Self {
-        ResponseBody::Full(Bytes::from(v))
-    }
-}
-
-impl From<Bytes> for ResponseBody {
-    fn from(b: Bytes) -> Self {
-        ResponseBody::Full(b)
-    }
-}
-
-/// A piece of a streamed response body.
-#[derive(Debug)]
-pub enum BodyChunk {
-    /// Body bytes.
-    Data(Bytes),
-    /// Trailers; they end the body.
-    Trailers(http::HeaderMap),
-}
-
-/// Writes a streamed response body. Dropping it ends the body.
-#[derive(Debug, Clone)]
-pub struct BodyWriter {
-    tx: mpsc::Sender<BodyChunk>,
-}
-
-impl BodyWriter {
-    /// Sends a chunk, waiting while the client is slow.
-    ///
-    /// # Errors
-    /// The client went away.
-    pub async fn write(&self, data: impl Into<Bytes>) -> Result<(), String> {
-        self.tx
-            .send(BodyChunk::Data(data.into()))
-            .await
-            .map_err(|_| "client went away".to_string())
-    }
-
-    /// Sends trailers, which end the body.
-    ///
-    /// # Errors
-    /// The client went away.
-    pub async fn trailers(self, t: http::HeaderMap) -> Result<(), String> {
-        self.tx
-            .send(BodyChunk::Trailers(t))
-            .await
-            .map_err(|_| "client went away".to_string())
-    }
-}
+use super::body::{RequestBody, ResponseBody};
+use super::controller::{H3Controller, H3Event, IncomingRequest};
+use super::error::{H3Error, H3_INTERNAL_ERROR};
+use super::frames::{OutboundFrame, OutboundSender};
+use super::head::{header_list, request_from_head};
 
 /// Handles HTTP/3 requests in plain Rust.
 ///
@@ -179,17 +40,29 @@ pub trait RequestHandler: Send + Sync + 'static {
     ) -> impl Future<Output = http::Response<ResponseBody>> + Send;
 }
 
-/// Serves every request of one connection with `handler`, until the
-/// connection closes. Request tasks are owned here and end with it.
-pub async fn serve_connection<H: RequestHandler>(mut controller: H3Controller, handler: Arc<H>) {
+/// Runs one connection's requests until it closes: each request goes to
+/// `on_request` on a task of its own, owned here (tasks still running when
+/// the connection ends are aborted: nobody can hear their answer). When
+/// `shutdown` completes the connection gets GOAWAY: requests in flight
+/// finish, new ones are refused, and the driver closes once idle.
+pub async fn serve_requests<F, Fut>(
+    mut controller: H3Controller,
+    shutdown: impl Future<Output = ()> + Send,
+    mut on_request: F,
+) where
+    F: FnMut(IncomingRequest) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = controller.handle();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut going_away = false;
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             ev = controller.next_event() => match ev {
                 Some(H3Event::IncomingRequest(req)) => {
-                    let handler = handler.clone();
                     let span = tracing::debug_span!("request", stream = req.stream_id);
-                    tasks.spawn(serve_request(req, handler).instrument(span));
+                    tasks.spawn(on_request(req).instrument(span));
                 }
                 Some(H3Event::ConnectionShutdown { error }) => {
                     if let Some(e) = error {
@@ -201,8 +74,31 @@ pub async fn serve_connection<H: RequestHandler>(mut controller: H3Controller, h
                 None => break,
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = &mut shutdown, if !going_away => {
+                going_away = true;
+                handle.goaway();
+            }
         }
     }
+    tasks.shutdown().await;
+}
+
+/// Serves every request of one connection with `handler`, until the
+/// connection closes.
+pub async fn serve_connection<H: RequestHandler>(controller: H3Controller, handler: Arc<H>) {
+    serve_connection_until(controller, handler, std::future::pending()).await
+}
+
+/// As [`serve_connection`], sending GOAWAY when `shutdown` completes.
+pub async fn serve_connection_until<H: RequestHandler>(
+    controller: H3Controller,
+    handler: Arc<H>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    serve_requests(controller, shutdown, move |req| {
+        serve_request(req, handler.clone())
+    })
+    .await
 }
 
 async fn serve_request<H: RequestHandler>(req: IncomingRequest, handler: Arc<H>) {
@@ -212,103 +108,127 @@ async fn serve_request<H: RequestHandler>(req: IncomingRequest, handler: Arc<H>)
         response,
         ..
     } = req;
-    let request = match to_http_request(&headers, body) {
+    let request = match request_from_head(&headers, RequestBody::new(body)) {
         Ok(r) => r,
         Err(e) => {
             debug!(error = %e, "malformed request");
-            let _ = respond(
-                &response,
-                http::Response::builder()
-                    .status(400)
-                    .body(ResponseBody::from(format!("bad request: {e}\n")))
-                    .unwrap_or_default(),
-            )
-            .await;
+            respond_error(&response, http::StatusCode::BAD_REQUEST, &e.to_string()).await;
             return;
         }
     };
     let resp = handler.handle(request).await;
-    if let Err(e) = respond(&response, resp).await {
+    if let Err(e) = send_response(&response, resp).await {
         debug!(error = %e, "response abandoned");
     }
 }
 
-fn to_http_request(
-    headers: &[Header],
-    body: Option<BodyReceiver>,
-) -> Result<http::Request<RequestBody>, String> {
-    let mut b = http::Request::builder();
-    let (mut method, mut scheme, mut authority, mut path) = (None, None, None, None);
-    for h in headers {
-        let v =
-            std::str::from_utf8(h.value()).map_err(|_| "header value is not UTF-8".to_string())?;
-        match h.name() {
-            b":method" => method = Some(v),
-            b":scheme" => scheme = Some(v),
-            b":authority" => authority = Some(v),
-            b":path" => path = Some(v),
-            n if n.starts_with(b":") => {
-                return Err(format!(
-                    "unknown pseudo-header {}",
-                    String::from_utf8_lossy(n)
-                ))
-            }
-            n => b = b.header(n, h.value()),
-        }
-    }
-    let method = method.ok_or("missing :method")?;
-    let path = path.ok_or("missing :path")?;
-    let uri = format!(
-        "{}://{}{}",
-        scheme.ok_or("missing :scheme")?,
-        authority.unwrap_or("localhost"),
-        path
-    );
-    b.method(method)
-        .uri(uri)
-        .version(http::Version::HTTP_3)
-        .body(RequestBody {
-            rx: body,
-            trailers: Vec::new(),
-        })
-        .map_err(|e| e.to_string())
+/// Answers with `status` and `message` as a plain-text body.
+pub(crate) async fn respond_error(to: &OutboundSender, status: http::StatusCode, message: &str) {
+    let resp = http::Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(ResponseBody::from(format!("{message}\n")))
+        .unwrap_or_default();
+    let _ = send_response(to, resp).await;
 }
 
-fn header_list(status: Option<http::StatusCode>, map: &http::HeaderMap) -> Vec<Header> {
-    let mut out = Vec::with_capacity(map.len() + 1);
-    if let Some(s) = status {
-        out.push(Header::new(b":status", s.as_str().as_bytes()));
-    }
-    for (n, v) in map {
-        out.push(Header::new(n.as_str().as_bytes(), v.as_bytes()));
-    }
-    out
+/// Why a body could not be piped to the stream.
+#[derive(Debug)]
+pub(crate) enum PipeError {
+    /// The body itself failed (the stream should be reset).
+    Body(String),
+    /// The stream is gone.
+    Gone,
 }
 
-async fn respond(to: &OutboundSender, resp: http::Response<ResponseBody>) -> Result<(), String> {
-    let (parts, body) = resp.into_parts();
-    let head = header_list(Some(parts.status), &parts.headers);
-    let gone = |_| "client went away".to_string();
-    match body {
-        ResponseBody::Empty => to.send_headers(head, true).await.map_err(gone),
-        ResponseBody::Full(b) => {
-            to.send_headers(head, false).await.map_err(gone)?;
-            to.send_body(b, true).await.map_err(gone)
-        }
-        ResponseBody::Stream(mut rx) => {
-            to.send_headers(head, false).await.map_err(gone)?;
-            loop {
-                match rx.recv().await {
-                    Some(BodyChunk::Data(d)) => to.send_body(d, false).await.map_err(gone)?,
-                    Some(BodyChunk::Trailers(t)) => {
-                        return to
-                            .send(OutboundFrame::Trailers(header_list(None, &t)))
-                            .await
-                            .map_err(gone)
-                    }
-                    None => return to.send_body(Bytes::new(), true).await.map_err(gone),
+/// Sends a response head; `end` when no body follows.
+pub(crate) async fn send_head(
+    to: &OutboundSender,
+    parts: &http::response::Parts,
+    end: bool,
+) -> Result<(), H3Error> {
+    to.send_headers(header_list(Some(parts.status), &parts.headers), end)
+        .await
+        .map_err(|_| H3Error::StreamClosed)
+}
+
+/// Moves a body into the stream a frame at a time, waiting for room, and
+/// says how it ended without sending that end (the caller does, with
+/// [`send_end`]) — unless `hold_end` is false and the body knows it has
+/// ended with its last data, which then goes out with `fin`.
+pub(crate) async fn pipe_body<B>(
+    to: &OutboundSender,
+    body: &mut B,
+    hold_end: bool,
+) -> Result<BodyEnd, PipeError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| PipeError::Body(format!("{e:?}")))?;
+        match frame.into_data() {
+            Ok(data) => {
+                let fin = !hold_end && body.is_end_stream();
+                to.send_body(data, fin).await.map_err(|_| PipeError::Gone)?;
+                if fin {
+                    return Ok(BodyEnd::Sent);
                 }
             }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    return Ok(BodyEnd::Trailers(t));
+                }
+            }
+        }
+    }
+    Ok(BodyEnd::Open)
+}
+
+/// How a piped body ended.
+#[derive(Debug)]
+pub(crate) enum BodyEnd {
+    /// `fin` went out with the last data.
+    Sent,
+    /// Trailers end it; not sent yet.
+    Trailers(http::HeaderMap),
+    /// The stream's end is still to send.
+    Open,
+}
+
+/// Ends a stream after [`pipe_body`].
+pub(crate) async fn send_end(to: &OutboundSender, end: BodyEnd) -> Result<(), H3Error> {
+    let frame = match end {
+        BodyEnd::Sent => return Ok(()),
+        BodyEnd::Trailers(t) => OutboundFrame::Trailers(header_list(None, &t)),
+        BodyEnd::Open => OutboundFrame::Body(Bytes::new(), true),
+    };
+    to.send(frame).await.map_err(|_| H3Error::StreamClosed)
+}
+
+/// Sends a whole response, head then body, with back-pressure. A body that
+/// fails midway resets the stream with H3_INTERNAL_ERROR.
+///
+/// # Errors
+/// The stream is gone (the client left or reset it), or the body failed.
+pub async fn send_response<B>(to: &OutboundSender, resp: http::Response<B>) -> Result<(), H3Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, mut body) = resp.into_parts();
+    let empty = body.is_end_stream();
+    send_head(to, &parts, empty).await?;
+    if empty {
+        return Ok(());
+    }
+    match pipe_body(to, &mut body, false).await {
+        Ok(end) => send_end(to, end).await,
+        Err(PipeError::Gone) => Err(H3Error::StreamClosed),
+        Err(PipeError::Body(why)) => {
+            debug!(error = %why, "response body failed; resetting the stream");
+            let _ = to.send(OutboundFrame::Reset(H3_INTERNAL_ERROR)).await;
+            Err(H3Error::BodyFailed(why))
         }
     }
 }

@@ -35,11 +35,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, Context};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use super::{Inner, Plugin, PluginGrants, PluginLimits};
+use super::error::PluginError;
+use super::handle::{hex, Plugin};
+use super::sandbox::{PluginGrants, PluginLimits};
+use super::version::Version;
 
 /// A plugin whose version can be replaced while it serves. Cheap to clone.
 #[derive(Clone)]
@@ -52,9 +54,9 @@ struct LiveInner {
     limits: PluginLimits,
     grants: PluginGrants,
     drain_timeout: Duration,
-    current: RwLock<Version>,
+    current: RwLock<Current>,
     /// Every version loaded before the current one that is still alive.
-    old: Mutex<Vec<(u64, Weak<Inner>)>>,
+    old: Mutex<Vec<(u64, Weak<Version>)>>,
     last_error: Mutex<Option<(SystemTime, String)>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<u64>,
@@ -62,8 +64,9 @@ struct LiveInner {
     drains: Mutex<JoinSet<()>>,
 }
 
+/// The version new connections get, and its number.
 #[derive(Clone)]
-struct Version {
+struct Current {
     id: u64,
     plugin: Plugin,
 }
@@ -120,19 +123,16 @@ impl LivePlugin {
         limits: PluginLimits,
         grants: PluginGrants,
         drain_timeout: Duration,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, PluginError> {
         let plugin = Plugin::load_with_grants(path, limits.clone(), grants.clone())?;
-        plugin
-            .validate()
-            .await
-            .with_context(|| format!("{} failed its check", path.display()))?;
+        plugin.validate().await?;
         Ok(Self {
             inner: Arc::new(LiveInner {
                 path: path.to_owned(),
                 limits,
                 grants,
                 drain_timeout,
-                current: RwLock::new(Version { id: 1, plugin }),
+                current: RwLock::new(Current { id: 1, plugin }),
                 old: Mutex::new(Vec::new()),
                 last_error: Mutex::new(None),
                 reloading: tokio::sync::Mutex::new(1),
@@ -159,7 +159,7 @@ impl LivePlugin {
     /// than the running version, or fails instantiation or `init`. The
     /// running version is untouched; the error is logged and kept for
     /// [`last_error`](Self::last_error).
-    pub async fn reload(&self) -> anyhow::Result<Reloaded> {
+    pub async fn reload(&self) -> Result<Reloaded, PluginError> {
         let mut last_id = self.inner.reloading.lock().await;
         let started = Instant::now();
         match self.try_reload(*last_id + 1).await {
@@ -177,7 +177,7 @@ impl LivePlugin {
             }
             Ok(Reloaded::Unchanged) => Ok(Reloaded::Unchanged),
             Err(e) => {
-                let msg = format!("{e:#}");
+                let msg = e.to_string();
                 warn!(file = %self.inner.path.display(), error = %msg, "plugin reload refused; the running version keeps serving");
                 *lock(&self.inner.last_error) = Some((SystemTime::now(), msg));
                 Err(e)
@@ -185,7 +185,7 @@ impl LivePlugin {
         }
     }
 
-    async fn try_reload(&self, id: u64) -> anyhow::Result<Reloaded> {
+    async fn try_reload(&self, id: u64) -> Result<Reloaded, PluginError> {
         let path = self.inner.path.clone();
         let running = self.current();
         let Some(plugin) = compile(
@@ -199,24 +199,19 @@ impl LivePlugin {
             return Ok(Reloaded::Unchanged);
         };
         if plugin.world() != running.world() {
-            bail!(
-                "{} now implements {}, but the running version implements {}: \
-                 a reload cannot change the world (restart tq-host instead)",
-                path.display(),
-                plugin.world(),
-                running.world()
-            );
+            return Err(PluginError::WorldChanged {
+                path,
+                new: plugin.world(),
+                running: running.world(),
+            });
         }
-        plugin
-            .validate()
-            .await
-            .with_context(|| format!("{} failed its check", path.display()))?;
+        plugin.validate().await?;
 
         let old = {
             let mut cur = write(&self.inner.current);
             std::mem::replace(
                 &mut *cur,
-                Version {
+                Current {
                     id,
                     plugin: plugin.clone(),
                 },
@@ -330,19 +325,21 @@ async fn compile(
     limits: &PluginLimits,
     grants: &PluginGrants,
     running: &str,
-) -> anyhow::Result<Option<Plugin>> {
+) -> Result<Option<Plugin>, PluginError> {
     let (path, limits, grants) = (path.to_owned(), limits.clone(), grants.clone());
     let running = running.to_owned();
     tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("cannot read plugin {}", path.display()))?;
-        if super::hex(&boring::sha::sha256(&bytes)) == running {
+        let bytes = std::fs::read(&path).map_err(|source| PluginError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if hex(&boring::sha::sha256(&bytes)) == running {
             return Ok(None);
         }
         Plugin::build(&path, &bytes, limits, grants).map(Some)
     })
     .await
-    .context("the compile task failed")?
+    .map_err(|e| PluginError::Task(e.to_string()))?
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -8,10 +8,14 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::bindings::h3::tq::plugin::h3_connection::Host as H3ConnectionHost;
-use super::bindings::h3::tq::plugin::types::{ErrorCode, Header};
-use super::state::PluginState;
+use super::super::bindings::h3::tq::plugin::h3_connection::Host as H3ConnectionHost;
+use super::super::bindings::h3::tq::plugin::types::{ErrorCode, Header};
+use super::super::bindings::h3::Http3AppPre;
+use super::super::sandbox::PluginState;
 use crate::http3::{H3Handle, OutboundFrame, OutboundSender, TrySend};
+
+/// An `http3-app` component linked and ready to instantiate.
+pub(crate) type Http3Pre = Http3AppPre<PluginState<H3Conn>>;
 
 /// An HTTP/3 plugin's view of its connection.
 pub(crate) struct H3Conn {
@@ -61,7 +65,7 @@ fn to_h3(headers: Vec<Header>) -> Vec<crate::http3::Header> {
         .collect()
 }
 
-impl super::bindings::h3::tq::plugin::h3_types::Host for PluginState<H3Conn> {}
+impl super::super::bindings::h3::tq::plugin::h3_types::Host for PluginState<H3Conn> {}
 
 impl H3ConnectionHost for PluginState<H3Conn> {
     fn send_headers(
@@ -105,12 +109,18 @@ impl H3ConnectionHost for PluginState<H3Conn> {
     }
 
     fn reset_stream(&mut self, stream: u64, code: u64) {
-        self.conn.streams.remove(&stream);
-        self.conn.handle.reset_stream(stream, code);
+        // Only the plugin's own requests: not the control or QPACK streams.
+        if self.conn.streams.remove(&stream).is_some() {
+            self.conn.handle.reset_stream(stream, code);
+        }
     }
 
     fn stop_sending(&mut self, stream: u64, code: u64) {
-        self.conn.handle.stop_sending(stream, code);
+        // A request stream (client-initiated, bidirectional), never one of
+        // the connection's unidirectional streams.
+        if stream.is_multiple_of(4) {
+            self.conn.handle.stop_sending(stream, code);
+        }
     }
 
     fn close(&mut self, code: u64, reason: String) {

@@ -1,73 +1,44 @@
 //! Runs an `http3-app` plugin on one connection: turns H3 controller events
-//! and stream frames into `on-event` calls, and waits natively for what the
-//! plugin asked for (`wait-for-data`).
+//! and request body frames into `on-event` calls, and waits natively for
+//! what the plugin asked for (`wait-for-data`).
 //!
-//! Request bodies are read by one small task per request (owned by this
-//! loop's `JoinSet`) into a single bounded channel, so a plugin that is slow
-//! to take events holds back the client through flow control.
+//! The loop pulls: it polls the controller, each request's body receiver
+//! and each blocked response's readiness itself, in one task, and hands
+//! the plugin one event per call. Bodies stay in the driver's bounded
+//! per-stream channels until the plugin takes them, so nothing queues in
+//! between, and a request whose response is blocked is simply not polled
+//! until the client reads: its channel fills and QUIC flow control holds
+//! the uploader back (an echo cannot fill the plugin's memory).
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+pub(crate) mod host;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use tracing::{debug, warn, Instrument};
 use wasmtime::Store;
 
 use super::bindings::h3::tq::plugin::h3_types::{Event, RequestHead};
 use super::bindings::h3::tq::plugin::types::{ConnectionInfo, Header};
 use super::bindings::h3::Http3App;
-use super::h3_host::H3Conn;
-use super::instance::{call, log_output, new_store, sleep_until};
-use super::state::PluginState;
-use super::{ConnectionMeta, ConnectionPin, Inner, Pre};
-use crate::http3::{H3Controller, H3Event, H3Handle, InboundFrame, NameValue, H3_INTERNAL_ERROR};
-
-/// Frames of request bodies waiting for the plugin, across all requests of
-/// the connection. Small, because frames already queued still reach a
-/// plugin whose response is blocked (the pause stops only new reads): at 64
-/// KiB a frame, 8 keep that under half a MiB of plugin memory where 64 let
-/// an echo through a 16 MiB plugin hit its cap under load.
-const INBOUND_QUEUE: usize = 8;
+use super::handle::ConnectionMeta;
+use super::sandbox::{call, instantiate, log_output, new_store, sleep_until, PluginState};
+use super::version::{ConnectionPin, RequestGauge, Version};
+use crate::http3::{
+    BodyReceiver, H3Controller, H3Event, H3Handle, InboundFrame, NameValue, H3_INTERNAL_ERROR,
+};
+use host::{H3Conn, Http3Pre};
 
 enum Wake {
     Event(Option<H3Event>),
-    Frame(u64, InboundFrame),
+    Frame(u64, Option<InboundFrame>),
     Writable(u64),
     Timer,
     Retired,
-}
-
-/// Keeps the version's count of requests in flight in step with this
-/// connection's; gives its share back when dropped.
-struct RequestGauge<'a> {
-    plugin: &'a Inner,
-    mine: usize,
-}
-
-impl<'a> RequestGauge<'a> {
-    fn new(plugin: &'a Inner) -> Self {
-        Self { plugin, mine: 0 }
-    }
-
-    fn set(&mut self, n: usize) {
-        let counter = &self.plugin.live.requests;
-        if n > self.mine {
-            counter.fetch_add(n - self.mine, Ordering::Relaxed);
-        } else {
-            counter.fetch_sub(self.mine - n, Ordering::Relaxed);
-        }
-        self.mine = n;
-    }
-}
-
-impl Drop for RequestGauge<'_> {
-    fn drop(&mut self) {
-        self.set(0);
-    }
 }
 
 fn headers(list: &[crate::http3::Header]) -> Vec<Header> {
@@ -80,30 +51,93 @@ fn headers(list: &[crate::http3::Header]) -> Vec<Header> {
 }
 
 pub(super) async fn serve(
-    plugin: Arc<Inner>,
+    plugin: Arc<Version>,
+    pre: Http3Pre,
     controller: H3Controller,
     meta: ConnectionMeta,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send,
 ) {
     let span = tracing::info_span!("plugin", file = %plugin.path.display(), peer = %meta.peer);
-    run(plugin, controller, meta, shutdown)
+    run(plugin, pre, controller, meta, shutdown)
         .instrument(span)
         .await
 }
 
+/// The request bodies the plugin has not finished reading, polled in turn
+/// so that one busy upload cannot starve the others.
+#[derive(Default)]
+struct Bodies {
+    streams: Vec<(u64, BodyReceiver)>,
+    next: usize,
+}
+
+impl Bodies {
+    fn insert(&mut self, id: u64, rx: BodyReceiver) {
+        self.streams.push((id, rx));
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.streams.retain(|(s, _)| *s != id);
+    }
+
+    /// The next frame of any stream not in `paused`; a stream whose body
+    /// ended (frame `Finished`, `Reset` or `None`) is dropped here.
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        paused: &HashMap<u64, WritableWait>,
+    ) -> Poll<(u64, Option<InboundFrame>)> {
+        let n = self.streams.len();
+        for i in 0..n {
+            let at = (self.next + i) % n;
+            let (id, rx) = &mut self.streams[at];
+            if paused.contains_key(id) {
+                continue;
+            }
+            if let Poll::Ready(f) = rx.poll_recv(cx) {
+                let id = *id;
+                let ended = !matches!(f, Some(InboundFrame::Body(_) | InboundFrame::Headers(_)));
+                if ended {
+                    self.streams.swap_remove(at);
+                }
+                self.next = at + 1;
+                return Poll::Ready((id, f));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// A blocked response's wait for room in its stream channel.
+type WritableWait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The first blocked response that has room again.
+fn poll_writable(cx: &mut Context<'_>, waits: &mut HashMap<u64, WritableWait>) -> Poll<u64> {
+    let ready = waits
+        .iter_mut()
+        .find_map(|(id, w)| w.as_mut().poll(cx).is_ready().then_some(*id));
+    match ready {
+        Some(id) => {
+            waits.remove(&id);
+            Poll::Ready(id)
+        }
+        None => Poll::Pending,
+    }
+}
+
 async fn run(
-    plugin: Arc<Inner>,
+    plugin: Arc<Version>,
+    pre: Http3Pre,
     mut controller: H3Controller,
     meta: ConnectionMeta,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     let _pin = ConnectionPin::new(plugin.clone());
-    let mut retired = plugin.live.retired.subscribe();
     let mut going_away = false;
-    let mut requests = RequestGauge::new(&plugin);
+    let mut requests = RequestGauge::new(&plugin.live);
     let handle = controller.handle();
-    let mut store = match new_store(&plugin, H3Conn::new(handle.clone())) {
+    let mut store = match new_store(&plugin.sandbox, H3Conn::new(handle.clone())) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %format!("{e:#}"), "cannot set up the plugin; closing the connection");
@@ -111,14 +145,10 @@ async fn run(
             return;
         }
     };
-
-    let Pre::Http3(pre) = &plugin.pre else {
-        warn!("not an HTTP/3 plugin; closing the connection");
-        handle.close(H3_INTERNAL_ERROR, "plugin failed");
-        return;
-    };
-    store.data_mut().start_call();
-    let app = match pre.instantiate_async(&mut store).await {
+    let app = match instantiate(pre.instance_pre(), &mut store)
+        .await
+        .and_then(|i| Http3App::new(&mut store, &i).map_err(|e| anyhow::anyhow!("{e:?}")))
+    {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %format!("{e:#}"), "plugin failed to instantiate; closing the connection");
@@ -127,9 +157,6 @@ async fn run(
         }
     };
 
-    let (frames_tx, mut frames) = mpsc::channel::<(u64, InboundFrame)>(INBOUND_QUEUE);
-    let mut readers = JoinSet::new();
-    let mut writable = JoinSet::new();
     let info = ConnectionInfo {
         alpn: meta.alpn.clone(),
         server_name: meta.server_name.clone(),
@@ -141,15 +168,13 @@ async fn run(
     .await
     .is_err();
 
-    // Per request with a body: whether its reader holds the body back.
-    let mut pauses: HashMap<u64, watch::Sender<bool>> = HashMap::new();
+    let mut bodies = Bodies::default();
+    // Streams whose response is blocked, each with its wait for room: their
+    // bodies are not read meanwhile.
+    let mut writable: HashMap<u64, WritableWait> = HashMap::new();
     while !failed {
         requests.set(store.data().conn.streams.len());
-        for id in arm_writable(&mut store, &mut writable) {
-            if let Some(p) = pauses.get(&id) {
-                p.send_replace(true);
-            }
-        }
+        arm_writable(&mut store, &mut writable);
         let wait = match call(&mut store, &app, |s, a: &Http3App| {
             Box::pin(async move { a.tq_plugin_h3_handler().call_wait_for_data(s).await })
         })
@@ -166,11 +191,15 @@ async fn run(
             .map(|ms| store.data().established + Duration::from_millis(ms));
         let wake = tokio::select! {
             ev = controller.next_event() => Wake::Event(ev),
-            Some((id, f)) = frames.recv() => Wake::Frame(id, f),
-            Some(Ok(id)) = writable.join_next(), if !writable.is_empty() => Wake::Writable(id),
+            // Room first: it un-pauses a body.
+            w = std::future::poll_fn(|cx| {
+                if let Poll::Ready(id) = poll_writable(cx, &mut writable) {
+                    return Poll::Ready(Wake::Writable(id));
+                }
+                bodies.poll_frame(cx, &writable).map(|(id, f)| Wake::Frame(id, f))
+            }) => w,
             () = sleep_until(deadline) => Wake::Timer,
-            Some(_) = readers.join_next(), if !readers.is_empty() => continue,
-            Ok(()) = async { retired.wait_for(|r| *r).await.map(|_| ()) }, if !going_away => Wake::Retired,
+            () = plugin.live.wait_retired(), if !going_away => Wake::Retired,
             () = &mut shutdown, if !going_away => Wake::Retired,
         };
         let event = match wake {
@@ -179,37 +208,8 @@ async fn run(
                 let id = req.stream_id;
                 store.data_mut().conn.streams.insert(id, req.response);
                 let end = req.body.is_none();
-                if let Some(mut body) = req.body {
-                    let tx = frames_tx.clone();
-                    let (pause_tx, mut paused) = watch::channel(false);
-                    pauses.insert(id, pause_tx);
-                    readers.spawn(async move {
-                        while let Some(f) = body.recv().await {
-                            // Hold the body while the plugin's response on
-                            // this stream is blocked: a slow reader then
-                            // slows the uploader instead of filling the
-                            // plugin's memory (an echo, say).
-                            while *paused.borrow_and_update() {
-                                if paused.changed().await.is_err() {
-                                    break;
-                                }
-                            }
-                            match f {
-                                // Resets reach the plugin through the
-                                // controller's StreamReset event.
-                                InboundFrame::Reset(_) => break,
-                                InboundFrame::Finished => {
-                                    let _ = tx.send((id, f)).await;
-                                    break;
-                                }
-                                f => {
-                                    if tx.send((id, f)).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    });
+                if let Some(body) = req.body {
+                    bodies.insert(id, body);
                 }
                 Event::Request(RequestHead {
                     stream: id,
@@ -220,23 +220,18 @@ async fn run(
             Wake::Event(Some(H3Event::GoAway { .. })) => Event::Goaway,
             Wake::Event(Some(H3Event::StreamReset { stream_id, code })) => {
                 store.data_mut().conn.streams.remove(&stream_id);
-                pauses.remove(&stream_id);
+                bodies.remove(stream_id);
+                writable.remove(&stream_id);
                 Event::Reset((stream_id, code))
             }
             Wake::Event(Some(_)) => continue,
-            Wake::Frame(id, InboundFrame::Body(b)) => Event::Body((id, b.to_vec())),
-            Wake::Frame(id, InboundFrame::Headers(h)) => Event::Trailers((id, headers(&h))),
-            Wake::Frame(id, InboundFrame::Finished) => {
-                pauses.remove(&id);
-                Event::Finished(id)
-            }
-            Wake::Frame(_, InboundFrame::Reset(_)) => continue,
-            Wake::Writable(id) => {
-                if let Some(p) = pauses.get(&id) {
-                    p.send_replace(false);
-                }
-                Event::Writable(id)
-            }
+            Wake::Frame(id, Some(InboundFrame::Body(b))) => Event::Body((id, b.to_vec())),
+            Wake::Frame(id, Some(InboundFrame::Headers(h))) => Event::Trailers((id, headers(&h))),
+            Wake::Frame(id, Some(InboundFrame::Finished)) => Event::Finished(id),
+            // Resets reach the plugin through the controller's StreamReset
+            // event; a closed connection through ConnectionShutdown.
+            Wake::Frame(_, Some(InboundFrame::Reset(_)) | None) => continue,
+            Wake::Writable(id) => Event::Writable(id),
             Wake::Timer => Event::Timer,
             // The server is stopping, or the version was replaced and its
             // drain deadline passed: stop taking requests; the driver
@@ -266,56 +261,60 @@ async fn run(
         debug!("plugin connection finished");
     }
     log_output(&mut store);
-    readers.abort_all();
-    writable.abort_all();
 }
 
-/// Starts a wait for every stream the plugin found full; returns them.
-fn arm_writable(store: &mut Store<PluginState<H3Conn>>, writable: &mut JoinSet<u64>) -> Vec<u64> {
+/// Starts a wait for room on every stream the plugin found full.
+fn arm_writable(store: &mut Store<PluginState<H3Conn>>, waits: &mut HashMap<u64, WritableWait>) {
     let s = &mut store.data_mut().conn;
-    let ids = std::mem::take(&mut s.want_writable);
-    for &id in &ids {
+    for id in std::mem::take(&mut s.want_writable) {
         if let Some(sender) = s.streams.get(&id) {
             let sender = sender.clone();
-            writable.spawn(async move {
-                sender.ready().await;
-                id
-            });
+            waits
+                .entry(id)
+                .or_insert_with(|| Box::pin(async move { sender.ready().await }));
         }
     }
-    ids
+}
+
+/// Instantiates the plugin once in a scratch store, checks its exports and
+/// runs its optional `init`.
+pub(super) async fn validate(version: &Version, pre: &Http3Pre) -> Result<(), String> {
+    let (_driver, controller) = crate::http3::ServerH3Driver::new_server(Default::default());
+    let mut store = new_store(&version.sandbox, H3Conn::new(controller.handle()))
+        .map_err(|e| format!("{e:#}"))?;
+    let instance = instantiate(pre.instance_pre(), &mut store)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    Http3App::new(&mut store, &instance).map_err(|e| format!("its exports do not match: {e:?}"))?;
+    version.run_init(&mut store, &instance).await
 }
 
 /// Measures, for benchmarks: the mean time to instantiate the plugin, and
 /// the mean time of one `wait-for-data` call (the cheapest hook), over `n`.
 pub(super) async fn measure(
-    plugin: &Inner,
+    plugin: &Version,
+    pre: &Http3Pre,
     handle: H3Handle,
     n: u32,
-) -> anyhow::Result<(Duration, Duration)> {
-    let Pre::Http3(pre) = &plugin.pre else {
-        anyhow::bail!("{} is not an HTTP/3 plugin", plugin.path.display());
-    };
+) -> Result<(Duration, Duration), String> {
     let n = n.max(1);
+    let err = |e: wasmtime::Error| format!("{e:?}");
     let started = Instant::now();
     for _ in 0..n {
-        let mut store = new_store(plugin, H3Conn::new(handle.clone()))?;
-        pre.instantiate_async(&mut store)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let mut store = new_store(&plugin.sandbox, H3Conn::new(handle.clone()))
+            .map_err(|e| format!("{e:#}"))?;
+        pre.instantiate_async(&mut store).await.map_err(err)?;
     }
     let instantiate = started.elapsed() / n;
-    let mut store = new_store(plugin, H3Conn::new(handle))?;
-    let app = pre
-        .instantiate_async(&mut store)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut store =
+        new_store(&plugin.sandbox, H3Conn::new(handle)).map_err(|e| format!("{e:#}"))?;
+    let app = pre.instantiate_async(&mut store).await.map_err(err)?;
     let started = Instant::now();
     for _ in 0..n {
         app.tq_plugin_h3_handler()
             .call_wait_for_data(&mut store)
             .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            .map_err(err)?;
     }
     Ok((instantiate, started.elapsed() / n))
 }

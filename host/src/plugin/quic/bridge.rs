@@ -273,7 +273,7 @@ impl Shared {
 }
 
 /// The plugin task's end of a [`QuicPluginApp`]: pass it to
-/// [`Plugin::serve_quic`](super::Plugin::serve_quic).
+/// [`Plugin::serve_quic`](crate::plugin::Plugin::serve_quic).
 pub struct QuicPluginSession {
     pub(crate) shared: Arc<Mutex<Shared>>,
     pub(crate) from_worker: mpsc::UnboundedReceiver<ToPlugin>,

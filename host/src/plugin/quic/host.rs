@@ -4,11 +4,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::bindings::h3::tq::plugin::types::ErrorCode;
-use super::bindings::quic::tq::plugin::quic_connection::Host as QuicConnectionHost;
-use super::bindings::quic::tq::plugin::quic_types::TransportStats as Stats;
-use super::quic_bridge::{lock, Refused, Shared};
-use super::state::PluginState;
+use super::super::bindings::h3::tq::plugin::types::ErrorCode;
+use super::super::bindings::quic::tq::plugin::quic_connection::Host as QuicConnectionHost;
+use super::super::bindings::quic::tq::plugin::quic_types::TransportStats as Stats;
+use super::super::bindings::quic::QuicAppPre;
+use super::super::sandbox::PluginState;
+use super::bridge::{lock, Refused, Shared};
+
+/// A raw-QUIC component linked and ready to instantiate.
+pub(crate) type QuicPre = QuicAppPre<PluginState<QuicConn>>;
 
 /// A raw-QUIC plugin's view of its connection.
 pub(crate) struct QuicConn {
@@ -24,7 +28,7 @@ fn code(r: Refused) -> ErrorCode {
     }
 }
 
-impl super::bindings::quic::tq::plugin::quic_types::Host for PluginState<QuicConn> {}
+impl super::super::bindings::quic::tq::plugin::quic_types::Host for PluginState<QuicConn> {}
 
 impl QuicConnectionHost for PluginState<QuicConn> {
     fn stream_send(&mut self, stream: u64, data: Vec<u8>, fin: bool) -> Result<u64, ErrorCode> {

@@ -16,19 +16,30 @@ use tracing::{debug, info, warn, Instrument};
 use wasmtime::component::Instance;
 use wasmtime::Store;
 
+mod bridge;
+pub(crate) mod host;
+
+pub use bridge::{QuicPluginApp, QuicPluginSession};
+
 use super::bindings::h3::tq::plugin::types::ConnectionInfo;
 use super::bindings::quic::tq::plugin::quic_types::{Event, Incoming, StreamData};
 use super::bindings::quic::QuicApp;
-use super::instance::{call, call_export, instantiate, new_store, sleep_until};
-use super::quic_bridge::{self, lock, Notice, QuicPluginSession, ToPlugin};
-use super::quic_host::QuicConn;
-use super::state::PluginState;
-use super::{ConnectionPin, Inner, Pre, MIGRATE_EXPORT};
+use super::sandbox::{call, call_export, instantiate, new_store, sleep_until, PluginState};
+use super::version::{ConnectionPin, Version};
+use super::world::MIGRATE_EXPORT;
+use bridge::{lock, Notice, ToPlugin};
+use host::{QuicConn, QuicPre};
+
+/// A failure of the plugin, already logged: the connection closes with
+/// application error code 0x1.
+#[derive(Debug)]
+struct Failed;
 
 /// Serves one connection until it closes. A failure of the plugin closes the
 /// connection with application error code `INTERNAL_ERROR_CODE` (0x1).
 pub(super) async fn serve(
-    plugin: Arc<Inner>,
+    plugin: Arc<Version>,
+    pre: QuicPre,
     mut session: QuicPluginSession,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -43,7 +54,10 @@ pub(super) async fn serve(
     };
     let span = tracing::info_span!("plugin", file = %plugin.path.display(), peer = %info.peer_addr);
     async {
-        if run(plugin, &mut session, &info, shutdown).await.is_err() {
+        if run(plugin, pre, &mut session, &info, shutdown)
+            .await
+            .is_err()
+        {
             session.fail();
         } else {
             debug!("plugin connection finished");
@@ -55,7 +69,7 @@ pub(super) async fn serve(
 
 /// One version's instance serving the connection.
 struct Running {
-    plugin: Arc<Inner>,
+    plugin: Arc<Version>,
     store: Store<PluginState<QuicConn>>,
     instance: Instance,
     app: QuicApp,
@@ -63,22 +77,28 @@ struct Running {
 }
 
 /// A fresh instance of `plugin` for this connection's bridge.
-async fn start(plugin: Arc<Inner>, session: &QuicPluginSession) -> Result<Running, ()> {
-    let Pre::Quic(pre) = &plugin.pre else {
-        warn!("not a raw QUIC plugin; closing the connection");
-        return Err(());
-    };
+async fn start(
+    plugin: Arc<Version>,
+    pre: &QuicPre,
+    session: &QuicPluginSession,
+) -> Result<Running, Failed> {
     let conn = QuicConn {
         shared: session.shared.clone(),
     };
-    let mut store = new_store(&plugin, conn).map_err(|e| {
+    let mut store = new_store(&plugin.sandbox, conn).map_err(|e| {
         warn!(error = %format!("{e:#}"), "cannot set up the plugin; closing the connection");
+        Failed
     })?;
     let instance = instantiate(pre.instance_pre(), &mut store)
         .await
-        .map_err(|e| warn!(error = %format!("{e:#}"), "plugin failed; closing the connection"))?;
-    let app = QuicApp::new(&mut store, &instance)
-        .map_err(|e| warn!(error = ?e, "plugin exports do not match; closing the connection"))?;
+        .map_err(|e| {
+            warn!(error = %format!("{e:#}"), "plugin failed; closing the connection");
+            Failed
+        })?;
+    let app = QuicApp::new(&mut store, &instance).map_err(|e| {
+        warn!(error = ?e, "plugin exports do not match; closing the connection");
+        Failed
+    })?;
     Ok(Running {
         _pin: ConnectionPin::new(plugin.clone()),
         plugin,
@@ -91,12 +111,13 @@ async fn start(plugin: Arc<Inner>, session: &QuicPluginSession) -> Result<Runnin
 /// The connection's life in the plugin; an error means the plugin failed
 /// (already logged).
 async fn run(
-    plugin: Arc<Inner>,
+    plugin: Arc<Version>,
+    pre: QuicPre,
     session: &mut QuicPluginSession,
     info: &crate::quic::HandshakeInfo,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), ()> {
-    let mut cur = start(plugin, session).await?;
+) -> Result<(), Failed> {
+    let mut cur = start(plugin, &pre, session).await?;
     let info = ConnectionInfo {
         alpn: String::from_utf8_lossy(&info.alpn).into_owned(),
         server_name: info.server_name.clone(),
@@ -110,29 +131,25 @@ async fn run(
         })
     })
     .await
-    .map_err(drop)?;
+    .map_err(|_| Failed)?;
 
     let mut shutdown = std::pin::pin!(shutdown);
     let mut shutting_down = false;
-    let mut retired = cur.plugin.live.retired.subscribe();
     let mut successor = cur.plugin.live.successor.subscribe();
     // A version that refused this connection's state is not asked again.
     // Held weakly: a refused version must not stay loaded for this.
-    let mut refused: Option<std::sync::Weak<Inner>> = None;
+    let mut refused: Option<std::sync::Weak<Version>> = None;
     loop {
         let next = successor.borrow_and_update().clone();
         if let Some(next) = next {
             let tried = refused
                 .as_ref()
-                .is_some_and(|r| std::ptr::eq(r.as_ptr(), Arc::as_ptr(&next.inner)));
-            if !tried && !Arc::ptr_eq(&next.inner, &cur.plugin) {
-                match migrate(&mut cur, next.inner.clone(), session).await? {
-                    Moved::Yes => {
-                        retired = cur.plugin.live.retired.subscribe();
-                        successor = cur.plugin.live.successor.subscribe();
-                    }
+                .is_some_and(|r| std::ptr::eq(r.as_ptr(), Arc::as_ptr(&next.version)));
+            if !tried && !Arc::ptr_eq(&next.version, &cur.plugin) {
+                match migrate(&mut cur, &next, session).await? {
+                    Moved::Yes => successor = cur.plugin.live.successor.subscribe(),
                     Moved::NotNow => {}
-                    Moved::Refused => refused = Some(Arc::downgrade(&next.inner)),
+                    Moved::Refused => refused = Some(Arc::downgrade(&next.version)),
                 }
             }
         }
@@ -142,7 +159,7 @@ async fn run(
             Box::pin(async move { a.tq_plugin_quic_handler().call_wait_for_data(s).await })
         })
         .await
-        .map_err(drop)?;
+        .map_err(|_| Failed)?;
         let deadline = wait
             .deadline_ms
             .map(|ms| cur.store.data().established + Duration::from_millis(ms));
@@ -162,7 +179,7 @@ async fn run(
                         })
                     })
                     .await
-                    .map_err(drop)?;
+                    .map_err(|_| Failed)?;
                     lock(&session.shared).release(cost);
                     continue;
                 }
@@ -173,7 +190,7 @@ async fn run(
                         })
                     })
                     .await
-                    .map_err(drop)?;
+                    .map_err(|_| Failed)?;
                     lock(&session.shared).writable_handled(id);
                     continue;
                 }
@@ -187,7 +204,7 @@ async fn run(
                 Event::Shutdown
             }
             // The version was replaced and the drain deadline passed.
-            Ok(()) = async { retired.wait_for(|r| *r).await.map(|_| ()) }, if !shutting_down => {
+            () = cur.plugin.live.wait_retired(), if !shutting_down => {
                 shutting_down = true;
                 Event::Shutdown
             }
@@ -196,7 +213,7 @@ async fn run(
             Box::pin(async move { a.tq_plugin_quic_handler().call_on_event(s, event).await })
         })
         .await
-        .map_err(drop)?;
+        .map_err(|_| Failed)?;
     }
     let _ = call(&mut cur.store, &cur.app, |s, a: &QuicApp| {
         Box::pin(async move { a.tq_plugin_quic_handler().call_on_close(s).await })
@@ -217,9 +234,9 @@ enum Moved {
 /// old instance failed while exporting its state.
 async fn migrate(
     cur: &mut Running,
-    next: Arc<Inner>,
+    next: &super::version::QuicSuccessor,
     session: &QuicPluginSession,
-) -> Result<Moved, ()> {
+) -> Result<Moved, Failed> {
     let state = match call_export::<_, (), Option<Vec<u8>>>(
         &mut cur.store,
         &cur.instance,
@@ -232,11 +249,11 @@ async fn migrate(
         None | Some(Ok(None)) => return Ok(Moved::NotNow),
         Some(Err(why)) => {
             warn!(error = %why, "plugin failed exporting its state; closing the connection");
-            return Err(());
+            return Err(Failed);
         }
         Some(Ok(Some(state))) => state,
     };
-    let Ok(mut new) = start(next, session).await else {
+    let Ok(mut new) = start(next.version.clone(), &next.pre, session).await else {
         return Ok(Moved::Refused);
     };
     // The connection's clock goes on.
@@ -273,12 +290,26 @@ async fn migrate(
     }
 }
 
-fn incoming(i: quic_bridge::Incoming) -> Incoming {
+fn incoming(i: bridge::Incoming) -> Incoming {
     match i {
-        quic_bridge::Incoming::Data { stream, data, fin } => {
+        bridge::Incoming::Data { stream, data, fin } => {
             Incoming::StreamData(StreamData { stream, data, fin })
         }
-        quic_bridge::Incoming::Reset { stream, code } => Incoming::StreamReset((stream, code)),
-        quic_bridge::Incoming::Datagram(d) => Incoming::Datagram(d),
+        bridge::Incoming::Reset { stream, code } => Incoming::StreamReset((stream, code)),
+        bridge::Incoming::Datagram(d) => Incoming::Datagram(d),
     }
+}
+
+/// Instantiates the plugin once in a scratch store, checks its exports and
+/// runs its optional `init`.
+pub(super) async fn validate(version: &Version, pre: &QuicPre) -> Result<(), String> {
+    let conn = QuicConn {
+        shared: Default::default(),
+    };
+    let mut store = new_store(&version.sandbox, conn).map_err(|e| format!("{e:#}"))?;
+    let instance = instantiate(pre.instance_pre(), &mut store)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    QuicApp::new(&mut store, &instance).map_err(|e| format!("its exports do not match: {e:?}"))?;
+    version.run_init(&mut store, &instance).await
 }

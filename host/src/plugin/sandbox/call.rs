@@ -1,6 +1,6 @@
-//! Making a sandboxed store for one connection's instance, and calling into
-//! it: a fresh CPU deadline per call, the plugin's output logged after each
-//! call, and a one-line reason when a call fails.
+//! Making a sandboxed store for one instance, and calling into it: a fresh
+//! CPU deadline per call, the plugin's output logged after each call, and a
+//! one-line reason when a call fails.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,15 +14,15 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use wasmtime::component::{ComponentNamedList, Instance, InstancePre, Lift, Lower};
 
-use super::bindings;
-use super::h3_host::H3Conn;
-use super::quic_host::QuicConn;
 use super::state::PluginState;
-use super::{Inner, Pre, INIT_EXPORT};
+use super::Sandbox;
 
-/// A store for one connection's instance, with its limits, deadline
-/// callback and WASI context (nothing granted but the operator's grants).
-pub(super) fn new_store<C: Send>(plugin: &Inner, conn: C) -> anyhow::Result<Store<PluginState<C>>> {
+/// A store for one instance, with its limits, deadline callback and WASI
+/// context (nothing granted but the operator's grants).
+pub(crate) fn new_store<C: Send>(
+    plugin: &Sandbox,
+    conn: C,
+) -> anyhow::Result<Store<PluginState<C>>> {
     let output = MemoryOutputPipe::new(plugin.limits.output_bytes);
     let mut wasi = WasiCtxBuilder::new();
     wasi.stdout(output.clone()).stderr(output.clone());
@@ -68,7 +68,7 @@ pub(super) fn new_store<C: Send>(plugin: &Inner, conn: C) -> anyhow::Result<Stor
 }
 
 /// The future of one call into the plugin.
-pub(super) type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+pub(crate) type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
 
 /// Calls into the plugin with a fresh CPU deadline; logs what it printed and,
 /// on failure, why (trap, panic, deadline, memory). The error is that
@@ -76,7 +76,7 @@ pub(super) type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result
 ///
 /// The call future is always driven to completion: an instance whose call
 /// was dropped midway must not be called again.
-pub(super) async fn call<C: Send, A, R>(
+pub(crate) async fn call<C: Send, A, R>(
     store: &mut Store<PluginState<C>>,
     app: &A,
     f: impl for<'a> FnOnce(&'a mut Store<PluginState<C>>, &'a A) -> CallFuture<'a, R>,
@@ -100,7 +100,7 @@ pub(super) async fn call<C: Send, A, R>(
 /// One line on why a call failed: the trap (a Rust panic shows as
 /// `unreachable`), or the innermost error (a memory limit), without the
 /// multi-line wasm backtrace.
-pub(super) fn describe(e: &wasmtime::Error) -> String {
+pub(crate) fn describe(e: &wasmtime::Error) -> String {
     let first = |s: String| s.lines().next().unwrap_or_default().to_owned();
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::UnreachableCodeReached) => {
@@ -112,7 +112,7 @@ pub(super) fn describe(e: &wasmtime::Error) -> String {
 }
 
 /// Logs, line by line, what the plugin printed since the last call.
-pub(super) fn log_output<C>(store: &mut Store<PluginState<C>>) {
+pub(crate) fn log_output<C>(store: &mut Store<PluginState<C>>) {
     let s = store.data_mut();
     let all = s.output.contents();
     if all.len() > s.output_logged {
@@ -125,7 +125,7 @@ pub(super) fn log_output<C>(store: &mut Store<PluginState<C>>) {
 }
 
 /// Sleeps until `deadline`, or forever without one.
-pub(super) async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
@@ -135,7 +135,7 @@ pub(super) async fn sleep_until(deadline: Option<Instant>) {
 /// Calls `func` of the exported interface `iface` if the instance exports
 /// it (`None` if not), with a fresh CPU deadline. The error is a one-line
 /// reason.
-pub(super) async fn call_export<C, P, R>(
+pub(crate) async fn call_export<C, P, R>(
     store: &mut Store<PluginState<C>>,
     instance: &Instance,
     iface: &str,
@@ -168,42 +168,8 @@ where
     }))
 }
 
-/// Instantiates the plugin once in a scratch store, checks its exports
-/// match its world, and runs its optional `init`.
-pub(super) async fn validate(plugin: &Inner) -> anyhow::Result<()> {
-    match &plugin.pre {
-        Pre::Http3(pre) => {
-            let (_driver, controller) =
-                crate::http3::ServerH3Driver::new_server(Default::default());
-            let mut store = new_store(plugin, H3Conn::new(controller.handle()))?;
-            let instance = instantiate(pre.instance_pre(), &mut store).await?;
-            bindings::h3::Http3App::new(&mut store, &instance)
-                .map_err(|e| anyhow::anyhow!("its exports do not match: {e:?}"))?;
-            run_init(plugin, &mut store, &instance).await
-        }
-        Pre::WasiHttp(pre) => {
-            let conn = super::wasi_http::HttpConn::new(Default::default());
-            let mut store = new_store(plugin, conn)?;
-            let instance = instantiate(pre.instance_pre(), &mut store).await?;
-            wasmtime_wasi_http::p2::bindings::Proxy::new(&mut store, &instance)
-                .map_err(|e| anyhow::anyhow!("its exports do not match: {e:?}"))?;
-            run_init(plugin, &mut store, &instance).await
-        }
-        Pre::Quic(pre) => {
-            let conn = QuicConn {
-                shared: Default::default(),
-            };
-            let mut store = new_store(plugin, conn)?;
-            let instance = instantiate(pre.instance_pre(), &mut store).await?;
-            bindings::quic::QuicApp::new(&mut store, &instance)
-                .map_err(|e| anyhow::anyhow!("its exports do not match: {e:?}"))?;
-            run_init(plugin, &mut store, &instance).await
-        }
-    }
-}
-
 /// Instantiates with a fresh CPU deadline.
-pub(super) async fn instantiate<C: Send>(
+pub(crate) async fn instantiate<C: Send>(
     pre: &InstancePre<PluginState<C>>,
     store: &mut Store<PluginState<C>>,
 ) -> anyhow::Result<Instance> {
@@ -212,20 +178,4 @@ pub(super) async fn instantiate<C: Send>(
     let res = pre.instantiate_async(&mut *store).await;
     log_output(store);
     res.map_err(|e| anyhow::anyhow!("instantiating it failed: {}", describe(&e)))
-}
-
-async fn run_init<C: Send>(
-    plugin: &Inner,
-    store: &mut Store<PluginState<C>>,
-    instance: &Instance,
-) -> anyhow::Result<()> {
-    if !plugin.has_init {
-        return Ok(());
-    }
-    match call_export::<C, (), Result<(), String>>(store, instance, INIT_EXPORT, "init", ()).await {
-        None => anyhow::bail!("it exports {INIT_EXPORT} without an `init` function"),
-        Some(Err(why)) => anyhow::bail!("its init failed: {why}"),
-        Some(Ok(Err(msg))) => anyhow::bail!("its init refused to start: {msg}"),
-        Some(Ok(Ok(()))) => Ok(()),
-    }
 }

@@ -1,5 +1,6 @@
-//! The wasmtime engine shared by every plugin, and the epoch ticker that
-//! gives each call its CPU deadline.
+//! Building one version's wasmtime engine (component model, async calls,
+//! epoch interruption, pooling allocator), and the epoch ticker that gives
+//! each call its CPU deadline.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -53,5 +53,3 @@ impl<C> PluginState<C> {
         self.established.elapsed().as_millis() as u64
     }
 }
-
-impl<C: Send> super::bindings::h3::tq::plugin::types::Host for PluginState<C> {}

@@ -1,0 +1,466 @@
+//! Per-stream state of the driver and the two deliveries it runs each turn:
+//! quiche → stream channels (inbound) and stream channels → quiche
+//! (outbound), each only as far as the other side has room.
+//!
+//! A stream's entry lives from its first header section until both
+//! directions are done and every frame for the application was handed
+//! over; [`StreamTable::collect`] then removes it. Frames are queued for the
+//! application only while it holds the stream's receiver, so a request
+//! without a body, or whose receiver was dropped, leaves nothing behind.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quiche::h3::{self, Header};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::super::error::{H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED};
+use super::super::frames::{BodyReceiver, InboundFrame, OutboundFrame, OutboundSender, Shared};
+use crate::quic::QuicResult;
+
+/// One stream's state.
+#[derive(Default)]
+pub(super) struct StreamCtx {
+    // Peer → application.
+    inbound: Option<mpsc::Sender<InboundFrame>>,
+    pending_in: VecDeque<InboundFrame>,
+    data_pending: bool,
+    recv_done: bool,
+    // Application → peer.
+    outbound: Option<mpsc::Receiver<OutboundFrame>>,
+    pending_out: Option<OutboundFrame>,
+    heads_sent: usize,
+    send_done: bool,
+}
+
+impl StreamCtx {
+    /// Queues a frame for the application, if it still listens.
+    fn push_in(&mut self, f: InboundFrame) {
+        if self.inbound.is_some() {
+            self.pending_in.push_back(f);
+        }
+    }
+
+    /// Nothing more will be read for the application.
+    fn end_inbound(&mut self) {
+        self.recv_done = true;
+        self.inbound = None;
+        self.pending_in.clear();
+    }
+
+    /// Nothing more will be sent; a frame held back is dropped.
+    fn end_outbound(&mut self, shared: &Shared) {
+        self.send_done = true;
+        if let Some(OutboundFrame::Body(b, _)) = self.pending_out.take() {
+            shared.sub_outbound(b.len());
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.recv_done && self.pending_in.is_empty() && self.send_done && self.pending_out.is_none()
+    }
+}
+
+/// Every live stream of one connection.
+pub(super) struct StreamTable {
+    streams: HashMap<u64, StreamCtx>,
+    /// Streams done for the application whose data quiche may still be
+    /// sending or waiting to see acknowledged: closing the connection
+    /// before they are gone from quiche would lose their last bytes.
+    unacked: Vec<u64>,
+    capacity: usize,
+    shared: Arc<Shared>,
+    /// The read buffer for body chunks.
+    buf: Vec<u8>,
+}
+
+impl StreamTable {
+    pub(super) fn new(capacity: usize, chunk: usize, shared: Arc<Shared>) -> Self {
+        Self {
+            streams: HashMap::new(),
+            unacked: Vec::new(),
+            capacity: capacity.max(1),
+            shared,
+            buf: vec![0; chunk.max(1024)],
+        }
+    }
+
+    pub(super) fn contains(&self, id: u64) -> bool {
+        self.streams.contains_key(&id)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The scratch buffer, for reads outside any stream (datagrams, drains).
+    pub(super) fn buf(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// Creates the channels of a new stream; returns the application ends.
+    pub(super) fn open(
+        &mut self,
+        id: u64,
+        inbound: bool,
+        outbound: bool,
+    ) -> (Option<BodyReceiver>, Option<OutboundSender>) {
+        let cap = self.capacity;
+        let ctx = self.streams.entry(id).or_default();
+        let rx = inbound.then(|| {
+            let (tx, rx) = mpsc::channel(cap);
+            ctx.inbound = Some(tx);
+            BodyReceiver {
+                stream_id: id,
+                rx,
+                shared: self.shared.clone(),
+            }
+        });
+        ctx.recv_done = !inbound;
+        let tx = outbound.then(|| {
+            let (tx, rx) = mpsc::channel(cap);
+            ctx.outbound = Some(rx);
+            OutboundSender {
+                stream_id: id,
+                tx,
+                shared: self.shared.clone(),
+            }
+        });
+        ctx.send_done = !outbound;
+        self.publish_len();
+        (rx, tx)
+    }
+
+    fn publish_len(&self) {
+        self.shared
+            .open_streams
+            .store(self.streams.len(), Ordering::Relaxed);
+    }
+
+    /// A later header section: a client's response heads, or trailers. The
+    /// stream's end follows as its own event.
+    pub(super) fn headers(&mut self, id: u64, list: Vec<Header>) {
+        if let Some(ctx) = self.streams.get_mut(&id) {
+            ctx.push_in(InboundFrame::Headers(list));
+        }
+    }
+
+    /// quiche has body bytes for `id`; false if the stream is unknown.
+    pub(super) fn data(&mut self, id: u64) -> bool {
+        match self.streams.get_mut(&id) {
+            Some(ctx) => {
+                ctx.data_pending = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The peer finished its side.
+    pub(super) fn finished(&mut self, id: u64) {
+        if let Some(ctx) = self.streams.get_mut(&id) {
+            ctx.push_in(InboundFrame::Finished);
+            ctx.recv_done = true;
+            ctx.data_pending = false;
+        }
+    }
+
+    /// The peer reset its side: tell the application, and stop answering.
+    pub(super) fn reset(&mut self, qconn: &mut quiche::Connection, id: u64, code: u64) {
+        if let Some(ctx) = self.streams.get_mut(&id) {
+            ctx.push_in(InboundFrame::Reset(code));
+            ctx.recv_done = true;
+            ctx.data_pending = false;
+            if !ctx.send_done {
+                let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_CANCELLED);
+                ctx.end_outbound(&self.shared);
+            }
+        }
+    }
+
+    /// The application shut one direction of a stream: the read side
+    /// (STOP_SENDING) when `read`, else the write side (RESET_STREAM).
+    pub(super) fn shutdown(
+        &mut self,
+        qconn: &mut quiche::Connection,
+        id: u64,
+        read: bool,
+        code: u64,
+    ) {
+        let direction = if read {
+            quiche::Shutdown::Read
+        } else {
+            quiche::Shutdown::Write
+        };
+        let _ = qconn.stream_shutdown(id, direction, clamp_code(code));
+        if let Some(ctx) = self.streams.get_mut(&id) {
+            match read {
+                true => ctx.end_inbound(),
+                false => ctx.end_outbound(&self.shared),
+            }
+        }
+    }
+
+    /// Moves what quiche has for the application into stream channels, as
+    /// far as they have room.
+    ///
+    /// Returns whether body bytes were read: quiche reports a stream's end
+    /// only from `poll`, so the caller must poll again after reading.
+    pub(super) fn deliver_inbound(
+        &mut self,
+        h3: &mut h3::Connection,
+        qconn: &mut quiche::Connection,
+    ) -> QuicResult<bool> {
+        let mut read_any = false;
+        for (&id, ctx) in self.streams.iter_mut() {
+            let Some(tx) = &ctx.inbound else {
+                // The application does not want this stream's frames (or has
+                // dropped its receiver): drain quiche so the stream can close.
+                if ctx.data_pending {
+                    while let Ok(n) = h3.recv_body(qconn, id, &mut self.buf) {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    ctx.data_pending = false;
+                }
+                continue;
+            };
+            if tx.is_closed() {
+                // Receiver dropped: ask the peer to stop, once.
+                if !ctx.recv_done {
+                    let code = if ctx.send_done {
+                        H3_NO_ERROR
+                    } else {
+                        H3_REQUEST_CANCELLED
+                    };
+                    let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, code);
+                }
+                ctx.end_inbound();
+                continue;
+            }
+            while let Some(f) = ctx.pending_in.pop_front() {
+                match tx.try_send(f) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(f)) => {
+                        ctx.pending_in.push_front(f);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
+            if ctx.pending_in.is_empty() && ctx.data_pending {
+                loop {
+                    let Ok(permit) = tx.try_reserve() else {
+                        break; // full: resume when the application reads
+                    };
+                    match h3.recv_body(qconn, id, &mut self.buf) {
+                        Ok(n) => {
+                            read_any = true;
+                            self.shared.add_inbound(n);
+                            permit.send(InboundFrame::Body(Bytes::copy_from_slice(&self.buf[..n])));
+                        }
+                        Err(h3::Error::Done) => {
+                            ctx.data_pending = false;
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(read_any)
+    }
+
+    /// Writes what the application queued, as far as quiche accepts it.
+    /// `is_server` decides how a stream's first header section goes out.
+    pub(super) fn deliver_outbound(
+        &mut self,
+        h3: &mut h3::Connection,
+        qconn: &mut quiche::Connection,
+        is_server: bool,
+    ) {
+        for (&id, ctx) in self.streams.iter_mut() {
+            loop {
+                if ctx.send_done {
+                    ctx.outbound = None;
+                    break;
+                }
+                if ctx.pending_out.is_none() {
+                    let Some(rx) = ctx.outbound.as_mut() else {
+                        break;
+                    };
+                    match rx.try_recv() {
+                        Ok(f) => ctx.pending_out = Some(f),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            debug!(stream = id, "sender dropped before fin; resetting stream");
+                            let _ = qconn.stream_shutdown(
+                                id,
+                                quiche::Shutdown::Write,
+                                H3_REQUEST_CANCELLED,
+                            );
+                            ctx.send_done = true;
+                            continue;
+                        }
+                    }
+                }
+                let Some(frame) = ctx.pending_out.take() else {
+                    break;
+                };
+                if !send_frame(h3, qconn, id, ctx, frame, is_server, &self.shared) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Forgets streams finished in both directions whose frames were all
+    /// delivered, and notes which of them quiche still holds.
+    pub(super) fn collect(&mut self, qconn: &mut quiche::Connection) {
+        let unacked = &mut self.unacked;
+        self.streams.retain(|&id, ctx| {
+            let done = ctx.is_done();
+            if done {
+                unacked.push(id);
+            }
+            !done
+        });
+        // quiche drops a stream once everything sent on it was acknowledged
+        // (and everything received was read); until then it still exists.
+        self.unacked.retain(|&id| {
+            !matches!(
+                qconn.stream_capacity(id),
+                Err(quiche::Error::InvalidStreamState(_))
+            )
+        });
+        self.publish_len();
+    }
+
+    /// Whether every stream's data was acknowledged by the peer.
+    pub(super) fn all_acked(&self) -> bool {
+        self.unacked.is_empty()
+    }
+
+    /// The connection ended: every receiver sees `None`.
+    pub(super) fn clear(&mut self) {
+        self.streams.clear();
+        self.publish_len();
+    }
+}
+
+/// Hands one frame to quiche. Returns whether the stream may take another
+/// now; a frame quiche cannot take yet is put back in `pending_out`.
+fn send_frame(
+    h3: &mut h3::Connection,
+    qconn: &mut quiche::Connection,
+    id: u64,
+    ctx: &mut StreamCtx,
+    frame: OutboundFrame,
+    is_server: bool,
+    shared: &Shared,
+) -> bool {
+    let blocked = |e: &h3::Error| matches!(e, h3::Error::StreamBlocked | h3::Error::Done);
+    match frame {
+        OutboundFrame::Headers { headers, fin } => {
+            let r = if is_server && ctx.heads_sent == 0 {
+                h3.send_response(qconn, id, &headers, fin)
+            } else {
+                h3.send_additional_headers(qconn, id, &headers, !is_server, fin)
+            };
+            match r {
+                Ok(()) => {
+                    ctx.heads_sent += 1;
+                    ctx.send_done |= fin;
+                    true
+                }
+                Err(e) if blocked(&e) => {
+                    ctx.pending_out = Some(OutboundFrame::Headers { headers, fin });
+                    false
+                }
+                Err(e) => abandon_stream(qconn, id, ctx, "headers", &e),
+            }
+        }
+        OutboundFrame::Body(mut bytes, fin) => match h3.send_body(qconn, id, &bytes, fin) {
+            Ok(n) => {
+                shared.sub_outbound(n);
+                if n < bytes.len() {
+                    let _ = bytes.split_to(n);
+                    ctx.pending_out = Some(OutboundFrame::Body(bytes, fin));
+                    false
+                } else {
+                    ctx.send_done |= fin;
+                    true
+                }
+            }
+            Err(e) if blocked(&e) => {
+                ctx.pending_out = Some(OutboundFrame::Body(bytes, fin));
+                false
+            }
+            Err(e) => {
+                shared.sub_outbound(bytes.len());
+                abandon_stream(qconn, id, ctx, "body", &e)
+            }
+        },
+        OutboundFrame::Trailers(headers) => {
+            match h3.send_additional_headers(qconn, id, &headers, true, true) {
+                Ok(()) => {
+                    ctx.send_done = true;
+                    true
+                }
+                Err(e) if blocked(&e) => {
+                    ctx.pending_out = Some(OutboundFrame::Trailers(headers));
+                    false
+                }
+                Err(e) => abandon_stream(qconn, id, ctx, "trailers", &e),
+            }
+        }
+        OutboundFrame::Reset(code) => {
+            let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, clamp_code(code));
+            ctx.send_done = true;
+            true
+        }
+        OutboundFrame::StopSending(code) => {
+            let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, clamp_code(code));
+            ctx.end_inbound();
+            true
+        }
+    }
+}
+
+/// Gives up on our side of a stream after quiche refused a frame for it.
+fn abandon_stream(
+    qconn: &mut quiche::Connection,
+    id: u64,
+    ctx: &mut StreamCtx,
+    what: &str,
+    e: &h3::Error,
+) -> bool {
+    debug!(stream = id, error = %e, "cannot send {what}; resetting stream");
+    let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, H3_INTERNAL_ERROR);
+    ctx.send_done = true;
+    true
+}
+
+/// An application error code as a QUIC frame can carry it: one above
+/// 2^62 - 1 becomes H3_INTERNAL_ERROR rather than reaching quiche's varint
+/// encoder, which panics on it.
+pub(super) fn clamp_code(code: u64) -> u64 {
+    if code > crate::quic::varint::MAX {
+        debug!(
+            code,
+            "error code beyond 2^62 - 1; sending H3_INTERNAL_ERROR"
+        );
+        H3_INTERNAL_ERROR
+    } else {
+        code
+    }
+}

@@ -1,0 +1,474 @@
+//! The driver over an in-memory quiche client/server pair (no sockets):
+//! packets are moved by hand and both drivers' hooks are called in the
+//! order the worker calls them, so each test controls every step and can
+//! look at the stream tables between them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{ClientH3Driver, ServerH3Driver};
+use crate::http3::{
+    headers, H3Controller, H3Error, H3Event, Http3Settings, InboundFrame, IncomingRequest,
+    OutboundFrame, RequestStream, H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED,
+};
+use crate::quic::{
+    ApplicationClose, ApplicationOverQuic, ConnectionParams, HandshakeInfo, QuicSettings,
+};
+use crate::tls::SelfSignedCertificate;
+
+fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+    f.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+fn configs() -> (quiche::Config, quiche::Config) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tq-driver-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let cert = SelfSignedCertificate::generate(&["localhost"]).unwrap();
+    let paths = cert.write_to(&dir).unwrap();
+    let server = ConnectionParams::new_server(QuicSettings::default(), paths)
+        .to_quiche_config(true)
+        .unwrap();
+    let client = ConnectionParams::new_client(QuicSettings::default())
+        .verify_peer(false)
+        .to_quiche_config(false)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (server, client)
+}
+
+/// A connected client and server, each with its driver.
+struct Pair {
+    client: quiche::Connection,
+    server: quiche::Connection,
+    cd: ClientH3Driver,
+    sd: ServerH3Driver,
+    cc: H3Controller,
+    sc: H3Controller,
+    established: bool,
+    caddr: SocketAddr,
+    saddr: SocketAddr,
+}
+
+impl Pair {
+    fn new(h3: Http3Settings) -> Self {
+        let (mut scfg, mut ccfg) = configs();
+        let caddr: SocketAddr = "127.0.0.1:1111".parse().unwrap();
+        let saddr: SocketAddr = "127.0.0.1:2222".parse().unwrap();
+        let cid = quiche::ConnectionId::from_ref(&[1; 16]);
+        let sid = quiche::ConnectionId::from_ref(&[2; 16]);
+        let client = quiche::connect(Some("localhost"), &cid, caddr, saddr, &mut ccfg).unwrap();
+        let server = quiche::accept(&sid, None, saddr, caddr, &mut scfg).unwrap();
+        let (cd, cc) = ClientH3Driver::new_client(h3.clone());
+        let (sd, sc) = ServerH3Driver::new_server(h3);
+        let mut p = Self {
+            client,
+            server,
+            cd,
+            sd,
+            cc,
+            sc,
+            established: false,
+            caddr,
+            saddr,
+        };
+        p.run();
+        assert!(p.established, "handshake completes in memory");
+        p
+    }
+
+    /// Moves every packet one way; returns how many.
+    fn flush(
+        from: &mut quiche::Connection,
+        to: &mut quiche::Connection,
+        to_addr: SocketAddr,
+        from_addr: SocketAddr,
+    ) -> usize {
+        let mut buf = [0u8; 65536];
+        let mut n = 0;
+        loop {
+            match from.send(&mut buf) {
+                Ok((len, _)) => {
+                    let info = quiche::RecvInfo {
+                        from: from_addr,
+                        to: to_addr,
+                    };
+                    let _ = to.recv(&mut buf[..len], info);
+                    n += 1;
+                }
+                Err(_) => return n,
+            }
+        }
+    }
+
+    /// Runs both sides until no packet moves.
+    fn run(&mut self) {
+        let mut quiet = 0;
+        for _ in 0..10_000 {
+            if !self.established && self.client.is_established() && self.server.is_established() {
+                let info = |peer, local| HandshakeInfo {
+                    alpn: b"h3".to_vec(),
+                    server_name: Some("localhost".into()),
+                    peer_addr: peer,
+                    local_addr: local,
+                    handshake_duration: Duration::ZERO,
+                    is_resumed: false,
+                };
+                self.cd
+                    .on_conn_established(&mut self.client, &info(self.saddr, self.caddr))
+                    .unwrap();
+                self.sd
+                    .on_conn_established(&mut self.server, &info(self.caddr, self.saddr))
+                    .unwrap();
+                self.established = true;
+            }
+            if self.established {
+                for (d, q) in [
+                    (&mut self.cd as &mut dyn Side, &mut self.client),
+                    (&mut self.sd, &mut self.server),
+                ] {
+                    if !q.is_closed() {
+                        let _ = d.reads(q);
+                        // As the worker does: a hook's error closes the
+                        // connection, with the application's own code if
+                        // it chose one.
+                        if let Err(e) = d.writes(q) {
+                            let (code, reason) = match e.downcast_ref::<ApplicationClose>() {
+                                Some(c) => (c.code, c.reason.clone()),
+                                None => (crate::quic::INTERNAL_ERROR_CODE, e.to_string()),
+                            };
+                            let _ = q.close(true, code, reason.as_bytes());
+                        }
+                    }
+                }
+            }
+            let moved = Self::flush(&mut self.client, &mut self.server, self.saddr, self.caddr)
+                + Self::flush(&mut self.server, &mut self.client, self.caddr, self.saddr);
+            quiet = if moved == 0 { quiet + 1 } else { 0 };
+            if quiet >= 3 {
+                return;
+            }
+        }
+        panic!("the pair never went quiet");
+    }
+
+    /// Sends a request from the client and returns its stream.
+    fn request(&mut self, method: &str, has_body: bool) -> Result<RequestStream, H3Error> {
+        let handle = self.cc.handle();
+        let head = headers(&[
+            (":method", method),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", "/"),
+        ]);
+        let mut fut = std::pin::pin!(handle.send_request(head, has_body));
+        for _ in 0..3 {
+            if let Poll::Ready(r) = poll_once(fut.as_mut()) {
+                return r;
+            }
+            self.run();
+        }
+        panic!("send_request never answered");
+    }
+
+    /// The next request the server's application sees.
+    fn next_request(&mut self) -> IncomingRequest {
+        loop {
+            match self.sc.events.try_recv() {
+                Ok(H3Event::IncomingRequest(r)) => return r,
+                Ok(_) => continue,
+                Err(e) => panic!("no request: {e:?}"),
+            }
+        }
+    }
+
+    fn table_sizes(&self) -> (usize, usize) {
+        (self.cd.stream_count(), self.sd.stream_count())
+    }
+}
+
+/// Both drivers behind one trait object, so `run` can loop over them.
+trait Side {
+    fn reads(&mut self, q: &mut quiche::Connection) -> crate::quic::QuicResult<()>;
+    fn writes(&mut self, q: &mut quiche::Connection) -> crate::quic::QuicResult<()>;
+}
+
+impl<H: super::DriverHooks> Side for super::H3Driver<H> {
+    fn reads(&mut self, q: &mut quiche::Connection) -> crate::quic::QuicResult<()> {
+        self.process_reads(q)
+    }
+    fn writes(&mut self, q: &mut quiche::Connection) -> crate::quic::QuicResult<()> {
+        self.process_writes(q)
+    }
+}
+
+/// Every frame waiting on a receiver, without blocking.
+fn drain(rx: &mut crate::http3::BodyReceiver) -> Vec<InboundFrame> {
+    let mut out = Vec::new();
+    let mut cx = Context::from_waker(Waker::noop());
+    while let Poll::Ready(Some(f)) = rx.poll_recv(&mut cx) {
+        out.push(f);
+    }
+    out
+}
+
+fn respond(req: &IncomingRequest, body: &'static [u8]) {
+    req.response
+        .try_send(OutboundFrame::Headers {
+            headers: headers(&[(":status", "200")]),
+            fin: body.is_empty(),
+        })
+        .unwrap();
+    if !body.is_empty() {
+        req.response
+            .try_send(OutboundFrame::Body(Bytes::from_static(body), true))
+            .unwrap();
+    }
+}
+
+#[test]
+fn body_less_requests_leave_no_stream_entry() {
+    let mut p = Pair::new(Http3Settings::default());
+    for i in 0..200 {
+        let mut stream = p.request("GET", false).unwrap();
+        p.run();
+        let req = p.next_request();
+        assert!(req.body.is_none());
+        respond(&req, if i % 2 == 0 { b"hello" } else { b"" });
+        drop(req);
+        p.run();
+        let frames = drain(&mut stream.response);
+        assert!(
+            matches!(frames.last(), Some(InboundFrame::Finished)),
+            "{frames:?}"
+        );
+        drop(stream);
+        p.run();
+        assert_eq!(p.table_sizes(), (0, 0), "after request {i}");
+    }
+    assert_eq!(p.sc.handle().open_streams(), 0);
+    assert_eq!(p.sc.handle().requests(), 200);
+}
+
+#[test]
+fn requests_with_bodies_leave_no_stream_entry() {
+    let mut p = Pair::new(Http3Settings::default());
+    for _ in 0..50 {
+        let mut stream = p.request("POST", true).unwrap();
+        let body = stream.body.take().unwrap();
+        body.try_send(OutboundFrame::Body(Bytes::from_static(b"ping"), true))
+            .unwrap();
+        drop(body);
+        p.run();
+        let mut req = p.next_request();
+        let mut rx = req.body.take().unwrap();
+        let got = drain(&mut rx);
+        assert_eq!(
+            got,
+            vec![
+                InboundFrame::Body(Bytes::from_static(b"ping")),
+                InboundFrame::Finished
+            ]
+        );
+        drop(rx);
+        respond(&req, b"pong");
+        drop(req);
+        p.run();
+        let frames = drain(&mut stream.response);
+        assert!(frames.contains(&InboundFrame::Body(Bytes::from_static(b"pong"))));
+        drop(stream);
+        p.run();
+        assert_eq!(p.table_sizes(), (0, 0));
+    }
+}
+
+#[test]
+fn a_request_reset_by_the_client_leaves_no_entry() {
+    let mut p = Pair::new(Http3Settings::default());
+    let stream = p.request("POST", true).unwrap();
+    p.run();
+    let mut req = p.next_request();
+    p.cc.handle()
+        .reset_stream(stream.stream_id, H3_REQUEST_CANCELLED);
+    p.cc.handle()
+        .stop_sending(stream.stream_id, H3_REQUEST_CANCELLED);
+    p.run();
+    let mut rx = req.body.take().unwrap();
+    assert_eq!(
+        drain(&mut rx),
+        vec![InboundFrame::Reset(H3_REQUEST_CANCELLED)]
+    );
+    drop((rx, req, stream));
+    p.run();
+    assert_eq!(p.table_sizes(), (0, 0));
+}
+
+#[test]
+fn a_response_reset_by_the_server_leaves_no_entry() {
+    let mut p = Pair::new(Http3Settings::default());
+    let mut stream = p.request("GET", false).unwrap();
+    p.run();
+    let req = p.next_request();
+    req.response.try_send(OutboundFrame::Reset(0x42)).unwrap();
+    drop(req);
+    p.run();
+    assert_eq!(drain(&mut stream.response), vec![InboundFrame::Reset(0x42)]);
+    drop(stream);
+    p.run();
+    assert_eq!(p.table_sizes(), (0, 0));
+}
+
+#[test]
+fn a_dropped_response_sender_resets_and_leaves_no_entry() {
+    let mut p = Pair::new(Http3Settings::default());
+    let mut stream = p.request("GET", false).unwrap();
+    p.run();
+    drop(p.next_request());
+    p.run();
+    assert_eq!(
+        drain(&mut stream.response),
+        vec![InboundFrame::Reset(H3_REQUEST_CANCELLED)]
+    );
+    drop(stream);
+    p.run();
+    assert_eq!(p.table_sizes(), (0, 0));
+}
+
+#[test]
+fn after_goaway_a_new_request_is_refused_and_the_server_closes_once_idle() {
+    let mut p = Pair::new(Http3Settings::default());
+    let mut first = p.request("GET", false).unwrap();
+    p.run();
+    let req = p.next_request();
+    // GOAWAY and a new request cross on the wire.
+    p.sc.handle().goaway();
+    let handle = p.cc.handle();
+    let mut late = std::pin::pin!(handle.send_request(
+        headers(&[(":method", "GET"), (":scheme", "https"), (":path", "/late")]),
+        false
+    ));
+    assert!(poll_once(late.as_mut()).is_pending());
+    p.run();
+    let mut late = match poll_once(late.as_mut()) {
+        Poll::Ready(Ok(s)) => s,
+        other => panic!("the request was not sent: {other:?}"),
+    };
+    assert_eq!(
+        drain(&mut late.response),
+        vec![InboundFrame::Reset(H3_REQUEST_REJECTED)]
+    );
+    // The request in flight is still answered.
+    assert!(!p.server.is_closed());
+    respond(&req, b"done");
+    drop(req);
+    p.run();
+    assert!(drain(&mut first.response).contains(&InboundFrame::Finished));
+    drop((first, late));
+    p.run();
+    assert_eq!(p.table_sizes(), (0, 0));
+    // After the linger the server closes by itself, the client idle.
+    std::thread::sleep(Duration::from_millis(40));
+    p.run();
+    assert!(
+        p.server.is_closed() || p.server.is_draining(),
+        "the server closes a going-away idle connection"
+    );
+    // Gracefully, whichever side's idle check ran first (ours close too
+    // once told to go away and idle).
+    assert_eq!(
+        p.server
+            .local_error()
+            .or(p.server.peer_error())
+            .map(|e| e.error_code),
+        Some(crate::http3::H3_NO_ERROR)
+    );
+    // And a client told to go away refuses new requests itself.
+    assert!(matches!(
+        p.request("GET", false),
+        Err(H3Error::GoingAway) | Err(H3Error::ConnectionClosed)
+    ));
+}
+
+#[test]
+fn a_slow_reader_bounds_what_the_driver_buffers() {
+    let h3 = Http3Settings {
+        stream_channel_capacity: 4,
+        ..Http3Settings::default()
+    };
+    let mut p = Pair::new(h3);
+    let mut stream = p.request("GET", false).unwrap();
+    p.run();
+    let req = p.next_request();
+    req.response
+        .try_send(OutboundFrame::Headers {
+            headers: headers(&[(":status", "200")]),
+            fin: false,
+        })
+        .unwrap();
+    let chunk = Bytes::from(vec![7u8; 60_000]);
+    let mut queued = 0usize;
+    // The server keeps writing while the client reads nothing.
+    for _ in 0..200 {
+        while req
+            .response
+            .try_send(OutboundFrame::Body(chunk.clone(), false))
+            .is_ok()
+        {
+            queued += chunk.len();
+        }
+        p.run();
+    }
+    let (inbound, _) = p.cc.handle().peak_buffered();
+    let (_, outbound) = p.sc.handle().peak_buffered();
+    // Client side: at most the channel's frames of at most one read buffer.
+    assert!(inbound <= 4 * 65536, "client buffered {inbound}");
+    // Server side: the channel plus the frame quiche holds back.
+    assert!(outbound <= 5 * 60_000, "server buffered {outbound}");
+    assert!(
+        queued < 8 << 20,
+        "the writer was held back: queued {queued}"
+    );
+    // Reading frees room and the transfer goes on.
+    let before = queued;
+    for _ in 0..20 {
+        drain(&mut stream.response);
+        p.run();
+        while req
+            .response
+            .try_send(OutboundFrame::Body(chunk.clone(), false))
+            .is_ok()
+        {
+            queued += chunk.len();
+        }
+    }
+    assert!(queued > before, "reading lets the writer go on");
+}
+
+#[test]
+fn plugin_chosen_codes_beyond_varint_range_do_not_panic() {
+    let mut p = Pair::new(Http3Settings::default());
+    let stream = p.request("POST", true).unwrap();
+    p.run();
+    let req = p.next_request();
+    p.sc.handle().reset_stream(req.stream_id, u64::MAX);
+    p.sc.handle().stop_sending(req.stream_id, 1 << 62);
+    p.run();
+    drop((req, stream));
+    p.run();
+    p.sc.handle().close(u64::MAX, &"x".repeat(10_000));
+    p.run();
+    assert!(p.server.is_closed() || p.server.is_draining());
+    assert_eq!(
+        p.client.peer_error().map(|e| e.error_code),
+        Some(crate::http3::H3_INTERNAL_ERROR)
+    );
+}

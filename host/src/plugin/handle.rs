@@ -1,0 +1,409 @@
+//! [`Plugin`], the public handle of one loaded version: loading a file
+//! (read, compile, tell the world, link), what an operator asks of a
+//! version, and serving a connection with it, dispatched once to the
+//! world's own code with the world's typed component.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use super::bindings;
+use super::error::PluginError;
+use super::quic::{QuicPluginApp, QuicPluginSession};
+use super::sandbox::{PluginGrants, PluginLimits, PluginState, Sandbox};
+use super::version::{Live, Pre, QuicSuccessor, Version};
+use super::wasi_http::host::Pool;
+use super::world::{World, INIT_EXPORT, MIGRATE_EXPORT};
+use super::{http3, quic, wasi_http};
+use crate::http3::{H3Controller, Http3Settings, ServerH3Driver};
+use crate::metrics::Metrics;
+use crate::quic::IncomingConnection;
+
+/// A loaded, validated plugin version, ready to run on connections. Cheap
+/// to clone (a reference).
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) inner: Arc<Version>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.inner.path)
+            .field("world", &self.world())
+            .finish()
+    }
+}
+
+/// What the host tells a plugin about its connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMeta {
+    /// Negotiated ALPN.
+    pub alpn: String,
+    /// SNI, if any.
+    pub server_name: Option<String>,
+    /// Peer address.
+    pub peer: String,
+}
+
+impl Plugin {
+    /// Compiles the component at `path`, checks that it implements a world
+    /// tq-host serves, and links it against the host's imports.
+    ///
+    /// # Errors
+    /// A file that cannot be read, is not a WebAssembly component, or
+    /// implements none of the worlds (the message names them), or imports
+    /// something the host does not provide.
+    pub fn load(path: &Path, limits: PluginLimits) -> Result<Self, PluginError> {
+        Self::load_with_grants(path, limits, PluginGrants::default())
+    }
+
+    /// As [`load`](Self::load), granting the plugin directories and
+    /// environment variables.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load), or a granted directory that does not exist.
+    pub fn load_with_grants(
+        path: &Path,
+        limits: PluginLimits,
+        grants: PluginGrants,
+    ) -> Result<Self, PluginError> {
+        for d in &grants.dirs {
+            if !d.host.is_dir() {
+                return Err(PluginError::Grant {
+                    dir: d.host.clone(),
+                    reason: "not a directory".into(),
+                });
+            }
+        }
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::build(path, &bytes, limits, grants)
+    }
+
+    /// As [`load`](Self::load), from bytes already read.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        limits: PluginLimits,
+    ) -> Result<Self, PluginError> {
+        Self::build(path, bytes, limits, PluginGrants::default())
+    }
+
+    pub(crate) fn build(
+        path: &Path,
+        bytes: &[u8],
+        limits: PluginLimits,
+        grants: PluginGrants,
+    ) -> Result<Self, PluginError> {
+        let started = std::time::Instant::now();
+        let path_buf = || path.to_owned();
+        if !bytes.starts_with(b"\0asm") {
+            return Err(PluginError::NotWasm { path: path_buf() });
+        }
+        // A component's version field differs from a core module's.
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(PluginError::CoreModule {
+                path: path_buf(),
+                worlds: World::describe_all(),
+            });
+        }
+        let sandbox =
+            Sandbox::new(limits, grants).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let engine = &sandbox.engine;
+        let component = Component::new(engine, bytes).map_err(|e| PluginError::Invalid {
+            path: path_buf(),
+            reason: format!("{e:?}"),
+        })?;
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let Some(world) = World::detect(&exports) else {
+            return Err(PluginError::NoWorld {
+                path: path_buf(),
+                expected: World::describe_all(),
+                exports: exports.join(", "),
+            });
+        };
+        let mismatch = |e: wasmtime::Error| PluginError::Link {
+            path: path_buf(),
+            reason: format!("does not match {world}: {e:?}"),
+        };
+        let pre = match world {
+            World::Http3App => {
+                let pre = link(engine, &component, path, |l| {
+                    bindings::h3::Http3App::add_to_linker::<_, HasSelf<_>>(l, |s| s)
+                })?;
+                Pre::Http3(bindings::h3::Http3AppPre::new(pre).map_err(mismatch)?)
+            }
+            World::QuicApp => {
+                let pre = link(engine, &component, path, |l| {
+                    bindings::quic::QuicApp::add_to_linker::<_, HasSelf<_>>(l, |s| s)
+                })?;
+                Pre::Quic(bindings::quic::QuicAppPre::new(pre).map_err(mismatch)?)
+            }
+            World::WasiHttp => {
+                let pre = link(engine, &component, path, |l| {
+                    wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)
+                })?;
+                Pre::WasiHttp {
+                    pre: wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(mismatch)?,
+                    pool: Arc::new(Pool::default()),
+                }
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Version {
+                path: path.to_owned(),
+                sandbox,
+                pre,
+                hash: hex(&boring::sha::sha256(bytes)),
+                loaded_at: SystemTime::now(),
+                compile_time: started.elapsed(),
+                has_init: exports.iter().any(|e| e == INIT_EXPORT),
+                has_migrate: exports.iter().any(|e| e == MIGRATE_EXPORT),
+                live: Live::new(),
+            }),
+        })
+    }
+
+    /// The file the plugin came from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// SHA-256 of the component's bytes, in hex.
+    pub fn hash(&self) -> &str {
+        &self.inner.hash
+    }
+
+    /// When it was loaded.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.inner.loaded_at
+    }
+
+    /// How long compiling and linking it took.
+    pub fn compile_time(&self) -> std::time::Duration {
+        self.inner.compile_time
+    }
+
+    /// Connections it serves now.
+    pub fn connections(&self) -> usize {
+        self.inner.live.connections()
+    }
+
+    /// HTTP/3 requests it is answering now (responses not yet ended).
+    pub fn requests_in_flight(&self) -> usize {
+        self.inner.live.requests()
+    }
+
+    /// The world it implements.
+    pub fn world(&self) -> World {
+        self.inner.pre.world()
+    }
+
+    /// Whether a raw QUIC plugin can carry live connections to a new version
+    /// (it exports `tq:plugin/migrate`).
+    pub fn can_migrate(&self) -> bool {
+        matches!(self.inner.pre, Pre::Quic(_)) && self.inner.has_migrate
+    }
+
+    /// Asks every connection on this version to close gracefully: HTTP/3
+    /// ones get GOAWAY and end once their requests are answered; raw QUIC
+    /// ones get the `shutdown` event.
+    pub fn retire(&self) {
+        self.inner.live.retired.send_replace(true);
+    }
+
+    /// Whether [`retire`](Self::retire) was called.
+    pub fn is_retired(&self) -> bool {
+        self.inner.live.is_retired()
+    }
+
+    /// Offers this version's raw QUIC connections a move to `next` (both
+    /// must export `tq:plugin/migrate`; see [`can_migrate`](Self::can_migrate)).
+    pub fn hand_over_to(&self, next: &Plugin) {
+        if let (true, Pre::Quic(pre)) = (self.can_migrate() && next.can_migrate(), &next.inner.pre)
+        {
+            self.inner.live.successor.send_replace(Some(QuicSuccessor {
+                version: next.inner.clone(),
+                pre: pre.clone(),
+            }));
+        }
+    }
+
+    /// Whether two plugins are the same loaded version.
+    pub fn same_version(&self, other: &Plugin) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Instantiates the plugin once, outside any connection, checks its
+    /// exports and runs its optional `init` export: what a reload checks
+    /// before swapping.
+    ///
+    /// # Errors
+    /// [`PluginError::Check`]: instantiation traps, the exports do not
+    /// match, or `init` fails, traps or overruns its deadline.
+    pub async fn validate(&self) -> Result<(), PluginError> {
+        let v = &self.inner;
+        let res = match &v.pre {
+            Pre::Http3(pre) => http3::validate(v, pre).await,
+            Pre::Quic(pre) => quic::validate(v, pre).await,
+            Pre::WasiHttp { pre, .. } => wasi_http::validate(v, pre).await,
+        };
+        res.map_err(|reason| PluginError::Check {
+            path: v.path.clone(),
+            reason,
+        })
+    }
+
+    /// Serves one raw QUIC connection (whose application is `session`'s
+    /// [`QuicPluginApp`]) with a fresh instance until the connection closes.
+    /// When `shutdown` completes the plugin gets a `shutdown` event. A trap,
+    /// panic, deadline or memory overrun closes this connection with
+    /// application error code [`INTERNAL_ERROR_CODE`](crate::quic::INTERNAL_ERROR_CODE)
+    /// and is logged; nothing else is affected. Does nothing for a plugin of
+    /// another world.
+    pub async fn serve_quic(
+        &self,
+        session: QuicPluginSession,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
+        if let Pre::Quic(pre) = &self.inner.pre {
+            quic::serve(self.inner.clone(), pre.clone(), session, shutdown).await
+        }
+    }
+
+    /// Serves one HTTP/3 connection until it closes: with one instance for
+    /// the connection (`http3-app`) or one per request (wasi:http). A trap,
+    /// panic, deadline or memory overrun closes this connection with
+    /// H3_INTERNAL_ERROR (`http3-app`) or answers that request with 500
+    /// (wasi:http), and is logged; nothing else is affected. Does nothing
+    /// for a raw QUIC plugin.
+    pub async fn serve_http3(&self, controller: H3Controller, info: ConnectionMeta) {
+        self.serve_h3(controller, info, std::future::pending())
+            .await
+    }
+
+    async fn serve_h3(
+        &self,
+        controller: H3Controller,
+        meta: ConnectionMeta,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
+        let v = self.inner.clone();
+        match &self.inner.pre {
+            Pre::Http3(pre) => http3::serve(v, pre.clone(), controller, meta, shutdown).await,
+            Pre::WasiHttp { pre, pool } => {
+                wasi_http::serve(v, pre.clone(), pool.clone(), controller, meta, shutdown).await
+            }
+            Pre::Quic(_) => {}
+        }
+    }
+
+    /// Serves an accepted connection with this version, whichever its world:
+    /// starts the connection with the right application (the HTTP/3 driver,
+    /// or [`QuicPluginApp`]) and returns the future that runs the plugin
+    /// until the connection ends; spawn it on a task you own. When
+    /// `shutdown` completes the connection is asked to finish: GOAWAY for
+    /// HTTP/3, the `shutdown` event for raw QUIC.
+    ///
+    /// ```no_run
+    /// # async fn demo(plugin: tq_host::plugin::Plugin, mut listener: tq_host::quic::Listener<tq_host::metrics::DefaultMetrics>) {
+    /// let tasks = tokio_util::task::TaskTracker::new();
+    /// while let Some(incoming) = listener.accept().await {
+    ///     tasks.spawn(plugin.start_connection(incoming, &Default::default(), std::future::pending()));
+    /// }
+    /// # }
+    /// ```
+    pub fn start_connection<M: Metrics>(
+        &self,
+        incoming: IncomingConnection<M>,
+        h3: &Http3Settings,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let plugin = self.clone();
+        let peer = incoming.peer_addr().to_string();
+        let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+            match &self.inner.pre {
+                Pre::Quic(pre) => {
+                    let (app, session) = QuicPluginApp::new();
+                    incoming.start(app);
+                    Box::pin(quic::serve(
+                        self.inner.clone(),
+                        pre.clone(),
+                        session,
+                        shutdown,
+                    ))
+                }
+                Pre::Http3(_) | Pre::WasiHttp { .. } => {
+                    let (driver, controller) = ServerH3Driver::new_server(h3.clone());
+                    let conn = incoming.start(driver);
+                    Box::pin(async move {
+                        let Ok(hs) = conn.established().await else {
+                            return;
+                        };
+                        let meta = ConnectionMeta {
+                            alpn: String::from_utf8_lossy(&hs.alpn).into_owned(),
+                            server_name: hs.server_name,
+                            peer,
+                        };
+                        plugin.serve_h3(controller, meta, shutdown).await
+                    })
+                }
+            };
+        run
+    }
+
+    /// For benchmarks: mean instantiation time and mean hook-call time
+    /// (`wait-for-data`) over `n` runs, outside any connection.
+    ///
+    /// # Errors
+    /// The plugin is not an `http3-app` one, failed to instantiate or
+    /// trapped.
+    #[doc(hidden)]
+    pub async fn measure_overheads(
+        &self,
+        n: u32,
+    ) -> Result<(std::time::Duration, std::time::Duration), String> {
+        let Pre::Http3(pre) = &self.inner.pre else {
+            return Err(format!("{} is not an HTTP/3 plugin", self.path().display()));
+        };
+        let (_driver, controller) = ServerH3Driver::new_server(Default::default());
+        http3::measure(&self.inner, pre, controller.handle(), n).await
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Links a component against WASI and one world's host interfaces
+/// (`add`), checking that every import it needs is provided.
+fn link<C: Send + 'static>(
+    engine: &wasmtime::Engine,
+    component: &Component,
+    path: &Path,
+    add: impl FnOnce(&mut Linker<PluginState<C>>) -> wasmtime::Result<()>,
+) -> Result<wasmtime::component::InstancePre<PluginState<C>>, PluginError> {
+    let link_err = |what: &str, e: wasmtime::Error| PluginError::Link {
+        path: path.to_owned(),
+        reason: format!("{what}: {e:?}"),
+    };
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| link_err("cannot link WASI", e))?;
+    add(&mut linker).map_err(|e| link_err("cannot link the host interfaces", e))?;
+    linker
+        .instantiate_pre(component)
+        .map_err(|e| link_err("imports something tq-host does not provide", e))
+}

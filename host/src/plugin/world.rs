@@ -1,0 +1,90 @@
+//! The worlds tq-host serves and how a component's exports tell which one
+//! it implements.
+
+/// Which world a plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum World {
+    /// `tq:plugin/http3-app`: the plugin answers HTTP/3 requests.
+    Http3App,
+    /// `tq:plugin/quic-app`: the plugin is a raw QUIC connection's
+    /// application.
+    QuicApp,
+    /// The standard `wasi:http/proxy` world (0.2.x): the plugin exports
+    /// `wasi:http/incoming-handler` and is served over HTTP/3, one instance
+    /// per request.
+    WasiHttp,
+}
+
+/// The optional exports, by name.
+pub(crate) const INIT_EXPORT: &str = "tq:plugin/init@0.1.0";
+pub(crate) const MIGRATE_EXPORT: &str = "tq:plugin/migrate@0.1.0";
+
+impl World {
+    /// Every world tq-host serves.
+    pub const ALL: [World; 3] = [World::Http3App, World::QuicApp, World::WasiHttp];
+
+    /// The interface a component of this world exports.
+    pub fn export(self) -> &'static str {
+        match self {
+            World::Http3App => "tq:plugin/h3-handler@0.1.0",
+            World::QuicApp => "tq:plugin/quic-handler@0.1.0",
+            World::WasiHttp => "wasi:http/incoming-handler@0.2.x",
+        }
+    }
+
+    /// Whether a component exporting `name` implements this world.
+    fn exported_by(self, name: &str) -> bool {
+        match self {
+            World::WasiHttp => name.starts_with("wasi:http/incoming-handler@0.2."),
+            w => name == w.export(),
+        }
+    }
+
+    /// The world a component with these exports implements, if any.
+    pub(crate) fn detect(exports: &[String]) -> Option<World> {
+        World::ALL
+            .into_iter()
+            .find(|w| exports.iter().any(|e| w.exported_by(e)))
+    }
+
+    /// What the CLI and logs call them all.
+    pub(crate) fn describe_all() -> String {
+        World::ALL
+            .iter()
+            .map(|w| format!("{w} (exporting {})", w.export()))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            World::Http3App => f.write_str("tq:plugin/http3-app@0.1.0"),
+            World::QuicApp => f.write_str("tq:plugin/quic-app@0.1.0"),
+            World::WasiHttp => f.write_str("wasi:http/proxy@0.2"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worlds_are_told_by_their_exports() {
+        let of = |e: &[&str]| World::detect(&e.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(of(&["tq:plugin/h3-handler@0.1.0"]), Some(World::Http3App));
+        assert_eq!(
+            of(&["tq:plugin/init@0.1.0", "tq:plugin/quic-handler@0.1.0"]),
+            Some(World::QuicApp)
+        );
+        assert_eq!(
+            of(&["wasi:http/incoming-handler@0.2.6"]),
+            Some(World::WasiHttp)
+        );
+        assert_eq!(of(&["wasi:http/incoming-handler@0.3.0"]), None);
+        assert_eq!(of(&[]), None);
+    }
+}
