@@ -3,7 +3,8 @@
 //! what the [`Service`] says (a native HTTP/3 handler, the raw-QUIC echo,
 //! or the plugin version current at that moment); on shutdown the listener
 //! stops accepting, every live connection is asked to finish (GOAWAY for
-//! HTTP/3, `shutdown` for raw-QUIC plugins), and they get a grace period.
+//! HTTP/3, `shutdown` for raw-QUIC plugins; the built-in echo has no such
+//! signal and simply runs on), and they get a grace period.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -75,8 +76,10 @@ pub struct Stopped {
 }
 
 /// Serves `listener` with `service` until `shutdown` completes (or the
-/// listener ends), then drains: see the module docs. Connection tasks are
-/// owned here: dropping the returned future ends them too.
+/// listener ends), then drains: see the module docs. The per-connection
+/// service tasks (handlers, plugins) are owned here: dropping the returned
+/// future ends them, and with them their connections; the QUIC layer's own
+/// tasks belong to the listener.
 ///
 /// ```no_run
 /// # async fn demo(listener: tq_host::quic::Listener<tq_host::metrics::DefaultMetrics>) {

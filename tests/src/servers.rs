@@ -246,7 +246,9 @@ pub struct QuicPluginServer {
     pub addr: SocketAddr,
     /// The certificate the server presents.
     pub cert: TestCert,
-    /// Set to true to send every connection's plugin a `shutdown` event.
+    /// Set to true to shut the server down as `tq-host` does on Ctrl-C: it
+    /// stops accepting and every connection's plugin gets a `shutdown`
+    /// event.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -302,7 +304,8 @@ pub struct LiveServer {
     pub live: tq_host::plugin::LivePlugin,
     /// The file the plugin is loaded from.
     pub file: std::path::PathBuf,
-    /// Set to true to ask every connection to finish.
+    /// Set to true to shut the server down as `tq-host` does on Ctrl-C: it
+    /// stops accepting and asks every connection to finish.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     alpn: String,
     _dir: tempfile::TempDir,

@@ -165,11 +165,13 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http3: h3_settings,
         grace: SHUTDOWN_GRACE,
     };
-    let ctrl_c = async {
+    // Reload triggers stop with the signal, so no version is swapped in
+    // while connections drain.
+    let ctrl_c = async move {
         let _ = tokio::signal::ctrl_c().await;
+        triggers.abort_all();
     };
     serve(listener, service, options, ctrl_c).await;
-    triggers.abort_all();
     info!(metrics = ?metrics.snapshot(), "stopped");
     Ok(())
 }

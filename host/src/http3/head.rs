@@ -176,7 +176,7 @@ pub fn header_list(status: Option<http::StatusCode>, map: &http::HeaderMap) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http3::headers;
+    use crate::http3::frames::headers;
 
     fn head(pairs: &[(&str, &str)]) -> Result<http::Request<()>, H3Error> {
         request_from_head(&headers(pairs), ())

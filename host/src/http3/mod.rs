@@ -54,7 +54,8 @@ pub use controller::{
     H3Controller, H3Event, H3Handle, IncomingRequest, PendingRequest, RequestStream,
 };
 pub use driver::{
-    header_value, ClientH3Driver, ClientHooks, DriverHooks, H3Driver, ServerH3Driver, ServerHooks,
+    header_value, ClientH3Driver, ClientHooks, DriverCore, DriverHooks, H3Driver, ServerH3Driver,
+    ServerHooks,
 };
 pub use error::{
     H3Error, H3_EXCESSIVE_LOAD, H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED,

@@ -93,9 +93,9 @@ pub enum PluginError {
         /// The plugin file.
         path: PathBuf,
         /// The new file's world.
-        new: super::World,
+        new: super::world::World,
         /// The running version's world.
-        running: super::World,
+        running: super::world::World,
     },
     /// The compile task itself failed (it panicked or was cancelled).
     #[error("the compile task failed: {0}")]

@@ -11,21 +11,69 @@ use wasmtime::component::{Component, HasSelf, Linker};
 
 use super::bindings;
 use super::error::PluginError;
-use super::quic::{QuicPluginApp, QuicPluginSession};
+use super::http3::host::Http3Pre;
+use super::quic::{QuicPluginApp, QuicPluginSession, QuicTarget, QuicWorld};
 use super::sandbox::{PluginGrants, PluginLimits, PluginState, Sandbox};
-use super::version::{Live, Pre, QuicSuccessor, Version};
-use super::wasi_http::host::Pool;
-use super::world::{World, INIT_EXPORT, MIGRATE_EXPORT};
+use super::version::{Live, Version};
+use super::wasi_http::host::{Pool, ProxyPre};
+use super::world::{ConnectionMeta, World, INIT_EXPORT, MIGRATE_EXPORT};
 use super::{http3, quic, wasi_http};
 use crate::http3::{H3Controller, Http3Settings, ServerH3Driver};
 use crate::metrics::Metrics;
 use crate::quic::IncomingConnection;
 
 /// A loaded, validated plugin version, ready to run on connections. Cheap
-/// to clone (a reference).
+/// to clone (references).
 #[derive(Clone)]
 pub struct Plugin {
     pub(crate) inner: Arc<Version>,
+    world: Linked,
+}
+
+/// The component linked for its world, ready to instantiate: each world's
+/// code gets its own type from the dispatch here, never this enum.
+#[derive(Clone)]
+enum Linked {
+    Http3(Http3Pre),
+    Quic(Arc<QuicWorld>),
+    WasiHttp {
+        pre: ProxyPre,
+        /// Idle instances, when reuse is on; they go with the version.
+        pool: Arc<Pool>,
+    },
+}
+
+/// A version held without keeping it loaded (what `LivePlugin` keeps of
+/// replaced versions): alive while a connection holds it.
+pub(crate) struct WeakPlugin {
+    version: std::sync::Weak<Version>,
+    quic: Option<std::sync::Weak<QuicWorld>>,
+}
+
+impl WeakPlugin {
+    /// The version, if a connection still holds it.
+    pub(crate) fn version(&self) -> Option<Arc<Version>> {
+        self.version.upgrade()
+    }
+
+    /// Offers this version's raw QUIC connections a move to `next`, if
+    /// both can migrate and any is still alive.
+    pub(crate) fn hand_over_to(&self, next: &Plugin) {
+        let (Some(version), Some(quic)) = (
+            self.version.upgrade(),
+            self.quic.as_ref().and_then(|q| q.upgrade()),
+        ) else {
+            return;
+        };
+        if let (true, Linked::Quic(world)) =
+            (version.has_migrate && next.can_migrate(), &next.world)
+        {
+            quic.successor.send_replace(Some(QuicTarget {
+                version: next.inner.clone(),
+                world: world.clone(),
+            }));
+        }
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -35,17 +83,6 @@ impl std::fmt::Debug for Plugin {
             .field("world", &self.world())
             .finish()
     }
-}
-
-/// What the host tells a plugin about its connection.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectionMeta {
-    /// Negotiated ALPN.
-    pub alpn: String,
-    /// SNI, if any.
-    pub server_name: Option<String>,
-    /// Peer address.
-    pub peer: String,
 }
 
 impl Plugin {
@@ -138,34 +175,36 @@ impl Plugin {
             path: path_buf(),
             reason: format!("does not match {world}: {e:?}"),
         };
-        let pre = match world {
+        let linked = match world {
             World::Http3App => {
                 let pre = link(engine, &component, path, |l| {
                     bindings::h3::Http3App::add_to_linker::<_, HasSelf<_>>(l, |s| s)
                 })?;
-                Pre::Http3(bindings::h3::Http3AppPre::new(pre).map_err(mismatch)?)
+                Linked::Http3(bindings::h3::Http3AppPre::new(pre).map_err(mismatch)?)
             }
             World::QuicApp => {
                 let pre = link(engine, &component, path, |l| {
                     bindings::quic::QuicApp::add_to_linker::<_, HasSelf<_>>(l, |s| s)
                 })?;
-                Pre::Quic(bindings::quic::QuicAppPre::new(pre).map_err(mismatch)?)
+                let pre = bindings::quic::QuicAppPre::new(pre).map_err(mismatch)?;
+                Linked::Quic(Arc::new(QuicWorld::new(pre)))
             }
             World::WasiHttp => {
                 let pre = link(engine, &component, path, |l| {
                     wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)
                 })?;
-                Pre::WasiHttp {
+                Linked::WasiHttp {
                     pre: wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(mismatch)?,
                     pool: Arc::new(Pool::default()),
                 }
             }
         };
         Ok(Self {
+            world: linked,
             inner: Arc::new(Version {
                 path: path.to_owned(),
                 sandbox,
-                pre,
+                world,
                 hash: hex(&boring::sha::sha256(bytes)),
                 loaded_at: SystemTime::now(),
                 compile_time: started.elapsed(),
@@ -208,13 +247,13 @@ impl Plugin {
 
     /// The world it implements.
     pub fn world(&self) -> World {
-        self.inner.pre.world()
+        self.inner.world
     }
 
     /// Whether a raw QUIC plugin can carry live connections to a new version
     /// (it exports `tq:plugin/migrate`).
     pub fn can_migrate(&self) -> bool {
-        matches!(self.inner.pre, Pre::Quic(_)) && self.inner.has_migrate
+        matches!(self.world, Linked::Quic(_)) && self.inner.has_migrate
     }
 
     /// Asks every connection on this version to close gracefully: HTTP/3
@@ -232,12 +271,17 @@ impl Plugin {
     /// Offers this version's raw QUIC connections a move to `next` (both
     /// must export `tq:plugin/migrate`; see [`can_migrate`](Self::can_migrate)).
     pub fn hand_over_to(&self, next: &Plugin) {
-        if let (true, Pre::Quic(pre)) = (self.can_migrate() && next.can_migrate(), &next.inner.pre)
-        {
-            self.inner.live.successor.send_replace(Some(QuicSuccessor {
-                version: next.inner.clone(),
-                pre: pre.clone(),
-            }));
+        self.downgrade().hand_over_to(next);
+    }
+
+    /// What `LivePlugin` keeps of a replaced version.
+    pub(crate) fn downgrade(&self) -> WeakPlugin {
+        WeakPlugin {
+            version: Arc::downgrade(&self.inner),
+            quic: match &self.world {
+                Linked::Quic(w) => Some(Arc::downgrade(w)),
+                _ => None,
+            },
         }
     }
 
@@ -255,10 +299,10 @@ impl Plugin {
     /// match, or `init` fails, traps or overruns its deadline.
     pub async fn validate(&self) -> Result<(), PluginError> {
         let v = &self.inner;
-        let res = match &v.pre {
-            Pre::Http3(pre) => http3::validate(v, pre).await,
-            Pre::Quic(pre) => quic::validate(v, pre).await,
-            Pre::WasiHttp { pre, .. } => wasi_http::validate(v, pre).await,
+        let res = match &self.world {
+            Linked::Http3(pre) => http3::validate(v, pre).await,
+            Linked::Quic(w) => quic::validate(v, &w.pre).await,
+            Linked::WasiHttp { pre, .. } => wasi_http::validate(v, pre).await,
         };
         res.map_err(|reason| PluginError::Check {
             path: v.path.clone(),
@@ -278,8 +322,8 @@ impl Plugin {
         session: QuicPluginSession,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) {
-        if let Pre::Quic(pre) = &self.inner.pre {
-            quic::serve(self.inner.clone(), pre.clone(), session, shutdown).await
+        if let Linked::Quic(w) = &self.world {
+            quic::serve(self.inner.clone(), w.clone(), session, shutdown).await
         }
     }
 
@@ -301,12 +345,12 @@ impl Plugin {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) {
         let v = self.inner.clone();
-        match &self.inner.pre {
-            Pre::Http3(pre) => http3::serve(v, pre.clone(), controller, meta, shutdown).await,
-            Pre::WasiHttp { pre, pool } => {
+        match &self.world {
+            Linked::Http3(pre) => http3::serve(v, pre.clone(), controller, meta, shutdown).await,
+            Linked::WasiHttp { pre, pool } => {
                 wasi_http::serve(v, pre.clone(), pool.clone(), controller, meta, shutdown).await
             }
-            Pre::Quic(_) => {}
+            Linked::Quic(_) => {}
         }
     }
 
@@ -333,34 +377,34 @@ impl Plugin {
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let plugin = self.clone();
         let peer = incoming.peer_addr().to_string();
-        let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-            match &self.inner.pre {
-                Pre::Quic(pre) => {
-                    let (app, session) = QuicPluginApp::new();
-                    incoming.start(app);
-                    Box::pin(quic::serve(
-                        self.inner.clone(),
-                        pre.clone(),
-                        session,
-                        shutdown,
-                    ))
-                }
-                Pre::Http3(_) | Pre::WasiHttp { .. } => {
-                    let (driver, controller) = ServerH3Driver::new_server(h3.clone());
-                    let conn = incoming.start(driver);
-                    Box::pin(async move {
-                        let Ok(hs) = conn.established().await else {
-                            return;
-                        };
-                        let meta = ConnectionMeta {
-                            alpn: String::from_utf8_lossy(&hs.alpn).into_owned(),
-                            server_name: hs.server_name,
-                            peer,
-                        };
-                        plugin.serve_h3(controller, meta, shutdown).await
-                    })
-                }
-            };
+        let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match &self.world
+        {
+            Linked::Quic(w) => {
+                let (app, session) = QuicPluginApp::new();
+                incoming.start(app);
+                Box::pin(quic::serve(
+                    self.inner.clone(),
+                    w.clone(),
+                    session,
+                    shutdown,
+                ))
+            }
+            Linked::Http3(_) | Linked::WasiHttp { .. } => {
+                let (driver, controller) = ServerH3Driver::new_server(h3.clone());
+                let conn = incoming.start(driver);
+                Box::pin(async move {
+                    let Ok(hs) = conn.established().await else {
+                        return;
+                    };
+                    let meta = ConnectionMeta {
+                        alpn: String::from_utf8_lossy(&hs.alpn).into_owned(),
+                        server_name: hs.server_name,
+                        peer,
+                    };
+                    plugin.serve_h3(controller, meta, shutdown).await
+                })
+            }
+        };
         run
     }
 
@@ -375,7 +419,7 @@ impl Plugin {
         &self,
         n: u32,
     ) -> Result<(std::time::Duration, std::time::Duration), String> {
-        let Pre::Http3(pre) = &self.inner.pre else {
+        let Linked::Http3(pre) = &self.world else {
             return Err(format!("{} is not an HTTP/3 plugin", self.path().display()));
         };
         let (_driver, controller) = ServerH3Driver::new_server(Default::default());

@@ -41,8 +41,8 @@ mod wasi_http;
 mod world;
 
 pub use error::PluginError;
-pub use handle::{ConnectionMeta, Plugin};
+pub use handle::Plugin;
 pub use quic::{QuicPluginApp, QuicPluginSession};
 pub use reload::{LivePlugin, Reloaded, VersionInfo};
 pub use sandbox::{DirGrant, PluginGrants, PluginLimits};
-pub use world::World;
+pub use world::{ConnectionMeta, World};

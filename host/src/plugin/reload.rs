@@ -32,14 +32,14 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::error::PluginError;
-use super::handle::{hex, Plugin};
+use super::handle::{hex, Plugin, WeakPlugin};
 use super::sandbox::{PluginGrants, PluginLimits};
 use super::version::Version;
 
@@ -56,7 +56,7 @@ struct LiveInner {
     drain_timeout: Duration,
     current: RwLock<Current>,
     /// Every version loaded before the current one that is still alive.
-    old: Mutex<Vec<(u64, Weak<Version>)>>,
+    old: Mutex<Vec<(u64, WeakPlugin)>>,
     last_error: Mutex<Option<(SystemTime, String)>>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<u64>,
@@ -219,33 +219,30 @@ impl LivePlugin {
         };
         // Every version still alive may hand its raw QUIC connections over.
         let mut olds = lock(&self.inner.old);
-        olds.retain(|(_, w)| w.strong_count() > 0);
-        olds.push((old.id, Arc::downgrade(&old.plugin.inner)));
+        olds.retain(|(_, w)| w.version().is_some());
+        olds.push((old.id, old.plugin.downgrade()));
         for (_, w) in olds.iter() {
-            if let Some(inner) = w.upgrade() {
-                Plugin { inner }.hand_over_to(&plugin);
-            }
+            w.hand_over_to(&plugin);
         }
         drop(olds);
         // The drain deadline holds the old version only weakly: it is freed
         // as soon as its last connection ends.
-        let weak = Arc::downgrade(&old.plugin.inner);
+        let weak = old.plugin.downgrade();
         let timeout = self.inner.drain_timeout;
         drop(old);
         let mut drains = lock(&self.inner.drains);
         while drains.try_join_next().is_some() {}
         drains.spawn(async move {
             tokio::time::sleep(timeout).await;
-            if let Some(inner) = weak.upgrade() {
-                let old = Plugin { inner };
-                if old.connections() > 0 {
+            if let Some(old) = weak.version() {
+                if old.live.connections() > 0 {
                     info!(
-                        sha256 = %old.hash(),
-                        connections = old.connections(),
+                        sha256 = %old.hash,
+                        connections = old.live.connections(),
                         "drain deadline passed: asking the old version's connections to close"
                     );
                 }
-                old.retire();
+                old.live.retired.send_replace(true);
             }
         });
         Ok(Reloaded::New(plugin))
@@ -255,11 +252,11 @@ impl LivePlugin {
     /// serving connections.
     pub fn versions(&self) -> Vec<VersionInfo> {
         let cur = read(&self.inner.current).clone();
-        let mut out = vec![info_of(cur.id, &cur.plugin, true)];
+        let mut out = vec![info_of(cur.id, &cur.plugin.inner, true)];
         let olds = lock(&self.inner.old);
         for (id, w) in olds.iter().rev() {
-            if let Some(inner) = w.upgrade() {
-                out.push(info_of(*id, &Plugin { inner }, false));
+            if let Some(v) = w.version() {
+                out.push(info_of(*id, &v, false));
             }
         }
         out
@@ -304,17 +301,17 @@ impl LivePlugin {
     }
 }
 
-fn info_of(id: u64, p: &Plugin, current: bool) -> VersionInfo {
+fn info_of(id: u64, v: &Version, current: bool) -> VersionInfo {
     VersionInfo {
         id,
-        file: p.path().to_owned(),
-        sha256: p.hash().to_owned(),
-        loaded_at: humantime_serde::re::humantime::format_rfc3339_millis(p.loaded_at()).to_string(),
+        file: v.path.clone(),
+        sha256: v.hash.clone(),
+        loaded_at: humantime_serde::re::humantime::format_rfc3339_millis(v.loaded_at).to_string(),
         current,
-        retired: p.is_retired(),
-        connections: p.connections(),
-        requests_in_flight: p.requests_in_flight(),
-        compile_ms: p.compile_time().as_secs_f64() * 1e3,
+        retired: v.live.is_retired(),
+        connections: v.live.connections(),
+        requests_in_flight: v.live.requests(),
+        compile_ms: v.compile_time.as_secs_f64() * 1e3,
     }
 }
 

@@ -1,9 +1,9 @@
-//! One loaded version of a plugin, as every world sees it: its sandbox, its
-//! linked component (typed per world, so a world's code never checks at run
-//! time what it was given), and its liveness — connections pinned to it,
-//! requests in flight, and the two signals a reload sends it: `retired`
-//! (drain deadline passed: close gracefully) and `successor` (raw QUIC
-//! connections may move to the new version).
+//! One loaded version of a plugin, as every world sees it: its file, its
+//! sandbox, and its liveness — connections pinned to it, requests in
+//! flight, and `retired`, the signal a reload sends when its drain deadline
+//! passes (close gracefully). The linked component itself is typed per
+//! world and kept by the world's own code (see `handle.rs`), so this module
+//! knows no world.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,38 +14,14 @@ use tokio::sync::watch;
 use wasmtime::component::Instance;
 use wasmtime::Store;
 
-use super::http3::host::Http3Pre;
-use super::quic::host::QuicPre;
 use super::sandbox::{call_export, PluginState, Sandbox};
-use super::wasi_http::host::{Pool, ProxyPre};
 use super::world::{World, INIT_EXPORT};
-
-/// A component linked for its world, ready to instantiate.
-pub(crate) enum Pre {
-    Http3(Http3Pre),
-    Quic(QuicPre),
-    WasiHttp {
-        pre: ProxyPre,
-        /// Idle instances, when reuse is on; they go with the version.
-        pool: Arc<Pool>,
-    },
-}
-
-impl Pre {
-    pub(crate) fn world(&self) -> World {
-        match self {
-            Pre::Http3(_) => World::Http3App,
-            Pre::Quic(_) => World::QuicApp,
-            Pre::WasiHttp { .. } => World::WasiHttp,
-        }
-    }
-}
 
 /// One loaded version.
 pub(crate) struct Version {
     pub(crate) path: PathBuf,
     pub(crate) sandbox: Sandbox,
-    pub(crate) pre: Pre,
+    pub(crate) world: World,
     /// SHA-256 of the component's bytes, in hex.
     pub(crate) hash: String,
     pub(crate) loaded_at: SystemTime,
@@ -57,13 +33,6 @@ pub(crate) struct Version {
     pub(crate) live: Live,
 }
 
-/// The version a raw QUIC connection may move to.
-#[derive(Clone)]
-pub(crate) struct QuicSuccessor {
-    pub(crate) version: Arc<Version>,
-    pub(crate) pre: QuicPre,
-}
-
 /// What a version's connections share while it serves.
 pub(crate) struct Live {
     connections: AtomicUsize,
@@ -71,8 +40,6 @@ pub(crate) struct Live {
     /// Set when the version's drain deadline passes: its connections get a
     /// graceful close (GOAWAY for HTTP/3, `shutdown` for raw QUIC).
     pub(crate) retired: watch::Sender<bool>,
-    /// The version its raw QUIC connections may move to (`migrate`).
-    pub(crate) successor: watch::Sender<Option<QuicSuccessor>>,
 }
 
 impl Live {
@@ -81,7 +48,6 @@ impl Live {
             connections: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             retired: watch::Sender::new(false),
-            successor: watch::Sender::new(None),
         }
     }
 

@@ -1,5 +1,5 @@
-//! The worlds tq-host serves and how a component's exports tell which one
-//! it implements.
+//! The worlds tq-host serves, how a component's exports tell which one it
+//! implements, and what every world is told about its connection.
 
 /// Which world a plugin implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +14,17 @@ pub enum World {
     /// `wasi:http/incoming-handler` and is served over HTTP/3, one instance
     /// per request.
     WasiHttp,
+}
+
+/// What the host tells a plugin about its connection.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMeta {
+    /// Negotiated ALPN.
+    pub alpn: String,
+    /// SNI, if any.
+    pub server_name: Option<String>,
+    /// Peer address.
+    pub peer: String,
 }
 
 /// The optional exports, by name.

@@ -23,6 +23,10 @@ use super::route::{ClientSignals, Datagram, RouterCommand};
 use super::socket::QuicSocket;
 use crate::metrics::{HandshakeFailure, Metrics, PacketDropReason};
 
+/// The longest close reason sent; the rest is cut (CONNECTION_CLOSE must
+/// fit in one packet).
+const MAX_CLOSE_REASON: usize = 256;
+
 /// Datagrams fed to quiche per turn before the worker lets the application
 /// and the send path run: under a flood of inbound packets one connection
 /// still acknowledges and answers promptly. 128 covers two full GRO batches.
@@ -347,7 +351,20 @@ impl<M: Metrics> WorkerParts<M> {
         if let Some(c) = e.downcast_ref::<ApplicationClose>() {
             // A deliberate close by the application, not a failure.
             debug!(code = c.code, reason = %c.reason, "application closes the connection");
-            if let Err(err) = self.conn.close(true, c.code, c.reason.as_bytes()) {
+            // Whatever the application chose, quiche must get a code a
+            // varint can carry (its encoder panics on more) and a reason
+            // that fits in a packet.
+            let code = if c.code > super::varint::MAX {
+                warn!(
+                    code = c.code,
+                    "close code beyond 2^62 - 1; closing with the internal error code"
+                );
+                INTERNAL_ERROR_CODE
+            } else {
+                c.code
+            };
+            let reason = &c.reason.as_bytes()[..c.reason.len().min(MAX_CLOSE_REASON)];
+            if let Err(err) = self.conn.close(true, code, reason) {
                 debug!(error = %err, "close");
             }
             return;

@@ -9,14 +9,13 @@ use std::time::Instant;
 use quiche::h3::{self, Header};
 use tracing::trace;
 
+use super::core::DriverCore;
 use super::hooks::{sealed, DriverHooks};
-use super::H3Driver;
-use crate::http3::controller::{H3Controller, PendingRequest, RequestStream};
+use crate::http3::controller::{PendingRequest, RequestStream};
 use crate::http3::error::H3Error;
-use crate::http3::settings::Http3Settings;
 use crate::quic::QuicResult;
 
-/// The client role of an [`H3Driver`].
+/// The client role of an [`H3Driver`](crate::http3::H3Driver).
 #[derive(Debug, Default)]
 pub struct ClientHooks {
     /// Requests waiting for a stream, oldest first.
@@ -25,18 +24,12 @@ pub struct ClientHooks {
 
 impl sealed::Sealed for ClientHooks {}
 
-impl H3Driver<ClientHooks> {
-    /// A client driver and its controller.
-    pub fn new_client(settings: Http3Settings) -> (Self, H3Controller) {
-        Self::new(settings)
-    }
-}
-
 impl DriverHooks for ClientHooks {
     const IS_SERVER: bool = false;
 
     fn on_new_stream_headers(
-        _d: &mut H3Driver<Self>,
+        &mut self,
+        _core: &mut DriverCore,
         _qconn: &mut quiche::Connection,
         id: u64,
         _list: Vec<Header>,
@@ -46,20 +39,20 @@ impl DriverHooks for ClientHooks {
         trace!(stream = id, "headers for a forgotten stream");
     }
 
-    fn goaway_id(_d: &H3Driver<Self>) -> u64 {
+    fn goaway_id(&self) -> u64 {
         // Clients refuse every push (RFC 9114 §5.2).
         0
     }
 
-    fn on_goaway_sent(_d: &mut H3Driver<Self>, _qconn: &mut quiche::Connection) {}
+    fn on_goaway_sent(&mut self, _qconn: &mut quiche::Connection) {}
 
-    fn on_send_request(d: &mut H3Driver<Self>, request: PendingRequest) {
-        d.hooks.waiting.push_back(request);
+    fn on_send_request(&mut self, request: PendingRequest) {
+        self.waiting.push_back(request);
     }
 
-    fn flush(d: &mut H3Driver<Self>, qconn: &mut quiche::Connection) {
-        while let Some(r) = d.hooks.waiting.pop_front() {
-            if d.goaway.any() {
+    fn flush(&mut self, core: &mut DriverCore, qconn: &mut quiche::Connection) {
+        while let Some(r) = self.waiting.pop_front() {
+            if core.goaway.any() {
                 let _ = r.reply.send(Err(H3Error::GoingAway));
                 continue;
             }
@@ -68,17 +61,17 @@ impl DriverHooks for ClientHooks {
             }
             if qconn.peer_streams_left_bidi() == 0 {
                 // At the peer's limit: wait for a stream to free.
-                d.hooks.waiting.push_front(r);
+                self.waiting.push_front(r);
                 return;
             }
-            let Some(h3) = d.h3.as_mut() else {
-                d.hooks.waiting.push_front(r);
+            let Some(h3) = core.h3.as_mut() else {
+                self.waiting.push_front(r);
                 return;
             };
             match h3.send_request(qconn, &r.headers, !r.has_body) {
                 Ok(id) => {
-                    d.shared.requests.fetch_add(1, Ordering::Relaxed);
-                    let (response, body) = d.streams.open(id, true, r.has_body);
+                    core.shared.requests.fetch_add(1, Ordering::Relaxed);
+                    let (response, body) = core.streams.open(id, true, r.has_body);
                     let Some(response) = response else { continue };
                     let _ = r.reply.send(Ok(RequestStream {
                         stream_id: id,
@@ -88,7 +81,7 @@ impl DriverHooks for ClientHooks {
                 }
                 Err(h3::Error::StreamBlocked)
                 | Err(h3::Error::TransportError(quiche::Error::StreamLimit)) => {
-                    d.hooks.waiting.push_front(r);
+                    self.waiting.push_front(r);
                     return;
                 }
                 Err(e) => {
@@ -98,20 +91,20 @@ impl DriverHooks for ClientHooks {
         }
     }
 
-    fn is_idle(d: &H3Driver<Self>) -> bool {
-        d.hooks.waiting.is_empty()
+    fn is_idle(&self) -> bool {
+        self.waiting.is_empty()
     }
 
-    fn deadline(_d: &H3Driver<Self>) -> Option<Instant> {
+    fn deadline(&self, _core: &DriverCore) -> Option<Instant> {
         None
     }
 
-    fn on_deadline(_d: &mut H3Driver<Self>) -> QuicResult<()> {
+    fn on_deadline(&mut self, _core: &DriverCore) -> QuicResult<()> {
         Ok(())
     }
 
-    fn on_close(d: &mut H3Driver<Self>) {
-        for r in d.hooks.waiting.drain(..) {
+    fn on_close(&mut self) {
+        for r in self.waiting.drain(..) {
             let _ = r.reply.send(Err(H3Error::ConnectionClosed));
         }
     }

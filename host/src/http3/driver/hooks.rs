@@ -1,14 +1,14 @@
 //! What differs between a server and a client driver, behind one sealed
-//! trait: [`H3Driver`] runs the shared machinery and calls these hooks at
-//! the points where the roles part (a new stream's first header section,
-//! GOAWAY, deadlines, request queueing). The shape follows tokio-quiche's
-//! `DriverHooks`.
+//! trait: [`H3Driver`](super::H3Driver) runs the shared machinery and calls
+//! these hooks at the points where the roles part (a new stream's first
+//! header section, GOAWAY, deadlines, request queueing), handing them the
+//! shared [`DriverCore`]. The shape follows tokio-quiche's `DriverHooks`.
 
 use std::time::Instant;
 
 use quiche::h3::Header;
 
-use super::H3Driver;
+use super::core::DriverCore;
 use crate::http3::controller::PendingRequest;
 use crate::quic::QuicResult;
 
@@ -17,10 +17,11 @@ pub(super) mod sealed {
     pub trait Sealed {}
 }
 
-/// The role of an [`H3Driver`]: [`ServerHooks`](super::ServerHooks) or
-/// [`ClientHooks`](super::ClientHooks). Sealed: the driver's invariants
-/// depend on the exact points where these are called.
-pub trait DriverHooks: sealed::Sealed + Default + Send + Sized + 'static {
+/// The role of an [`H3Driver`](super::H3Driver):
+/// [`ServerHooks`](super::ServerHooks) or [`ClientHooks`](super::ClientHooks).
+/// Sealed: the driver's invariants depend on the exact points where these
+/// are called.
+pub trait DriverHooks: sealed::Sealed + Default + Send + 'static {
     /// Whether this is the server role (how a stream's first header section
     /// goes out, who opens request streams).
     const IS_SERVER: bool;
@@ -28,7 +29,8 @@ pub trait DriverHooks: sealed::Sealed + Default + Send + Sized + 'static {
     /// The first header section on a stream the driver does not know.
     #[doc(hidden)]
     fn on_new_stream_headers(
-        driver: &mut H3Driver<Self>,
+        &mut self,
+        core: &mut DriverCore,
         qconn: &mut quiche::Connection,
         id: u64,
         list: Vec<Header>,
@@ -37,33 +39,33 @@ pub trait DriverHooks: sealed::Sealed + Default + Send + Sized + 'static {
 
     /// The stream id to put in our GOAWAY.
     #[doc(hidden)]
-    fn goaway_id(driver: &H3Driver<Self>) -> u64;
+    fn goaway_id(&self) -> u64;
 
     /// Our GOAWAY went out.
     #[doc(hidden)]
-    fn on_goaway_sent(driver: &mut H3Driver<Self>, qconn: &mut quiche::Connection);
+    fn on_goaway_sent(&mut self, qconn: &mut quiche::Connection);
 
     /// The application asked to send a request.
     #[doc(hidden)]
-    fn on_send_request(driver: &mut H3Driver<Self>, request: PendingRequest);
+    fn on_send_request(&mut self, request: PendingRequest);
 
     /// Opens what is waiting, as far as the peer's limits allow.
     #[doc(hidden)]
-    fn flush(driver: &mut H3Driver<Self>, qconn: &mut quiche::Connection);
+    fn flush(&mut self, core: &mut DriverCore, qconn: &mut quiche::Connection);
 
     /// Whether the role has nothing pending of its own (beyond streams).
     #[doc(hidden)]
-    fn is_idle(driver: &H3Driver<Self>) -> bool;
+    fn is_idle(&self) -> bool;
 
     /// When the driver must wake even with nothing to do.
     #[doc(hidden)]
-    fn deadline(driver: &H3Driver<Self>) -> Option<Instant>;
+    fn deadline(&self, core: &DriverCore) -> Option<Instant>;
 
     /// The deadline passed: an error closes the connection.
     #[doc(hidden)]
-    fn on_deadline(driver: &mut H3Driver<Self>) -> QuicResult<()>;
+    fn on_deadline(&mut self, core: &DriverCore) -> QuicResult<()>;
 
     /// The connection closed: answer whatever still waits.
     #[doc(hidden)]
-    fn on_close(driver: &mut H3Driver<Self>);
+    fn on_close(&mut self);
 }

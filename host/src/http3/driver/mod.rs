@@ -13,17 +13,19 @@
 //!                           ▶ StreamTable::collect (drop finished streams; close if going away and idle)
 //! ```
 //!
-//! The parts: [`streams`] (per-stream state and delivery), [`hooks`] (what
-//! differs between roles), [`server`] and [`client`] (the two roles).
+//! The parts: `core.rs` (the state both roles share), `streams.rs`
+//! (per-stream state and delivery), `hooks.rs` (what differs between
+//! roles), `server.rs` and `client.rs` (the two roles). Imports run one
+//! way: this module → hooks, server, client → core → streams.
 
 mod client;
+mod core;
 mod hooks;
 mod server;
 mod streams;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,15 +42,23 @@ use super::settings::Http3Settings;
 use crate::metrics::Metrics;
 use crate::quic::{varint, ApplicationClose, ApplicationOverQuic, HandshakeInfo, QuicResult};
 
+pub use self::core::DriverCore;
 pub use client::ClientHooks;
 pub use hooks::DriverHooks;
 pub use server::ServerHooks;
-use streams::{clamp_code, StreamTable};
+use streams::clamp_code;
 
 /// How long a going-away, otherwise idle connection waits for the peer to
 /// acknowledge its streams' last bytes before closing anyway (a peer that
 /// never acknowledges must not hold the connection open).
-const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+const FLUSH_LIMIT: Duration = Duration::from_secs(3);
+
+/// Once everything is acknowledged, how long the peer gets to close first.
+/// Acknowledged is not read: the peer's QUIC stack may still hold the tail
+/// of a response its application has not taken yet (within the stream's
+/// flow-control window), and our CONNECTION_CLOSE would discard it there.
+/// A client that heard GOAWAY and is done closes by itself (ours does).
+const PEER_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The longest close reason sent: the rest is cut (a CONNECTION_CLOSE frame
 /// must fit in one packet).
@@ -59,37 +69,7 @@ const MAX_REASON: usize = 256;
 /// [`ClientH3Driver`]).
 pub struct H3Driver<H: DriverHooks> {
     hooks: H,
-    settings: Http3Settings,
-    h3: Option<h3::Connection>,
-    streams: StreamTable,
-    events: mpsc::UnboundedSender<H3Event>,
-    commands: mpsc::UnboundedReceiver<Command>,
-    queued: VecDeque<Command>,
-    shared: Arc<Shared>,
-    settings_reported: bool,
-    goaway: GoAway,
-    established_at: Option<Instant>,
-    close_error: Option<String>,
-    commands_closed: bool,
-    /// Since when a going-away connection has had nothing left but
-    /// unacknowledged data.
-    flushing_since: Option<Instant>,
-}
-
-/// GOAWAY in either direction.
-#[derive(Debug, Default)]
-struct GoAway {
-    /// The id our GOAWAY carried, once sent.
-    sent: Option<u64>,
-    /// Asked for, but quiche could not send it yet (no credit).
-    wanted: bool,
-    received: bool,
-}
-
-impl GoAway {
-    fn any(&self) -> bool {
-        self.sent.is_some() || self.received
-    }
+    core: DriverCore,
 }
 
 /// The server flavour of [`H3Driver`].
@@ -97,32 +77,29 @@ pub type ServerH3Driver = H3Driver<ServerHooks>;
 /// The client flavour of [`H3Driver`].
 pub type ClientH3Driver = H3Driver<ClientHooks>;
 
+impl H3Driver<ServerHooks> {
+    /// A server driver and its controller.
+    pub fn new_server(settings: Http3Settings) -> (Self, H3Controller) {
+        Self::new(settings)
+    }
+}
+
+impl H3Driver<ClientHooks> {
+    /// A client driver and its controller.
+    pub fn new_client(settings: Http3Settings) -> (Self, H3Controller) {
+        Self::new(settings)
+    }
+}
+
 impl<H: DriverHooks> H3Driver<H> {
     fn new(settings: Http3Settings) -> (Self, H3Controller) {
         let (etx, erx) = mpsc::unbounded_channel();
         let (ctx, crx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
-        let streams = StreamTable::new(
-            settings.stream_channel_capacity,
-            settings.body_chunk_size,
-            shared.clone(),
-        );
         (
             Self {
                 hooks: H::default(),
-                settings,
-                h3: None,
-                streams,
-                events: etx,
-                commands: crx,
-                queued: VecDeque::new(),
-                shared: shared.clone(),
-                settings_reported: false,
-                goaway: GoAway::default(),
-                established_at: None,
-                close_error: None,
-                commands_closed: false,
-                flushing_since: None,
+                core: DriverCore::new(settings, etx, crx, shared.clone()),
             },
             H3Controller {
                 events: erx,
@@ -137,37 +114,12 @@ impl<H: DriverHooks> H3Driver<H> {
     /// Streams the driver keeps state for (tests of the stream lifecycle).
     #[cfg(test)]
     pub(crate) fn stream_count(&self) -> usize {
-        self.streams.len()
-    }
-
-    fn emit(&self, e: H3Event) {
-        let _ = self.events.send(e);
+        self.core.streams.count()
     }
 
     fn send_goaway(&mut self, qconn: &mut quiche::Connection) {
-        self.goaway.wanted = false;
-        if self.goaway.sent.is_some() {
-            return;
-        }
-        let id = H::goaway_id(self);
-        let Some(h3) = self.h3.as_mut() else {
-            // Not established yet: send it once it is.
-            self.goaway.wanted = true;
-            return;
-        };
-        match h3.send_goaway(qconn, id) {
-            Ok(()) => {
-                debug!(id, "GOAWAY sent");
-                self.goaway.sent = Some(id);
-                self.shared.going_away.store(true, Ordering::Relaxed);
-                H::on_goaway_sent(self, qconn);
-            }
-            Err(e) => {
-                // Usually StreamBlocked: no connection-level credit right
-                // now (a large response has used it). Try again next turn.
-                debug!(error = %e, "cannot send GOAWAY yet");
-                self.goaway.wanted = true;
-            }
+        if self.core.send_goaway(qconn, self.hooks.goaway_id()) {
+            self.hooks.on_goaway_sent(qconn);
         }
     }
 
@@ -176,18 +128,20 @@ impl<H: DriverHooks> H3Driver<H> {
     fn pump(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
         loop {
             self.poll_events(qconn);
-            let Some(h3) = self.h3.as_mut() else {
+            let core = &mut self.core;
+            let Some(h3) = core.h3.as_mut() else {
                 return Ok(());
             };
-            if !self.streams.deliver_inbound(h3, qconn)? {
+            if !core.streams.deliver_inbound(h3, qconn)? {
                 return Ok(());
             }
         }
     }
 
     fn poll_events(&mut self, qconn: &mut quiche::Connection) {
+        let core = &mut self.core;
         loop {
-            let Some(h3) = self.h3.as_mut() else {
+            let Some(h3) = core.h3.as_mut() else {
                 return;
             };
             let (id, ev) = match h3.poll(qconn) {
@@ -195,8 +149,8 @@ impl<H: DriverHooks> H3Driver<H> {
                 Err(h3::Error::Done) => break,
                 Err(e) => {
                     let msg = format!("HTTP/3 error: {e}");
-                    self.emit(H3Event::ConnectionError(msg.clone()));
-                    self.close_error = Some(msg);
+                    core.emit(H3Event::ConnectionError(msg.clone()));
+                    core.close_error = Some(msg);
                     // quiche has already closed the connection with the
                     // right code; nothing more to do here.
                     return;
@@ -204,84 +158,64 @@ impl<H: DriverHooks> H3Driver<H> {
             };
             match ev {
                 h3::Event::Headers { list, more_frames } => {
-                    if self.streams.contains(id) {
-                        self.streams.headers(id, list);
+                    if core.streams.contains(id) {
+                        core.streams.headers(id, list);
                     } else {
-                        H::on_new_stream_headers(self, qconn, id, list, more_frames);
+                        self.hooks
+                            .on_new_stream_headers(core, qconn, id, list, more_frames);
                     }
                 }
                 h3::Event::Data => {
-                    if !self.streams.data(id) {
+                    if !core.streams.data(id) {
                         // Nobody wants it: drain so the stream can close.
-                        while h3.recv_body(qconn, id, self.streams.buf()).is_ok() {}
+                        while h3.recv_body(qconn, id, core.streams.buf()).is_ok() {}
                     }
                 }
                 h3::Event::Finished => {
-                    self.streams.finished(id);
-                    self.emit(H3Event::StreamFinished { stream_id: id });
+                    core.streams.finished(id);
+                    core.emit(H3Event::StreamFinished { stream_id: id });
                 }
                 h3::Event::Reset(code) => {
-                    self.streams.reset(qconn, id, code);
-                    self.emit(H3Event::StreamReset {
+                    core.streams.reset(qconn, id, code);
+                    core.emit(H3Event::StreamReset {
                         stream_id: id,
                         code,
                     });
                 }
                 h3::Event::GoAway => {
                     debug!(id, "GOAWAY received");
-                    self.goaway.received = true;
-                    self.shared.going_away.store(true, Ordering::Relaxed);
-                    self.emit(H3Event::GoAway { id });
+                    core.goaway.received = true;
+                    core.shared.going_away.store(true, Ordering::Relaxed);
+                    core.emit(H3Event::GoAway { id });
                 }
                 h3::Event::PriorityUpdate => {}
             }
         }
-        self.recv_datagrams(qconn);
-        if !self.settings_reported {
-            if let Some(raw) = self.h3.as_ref().and_then(|h| h.peer_settings_raw()) {
-                self.settings_reported = true;
-                self.emit(H3Event::SettingsReceived {
-                    settings: raw.to_vec(),
-                });
-            }
-        }
-    }
-
-    /// HTTP datagrams (RFC 9297): a quarter stream id, then the payload.
-    fn recv_datagrams(&mut self, qconn: &mut quiche::Connection) {
-        loop {
-            let buf = self.streams.buf();
-            let Ok(n) = qconn.dgram_recv(buf) else {
-                return;
-            };
-            match varint::read(&buf[..n]) {
-                Some((quarter, used)) => {
-                    let payload = Bytes::copy_from_slice(&buf[used..n]);
-                    self.emit(H3Event::Datagram {
-                        stream_id: quarter.saturating_mul(4),
-                        payload,
-                    });
-                }
-                None => debug!("malformed HTTP datagram dropped"),
+        recv_datagrams(core, qconn);
+        if !core.settings_reported {
+            if let Some(raw) = core.h3.as_ref().and_then(|h| h.peer_settings_raw()) {
+                core.settings_reported = true;
+                let settings = raw.to_vec();
+                core.emit(H3Event::SettingsReceived { settings });
             }
         }
     }
 
     fn run_commands(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
-        while let Ok(c) = self.commands.try_recv() {
-            self.queued.push_back(c);
+        while let Ok(c) = self.core.commands.try_recv() {
+            self.core.queued.push_back(c);
         }
-        if self.goaway.wanted {
+        if self.core.goaway.wanted {
             self.send_goaway(qconn);
         }
-        while let Some(c) = self.queued.pop_front() {
+        while let Some(c) = self.core.queued.pop_front() {
             match c {
                 Command::GoAway => self.send_goaway(qconn),
                 Command::ShutdownStream {
                     stream_id,
                     read,
                     code,
-                } => self.streams.shutdown(qconn, stream_id, read, code),
+                } => self.core.streams.shutdown(qconn, stream_id, read, code),
                 Command::Close { code, mut reason } => {
                     if reason.len() > MAX_REASON {
                         let mut end = MAX_REASON;
@@ -304,39 +238,86 @@ impl<H: DriverHooks> H3Driver<H> {
                         debug!(error = %e, "datagram dropped");
                     }
                 }
-                Command::SendRequest(r) => H::on_send_request(self, r),
+                Command::SendRequest(r) => self.hooks.on_send_request(r),
             }
         }
-        H::flush(self, qconn);
+        self.hooks.flush(&mut self.core, qconn);
         Ok(())
     }
 
     /// Forgets finished streams; closes a going-away connection once nothing
-    /// is left and the peer has acknowledged every stream's data (quiche
-    /// drops unsent stream data when the connection closes), or
-    /// [`FLUSH_LIMIT`] after only that was left.
+    /// is left, the peer has acknowledged every stream's data (quiche drops
+    /// unsent stream data when the connection closes) and has had
+    /// [`PEER_CLOSE_GRACE`] to close first; or [`FLUSH_LIMIT`] after only
+    /// that was left.
     fn collect_streams(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
-        self.streams.collect(qconn);
-        if !self.goaway.any() || !self.streams.is_empty() || !H::is_idle(self) || qconn.is_closed()
+        let core = &mut self.core;
+        core.streams.collect(qconn);
+        if !core.goaway.any()
+            || !core.streams.is_empty()
+            || !self.hooks.is_idle()
+            || qconn.is_closed()
         {
-            self.flushing_since = None;
+            core.flushing_since = None;
+            core.acked_since = None;
             return Ok(());
         }
-        let since = *self.flushing_since.get_or_insert_with(Instant::now);
-        if self.streams.all_acked() || since.elapsed() >= FLUSH_LIMIT {
-            debug!("going away and idle: closing with H3_NO_ERROR");
-            qconn.close(true, H3_NO_ERROR, b"")?;
+        let now = Instant::now();
+        let since = *core.flushing_since.get_or_insert(now);
+        // A client's application has read everything once its streams are
+        // gone; only a server must leave the peer time to read.
+        let grace = if H::IS_SERVER {
+            PEER_CLOSE_GRACE
+        } else {
+            Duration::ZERO
+        };
+        let wait = if core.streams.all_acked() {
+            let acked = *core.acked_since.get_or_insert(now);
+            now < acked + grace
+        } else {
+            core.acked_since = None;
+            true
+        };
+        if wait && now < since + FLUSH_LIMIT {
+            return Ok(());
         }
+        debug!("going away and idle: closing with H3_NO_ERROR");
+        qconn.close(true, H3_NO_ERROR, b"")?;
         Ok(())
     }
 
     /// When the driver must wake even with nothing else to do: the role's
     /// deadline, or the end of the wait for acknowledgements.
     fn deadline(&self) -> Option<Instant> {
-        let flush = self.flushing_since.map(|t| t + FLUSH_LIMIT);
-        match (H::deadline(self), flush) {
+        let flush = match (self.core.flushing_since, self.core.acked_since) {
+            (Some(f), Some(a)) if H::IS_SERVER => Some((f + FLUSH_LIMIT).min(a + PEER_CLOSE_GRACE)),
+            (Some(_), Some(a)) => Some(a),
+            (Some(f), None) => Some(f + FLUSH_LIMIT),
+            _ => None,
+        };
+        match (self.hooks.deadline(&self.core), flush) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+}
+
+/// HTTP datagrams (RFC 9297): a quarter stream id, then the payload.
+fn recv_datagrams(core: &mut DriverCore, qconn: &mut quiche::Connection) {
+    loop {
+        let buf = core.streams.buf();
+        let Ok(n) = qconn.dgram_recv(buf) else {
+            return;
+        };
+        match varint::read(&buf[..n]) {
+            Some((quarter, used)) => {
+                let payload = Bytes::copy_from_slice(&buf[used..n]);
+                core.emit(H3Event::Datagram {
+                    stream_id: quarter.saturating_mul(4),
+                    payload,
+                });
+            }
+            None => debug!("malformed HTTP datagram dropped"),
         }
     }
 }
@@ -347,9 +328,9 @@ impl<H: DriverHooks> ApplicationOverQuic for H3Driver<H> {
         qconn: &mut quiche::Connection,
         _info: &HandshakeInfo,
     ) -> QuicResult<()> {
-        let config = self.settings.to_quiche()?;
-        self.h3 = Some(h3::Connection::with_transport(qconn, &config)?);
-        self.established_at = Some(Instant::now());
+        let config = self.core.settings.to_quiche()?;
+        self.core.h3 = Some(h3::Connection::with_transport(qconn, &config)?);
+        self.core.established_at = Some(Instant::now());
         Ok(())
     }
 
@@ -366,18 +347,19 @@ impl<H: DriverHooks> ApplicationOverQuic for H3Driver<H> {
             Notified,
             Deadline,
         }
+        let core = &mut self.core;
         let wake = tokio::select! {
-            c = self.commands.recv(), if !self.commands_closed => Wake::Command(c),
-            () = self.shared.notify.notified() => Wake::Notified,
+            c = core.commands.recv(), if !core.commands_closed => Wake::Command(c),
+            () = core.shared.notify.notified() => Wake::Notified,
             () = timer => Wake::Deadline,
         };
         match wake {
-            Wake::Command(Some(c)) => self.queued.push_back(c),
+            Wake::Command(Some(c)) => core.queued.push_back(c),
             // Every handle is gone: stop listening for commands, or this
             // future would be ready forever.
-            Wake::Command(None) => self.commands_closed = true,
+            Wake::Command(None) => core.commands_closed = true,
             Wake::Notified => {}
-            Wake::Deadline => H::on_deadline(self)?,
+            Wake::Deadline => self.hooks.on_deadline(&self.core)?,
         }
         Ok(())
     }
@@ -389,8 +371,9 @@ impl<H: DriverHooks> ApplicationOverQuic for H3Driver<H> {
     fn process_writes(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
         self.run_commands(qconn)?;
         self.pump(qconn)?;
-        if let Some(h3) = self.h3.as_mut() {
-            self.streams.deliver_outbound(h3, qconn, H::IS_SERVER);
+        let core = &mut self.core;
+        if let Some(h3) = core.h3.as_mut() {
+            core.streams.deliver_outbound(h3, qconn, H::IS_SERVER);
         }
         self.collect_streams(qconn)
     }
@@ -401,7 +384,8 @@ impl<H: DriverHooks> ApplicationOverQuic for H3Driver<H> {
         _metrics: &M,
         result: &QuicResult<()>,
     ) {
-        let error = self
+        let core = &mut self.core;
+        let error = core
             .close_error
             .take()
             .or_else(|| result.as_ref().err().map(|e| e.to_string()))
@@ -413,9 +397,9 @@ impl<H: DriverHooks> ApplicationOverQuic for H3Driver<H> {
                     .map(|e| format!("closed with code {:#x}", e.error_code))
             });
         // Streams still open end here: their receivers see `None`.
-        self.streams.clear();
-        H::on_close(self);
-        self.emit(H3Event::ConnectionShutdown { error });
+        core.streams.clear();
+        self.hooks.on_close();
+        self.core.emit(H3Event::ConnectionShutdown { error });
     }
 }
 

@@ -9,18 +9,17 @@ use std::time::{Duration, Instant};
 use quiche::h3::Header;
 use tracing::{debug, trace};
 
+use super::core::DriverCore;
 use super::hooks::{sealed, DriverHooks};
-use super::H3Driver;
-use crate::http3::controller::{H3Controller, H3Event, IncomingRequest, PendingRequest};
+use crate::http3::controller::{H3Event, IncomingRequest, PendingRequest};
 use crate::http3::error::{H3Error, H3_NO_ERROR, H3_REQUEST_REJECTED};
-use crate::http3::settings::Http3Settings;
 use crate::quic::{ApplicationClose, QuicResult};
 
 /// The least a server waits after its GOAWAY before closing an idle
 /// connection (three RTTs if longer).
 const GOAWAY_LINGER: Duration = Duration::from_millis(25);
 
-/// The server role of an [`H3Driver`].
+/// The server role of an [`H3Driver`](crate::http3::H3Driver).
 #[derive(Debug, Default)]
 pub struct ServerHooks {
     /// One past the highest request stream seen: what our GOAWAY carries.
@@ -34,19 +33,10 @@ pub struct ServerHooks {
 
 impl sealed::Sealed for ServerHooks {}
 
-impl H3Driver<ServerHooks> {
-    /// A server driver and its controller.
-    pub fn new_server(settings: Http3Settings) -> (Self, H3Controller) {
-        Self::new(settings)
-    }
-
-    fn first_request_deadline(&self) -> Option<Instant> {
-        match (self.settings.first_request_timeout, self.established_at) {
-            (Some(t), Some(at)) if self.shared.requests.load(Ordering::Relaxed) == 0 => {
-                Some(at + t)
-            }
-            _ => None,
-        }
+fn first_request_deadline(core: &DriverCore) -> Option<Instant> {
+    match (core.settings.first_request_timeout, core.established_at) {
+        (Some(t), Some(at)) if core.shared.requests.load(Ordering::Relaxed) == 0 => Some(at + t),
+        _ => None,
     }
 }
 
@@ -54,13 +44,14 @@ impl DriverHooks for ServerHooks {
     const IS_SERVER: bool = true;
 
     fn on_new_stream_headers(
-        d: &mut H3Driver<Self>,
+        &mut self,
+        core: &mut DriverCore,
         qconn: &mut quiche::Connection,
         id: u64,
         list: Vec<Header>,
         more_frames: bool,
     ) {
-        if let Some(limit) = d.goaway.sent {
+        if let Some(limit) = core.goaway.sent {
             if id >= limit {
                 debug!(stream = id, "request after GOAWAY rejected");
                 let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, H3_REQUEST_REJECTED);
@@ -68,57 +59,57 @@ impl DriverHooks for ServerHooks {
                 return;
             }
         }
-        let n = d.shared.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        d.hooks.next_request_id = d.hooks.next_request_id.max(id.saturating_add(4));
-        let (body, response) = d.streams.open(id, more_frames, true);
+        let n = core.shared.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        self.next_request_id = self.next_request_id.max(id.saturating_add(4));
+        let (body, response) = core.streams.open(id, more_frames, true);
         let Some(response) = response else { return };
         trace!(stream = id, "request");
-        d.emit(H3Event::IncomingRequest(IncomingRequest {
+        core.emit(H3Event::IncomingRequest(IncomingRequest {
             stream_id: id,
             headers: list,
             body,
             response,
         }));
-        if d.settings
+        if core
+            .settings
             .max_requests_per_connection
             .is_some_and(|max| n >= max)
+            && core.send_goaway(qconn, self.goaway_id())
         {
-            d.send_goaway(qconn);
+            self.on_goaway_sent(qconn);
         }
     }
 
-    fn goaway_id(d: &H3Driver<Self>) -> u64 {
-        d.hooks.next_request_id
+    fn goaway_id(&self) -> u64 {
+        self.next_request_id
     }
 
-    fn on_goaway_sent(d: &mut H3Driver<Self>, qconn: &mut quiche::Connection) {
+    fn on_goaway_sent(&mut self, qconn: &mut quiche::Connection) {
         let rtt = qconn.path_stats().next().map_or(Duration::ZERO, |p| p.rtt);
-        d.hooks.close_not_before = Some(Instant::now() + (rtt * 3).max(GOAWAY_LINGER));
+        self.close_not_before = Some(Instant::now() + (rtt * 3).max(GOAWAY_LINGER));
     }
 
-    fn on_send_request(_d: &mut H3Driver<Self>, request: PendingRequest) {
+    fn on_send_request(&mut self, request: PendingRequest) {
         let _ = request.reply.send(Err(H3Error::NotAClient));
     }
 
-    fn flush(_d: &mut H3Driver<Self>, _qconn: &mut quiche::Connection) {}
+    fn flush(&mut self, _core: &mut DriverCore, _qconn: &mut quiche::Connection) {}
 
-    fn is_idle(d: &H3Driver<Self>) -> bool {
-        d.hooks.close_not_before.is_none_or(|t| Instant::now() >= t)
+    fn is_idle(&self) -> bool {
+        self.close_not_before.is_none_or(|t| Instant::now() >= t)
     }
 
-    fn deadline(d: &H3Driver<Self>) -> Option<Instant> {
+    fn deadline(&self, core: &DriverCore) -> Option<Instant> {
         // Wake when a going-away server's linger ends, to close if idle.
-        let linger = d.hooks.close_not_before.filter(|t| *t > Instant::now());
-        match (d.first_request_deadline(), linger) {
+        let linger = self.close_not_before.filter(|t| *t > Instant::now());
+        match (first_request_deadline(core), linger) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    fn on_deadline(d: &mut H3Driver<Self>) -> QuicResult<()> {
-        if d.first_request_deadline()
-            .is_some_and(|t| t <= Instant::now())
-        {
+    fn on_deadline(&mut self, core: &DriverCore) -> QuicResult<()> {
+        if first_request_deadline(core).is_some_and(|t| t <= Instant::now()) {
             debug!("no request within the first-request timeout; closing");
             return Err(Box::new(ApplicationClose {
                 code: H3_NO_ERROR,
@@ -128,5 +119,5 @@ impl DriverHooks for ServerHooks {
         Ok(())
     }
 
-    fn on_close(_d: &mut H3Driver<Self>) {}
+    fn on_close(&mut self) {}
 }

@@ -96,8 +96,7 @@ impl StreamTable {
         self.streams.is_empty()
     }
 
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         self.streams.len()
     }
 

@@ -109,8 +109,10 @@ impl H3ConnectionHost for PluginState<H3Conn> {
     }
 
     fn reset_stream(&mut self, stream: u64, code: u64) {
-        // Only the plugin's own requests: not the control or QPACK streams.
-        if self.conn.streams.remove(&stream).is_some() {
+        // A request stream (client-initiated, bidirectional), never one of
+        // the connection's control or QPACK streams.
+        if stream.is_multiple_of(4) {
+            self.conn.streams.remove(&stream);
             self.conn.handle.reset_stream(stream, code);
         }
     }

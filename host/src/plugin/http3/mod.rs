@@ -25,9 +25,9 @@ use wasmtime::Store;
 use super::bindings::h3::tq::plugin::h3_types::{Event, RequestHead};
 use super::bindings::h3::tq::plugin::types::{ConnectionInfo, Header};
 use super::bindings::h3::Http3App;
-use super::handle::ConnectionMeta;
 use super::sandbox::{call, instantiate, log_output, new_store, sleep_until, PluginState};
 use super::version::{ConnectionPin, RequestGauge, Version};
+use super::world::ConnectionMeta;
 use crate::http3::{
     BodyReceiver, H3Controller, H3Event, H3Handle, InboundFrame, NameValue, H3_INTERNAL_ERROR,
 };
@@ -174,7 +174,6 @@ async fn run(
     let mut writable: HashMap<u64, WritableWait> = HashMap::new();
     while !failed {
         requests.set(store.data().conn.streams.len());
-        arm_writable(&mut store, &mut writable);
         let wait = match call(&mut store, &app, |s, a: &Http3App| {
             Box::pin(async move { a.tq_plugin_h3_handler().call_wait_for_data(s).await })
         })
@@ -189,6 +188,9 @@ async fn run(
         let deadline = wait
             .deadline_ms
             .map(|ms| store.data().established + Duration::from_millis(ms));
+        // After every call, `wait-for-data` included: a stream found full
+        // in any of them gets its wait, and its body is not read meanwhile.
+        arm_writable(&mut store, &mut writable);
         let wake = tokio::select! {
             ev = controller.next_event() => Wake::Event(ev),
             // Room first: it un-pauses a body.

@@ -19,7 +19,7 @@
 //! until the plugin has caught up (a write accepted whole, or a `writable`
 //! call that ends without being held back again), so a plugin that echoes
 //! or transforms a stream buffers at most what one batch delivered.
-//! Nothing here knows of wasm; the plugin side is in `quic.rs`.
+//! Nothing here knows of wasm; the plugin side is in `mod.rs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -198,6 +198,7 @@ impl Shared {
     }
 
     pub(crate) fn reset_stream(&mut self, stream: u64, code: u64) -> Result<(), Refused> {
+        valid_code(code)?;
         self.writable_stream(stream)?;
         self.out.remove(&stream);
         self.blocked.remove(&stream);
@@ -208,6 +209,7 @@ impl Shared {
     }
 
     pub(crate) fn stop_sending(&mut self, stream: u64, code: u64) -> Result<(), Refused> {
+        valid_code(code)?;
         if self.closed || self.close.is_some() {
             return Err(Refused::Closed);
         }
@@ -236,7 +238,14 @@ impl Shared {
     }
 
     /// Closes the connection once what is queued has been handed to quiche.
+    /// A code no QUIC frame can carry closes with the internal error code
+    /// instead (the worker also cuts an over-long reason).
     pub(crate) fn close(&mut self, code: u64, reason: String) {
+        let code = if valid_code(code).is_ok() {
+            code
+        } else {
+            crate::quic::INTERNAL_ERROR_CODE
+        };
         if self.close.is_none() {
             self.close = Some(Close {
                 code,
@@ -302,6 +311,16 @@ impl QuicPluginSession {
         });
         drop(sh);
         self.wake();
+    }
+}
+
+/// An application error code a QUIC frame can carry (at most 2^62 - 1);
+/// quiche's encoder panics on a larger one, so it never gets there.
+fn valid_code(code: u64) -> Result<(), Refused> {
+    if code > crate::quic::varint::MAX {
+        Err(Refused::InvalidArgument)
+    } else {
+        Ok(())
     }
 }
 

@@ -29,6 +29,30 @@ use super::version::{ConnectionPin, Version};
 use super::world::MIGRATE_EXPORT;
 use bridge::{lock, Notice, ToPlugin};
 use host::{QuicConn, QuicPre};
+use tokio::sync::watch;
+
+/// What a raw-QUIC version holds beyond what every world does: its linked
+/// component, and the version its connections may move to (`migrate`).
+pub(crate) struct QuicWorld {
+    pub(crate) pre: QuicPre,
+    pub(crate) successor: watch::Sender<Option<QuicTarget>>,
+}
+
+impl QuicWorld {
+    pub(crate) fn new(pre: QuicPre) -> Self {
+        Self {
+            pre,
+            successor: watch::Sender::new(None),
+        }
+    }
+}
+
+/// A raw-QUIC version, as a connection moving to it needs it.
+#[derive(Clone)]
+pub(crate) struct QuicTarget {
+    pub(crate) version: Arc<Version>,
+    pub(crate) world: Arc<QuicWorld>,
+}
 
 /// A failure of the plugin, already logged: the connection closes with
 /// application error code 0x1.
@@ -39,7 +63,7 @@ struct Failed;
 /// connection with application error code `INTERNAL_ERROR_CODE` (0x1).
 pub(super) async fn serve(
     plugin: Arc<Version>,
-    pre: QuicPre,
+    world: Arc<QuicWorld>,
     mut session: QuicPluginSession,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -54,10 +78,11 @@ pub(super) async fn serve(
     };
     let span = tracing::info_span!("plugin", file = %plugin.path.display(), peer = %info.peer_addr);
     async {
-        if run(plugin, pre, &mut session, &info, shutdown)
-            .await
-            .is_err()
-        {
+        let target = QuicTarget {
+            version: plugin,
+            world,
+        };
+        if run(target, &mut session, &info, shutdown).await.is_err() {
             session.fail();
         } else {
             debug!("plugin connection finished");
@@ -70,6 +95,7 @@ pub(super) async fn serve(
 /// One version's instance serving the connection.
 struct Running {
     plugin: Arc<Version>,
+    world: Arc<QuicWorld>,
     store: Store<PluginState<QuicConn>>,
     instance: Instance,
     app: QuicApp,
@@ -77,11 +103,9 @@ struct Running {
 }
 
 /// A fresh instance of `plugin` for this connection's bridge.
-async fn start(
-    plugin: Arc<Version>,
-    pre: &QuicPre,
-    session: &QuicPluginSession,
-) -> Result<Running, Failed> {
+async fn start(target: &QuicTarget, session: &QuicPluginSession) -> Result<Running, Failed> {
+    let plugin = target.version.clone();
+    let pre = &target.world.pre;
     let conn = QuicConn {
         shared: session.shared.clone(),
     };
@@ -102,6 +126,7 @@ async fn start(
     Ok(Running {
         _pin: ConnectionPin::new(plugin.clone()),
         plugin,
+        world: target.world.clone(),
         store,
         instance,
         app,
@@ -111,13 +136,12 @@ async fn start(
 /// The connection's life in the plugin; an error means the plugin failed
 /// (already logged).
 async fn run(
-    plugin: Arc<Version>,
-    pre: QuicPre,
+    target: QuicTarget,
     session: &mut QuicPluginSession,
     info: &crate::quic::HandshakeInfo,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Failed> {
-    let mut cur = start(plugin, &pre, session).await?;
+    let mut cur = start(&target, session).await?;
     let info = ConnectionInfo {
         alpn: String::from_utf8_lossy(&info.alpn).into_owned(),
         server_name: info.server_name.clone(),
@@ -135,7 +159,7 @@ async fn run(
 
     let mut shutdown = std::pin::pin!(shutdown);
     let mut shutting_down = false;
-    let mut successor = cur.plugin.live.successor.subscribe();
+    let mut successor = cur.world.successor.subscribe();
     // A version that refused this connection's state is not asked again.
     // Held weakly: a refused version must not stay loaded for this.
     let mut refused: Option<std::sync::Weak<Version>> = None;
@@ -147,7 +171,7 @@ async fn run(
                 .is_some_and(|r| std::ptr::eq(r.as_ptr(), Arc::as_ptr(&next.version)));
             if !tried && !Arc::ptr_eq(&next.version, &cur.plugin) {
                 match migrate(&mut cur, &next, session).await? {
-                    Moved::Yes => successor = cur.plugin.live.successor.subscribe(),
+                    Moved::Yes => successor = cur.world.successor.subscribe(),
                     Moved::NotNow => {}
                     Moved::Refused => refused = Some(Arc::downgrade(&next.version)),
                 }
@@ -234,7 +258,7 @@ enum Moved {
 /// old instance failed while exporting its state.
 async fn migrate(
     cur: &mut Running,
-    next: &super::version::QuicSuccessor,
+    next: &QuicTarget,
     session: &QuicPluginSession,
 ) -> Result<Moved, Failed> {
     let state = match call_export::<_, (), Option<Vec<u8>>>(
@@ -253,7 +277,7 @@ async fn migrate(
         }
         Some(Ok(Some(state))) => state,
     };
-    let Ok(mut new) = start(next.version.clone(), &next.pre, session).await else {
+    let Ok(mut new) = start(next, session).await else {
         return Ok(Moved::Refused);
     };
     // The connection's clock goes on.

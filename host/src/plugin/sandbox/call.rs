@@ -14,8 +14,8 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use wasmtime::component::{ComponentNamedList, Instance, InstancePre, Lift, Lower};
 
+use super::engine::Sandbox;
 use super::state::PluginState;
-use super::Sandbox;
 
 /// A store for one instance, with its limits, deadline callback and WASI
 /// context (nothing granted but the operator's grants).

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::limits::PluginLimits;
+use super::limits::{PluginGrants, PluginLimits};
 
 /// How often the epoch advances. A call's deadline is checked at each tick,
 /// and a running call yields to the async runtime at each tick, so this is
@@ -69,5 +69,31 @@ impl Drop for EpochTicker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// One loaded version's engine and sandbox settings. Every version has its
+/// own: a version's pooling allocator reserves its instances' memory up
+/// front, and it must be released as a whole when the version is dropped
+/// after a reload; one shared engine would keep every version's slots for
+/// the life of the process and make the limits a global setting.
+pub(crate) struct Sandbox {
+    pub(crate) engine: Engine,
+    pub(crate) limits: PluginLimits,
+    pub(crate) grants: PluginGrants,
+    _ticker: EpochTicker,
+}
+
+impl Sandbox {
+    /// An engine sized by `limits`, with its epoch ticker running.
+    pub(crate) fn new(limits: PluginLimits, grants: PluginGrants) -> anyhow::Result<Self> {
+        let engine = build_engine(&limits)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Self {
+            engine,
+            limits,
+            grants,
+            _ticker: ticker,
+        })
     }
 }

@@ -20,9 +20,9 @@ use tracing::{warn, Instrument};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
-use super::handle::ConnectionMeta;
 use super::sandbox::{describe, instantiate, log_output, new_store};
 use super::version::{ConnectionPin, RequestGauge, Version};
+use super::world::ConnectionMeta;
 use crate::http3::{
     pipe_body, request_from_head, respond_error, send_end, send_head, serve_requests, H3Controller,
     IncomingRequest, OutboundFrame, OutboundSender, PipeError, RequestBody, H3_INTERNAL_ERROR,
