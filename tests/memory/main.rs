@@ -1,15 +1,22 @@
 //! Resident-memory bounds, in a test binary of their own so that the
-//! process's memory is theirs alone: 256 MiB through a standard wasi:http
-//! component each way, never held whole.
+//! process's memory is theirs alone (and one test at a time, see
+//! [`ALONE`]): 256 MiB through a standard wasi:http component each way,
+//! never held whole; 100,000 requests on one connection, leaving nothing
+//! behind.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tq_e2e::{init_tracing, request_head, rss_kib, PluginServer};
-use tq_host::http3::InboundFrame;
+use tq_e2e::{init_tracing, request_head, rss_kib, H3App, H3TestServer, PluginServer};
+use tq_host::builtin::WelcomePage;
+use tq_host::http3::{Http3Settings, InboundFrame};
 use tq_host::plugin::PluginLimits;
+use tq_host::quic::QuicSettings;
+
+/// Tests here measure the whole process: they take turns.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What the process may grow by while 256 MiB streams through it (client
 /// and server in one process): both sides' stream windows and channels, and
@@ -42,6 +49,7 @@ async fn drain(rx: &mut tq_host::http3::BodyReceiver) -> (u16, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_256_mib_each_way_through_a_wasi_http_component_stays_within_bound() {
     init_tracing();
+    let _alone = ALONE.lock().await;
     // For wasi:http the CPU deadline covers a whole request, body included:
     // generating and copying 256 MiB is more than the default second.
     let limits = PluginLimits {
@@ -116,4 +124,76 @@ async fn streaming_256_mib_each_way_through_a_wasi_http_component_stays_within_b
         "resident memory grew by {} KiB streaming 256 MiB",
         peak - baseline
     );
+}
+
+/// One connection's requests, after the first: what the process may grow
+/// by (client and server in one process). Before the fix, every request
+/// left its stream entry behind: about 300 bytes each, 26 MiB here.
+const LONG_RUN_BOUND_KIB: u64 = 6 << 10;
+const LONG_RUN_REQUESTS: usize = 100_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_requests_on_one_connection_leave_no_stream_state_behind() {
+    init_tracing();
+    let _alone = ALONE.lock().await;
+    let mut server = H3TestServer::start(
+        QuicSettings::default(),
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+    let client = Arc::new(server.client().await);
+    let server_handle = server.handles.recv().await.expect("the server's handle");
+    const IN_FLIGHT: usize = 16;
+    let run = |n: usize| {
+        let client = client.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for t in 0..IN_FLIGHT {
+                let client = client.clone();
+                tasks.spawn(async move {
+                    for i in 0..n / IN_FLIGHT {
+                        // GETs and POSTs mixed: bodies each way, and none.
+                        let r = if (i + t) % 2 == 0 {
+                            client.request("GET", "/bytes/100", None).await
+                        } else {
+                            let body = Bytes::from_static(b"ping pong ping pong");
+                            client.request("POST", "/echo", Some(body)).await
+                        };
+                        let r = r.expect("request answered");
+                        assert_eq!(r.status, 200);
+                        assert!(r.body.len() == 100 || r.body == b"ping pong ping pong");
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.expect("request task");
+            }
+            (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
+        }
+    };
+    // Warm up: buffers, windows and allocator pools reach their size.
+    let first = run(10_000).await;
+    let baseline = rss_kib();
+    let mut rates = vec![first];
+    for _ in 0..(LONG_RUN_REQUESTS - 10_000) / 10_000 {
+        rates.push(run(10_000).await);
+        // After each batch, nothing is in flight: no stream state may stay.
+        assert_eq!(server_handle.open_streams(), 0, "server stream entries");
+        assert_eq!(client.handle().open_streams(), 0, "client stream entries");
+    }
+    let grown = rss_kib().saturating_sub(baseline);
+    println!(
+        "{LONG_RUN_REQUESTS} requests on one connection: resident memory grew {grown} KiB after the first 10,000 (bound {LONG_RUN_BOUND_KIB} KiB); requests/s per 10,000: {:?}",
+        rates.iter().map(|r| r.round() as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(server_handle.requests(), LONG_RUN_REQUESTS as u64);
+    assert!(
+        grown < LONG_RUN_BOUND_KIB,
+        "resident memory grew {grown} KiB over {} requests",
+        LONG_RUN_REQUESTS - 10_000
+    );
+    // The process's own resident size was really read.
+    assert!(baseline > 0, "rss_kib() read nothing");
 }

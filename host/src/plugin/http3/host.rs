@@ -94,6 +94,10 @@ impl H3ConnectionHost for PluginState<H3Conn> {
             .queue(stream, OutboundFrame::Body(Bytes::from(data), end), end)?
         {
             true => Ok(n),
+            // An empty `end` that finds the stream full must not read as
+            // "all 0 bytes accepted": the guest would think its response
+            // ended and never send the end again (the stream then stalls).
+            false if n == 0 => Err(ErrorCode::Blocked),
             false => Ok(0),
         }
     }
