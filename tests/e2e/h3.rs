@@ -767,3 +767,92 @@ async fn dropping_a_body_receiver_stops_the_upload_and_the_early_answer_stands()
     assert_eq!(r.status, 413);
     serve.abort();
 }
+
+/// A handler that never answers, counting how many of it are alive.
+struct Stuck {
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct LiveGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl RequestHandler for Stuck {
+    async fn handle(&self, _req: http::Request<RequestBody>) -> http::Response<ResponseBody> {
+        use std::sync::atomic::Ordering;
+        let n = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(n, Ordering::Relaxed);
+        let _guard = LiveGuard(self.live.clone());
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_stops_each_handler_so_live_ones_stay_within_the_stream_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    init_tracing();
+    let live = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let handler = Stuck {
+        live: live.clone(),
+        peak: peak.clone(),
+    };
+    let server = H3TestServer::start(
+        QuicSettings::default(),
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(handler)),
+    )
+    .await;
+    let client = server.client().await;
+    // HEADERS then RESET_STREAM (and STOP_SENDING), as fast as stream
+    // credit allows: each reset gives the credit back at once.
+    const PAIRS: usize = 2_000;
+    for _ in 0..PAIRS {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(10),
+            client
+                .handle()
+                .send_request(tq_e2e::request_head("POST", "/"), true),
+        )
+        .await
+        .expect("stream credit comes back after each reset")
+        .expect("request");
+        let body = stream.body.expect("body sender");
+        body.send(OutboundFrame::Reset(0x10c)).await.unwrap();
+        drop(stream.response);
+    }
+    // Every handler ends once its reset arrives.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while live.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "{} handlers still alive after the resets",
+            live.load(Ordering::Relaxed)
+        )
+    });
+    let peak = peak.load(Ordering::Relaxed);
+    println!("rapid reset: {PAIRS} pairs, at most {peak} handlers alive at once");
+    // The default limit is 100 concurrent streams; allow for resets in
+    // flight between the client's and the server's view.
+    assert!(peak <= 200, "{peak} handlers alive at once");
+    // And the connection still serves.
+    let after = server.client().await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        after
+            .handle()
+            .send_request(tq_e2e::request_head("GET", "/"), false),
+    )
+    .await
+    .expect("a new request is taken");
+    assert!(r.is_ok());
+}

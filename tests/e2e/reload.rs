@@ -358,3 +358,42 @@ async fn wasi_http_components_reload_too() {
         .all(|c| c.is_app && c.code == tq_host::http3::H3_NO_ERROR);
     assert!(graceful, "{}", outcome.describe());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_that_sleeps_is_refused_within_the_wall_clock_limit_and_reloads_go_on() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.wasm");
+    std::fs::copy(plugin_path("version_a"), &file).unwrap();
+    let limits = tq_host::plugin::PluginLimits {
+        call_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let live = tq_host::plugin::LivePlugin::load(&file, limits, Default::default(), DRAIN)
+        .await
+        .expect("version a loads");
+    let running = live.current().hash().to_owned();
+
+    // Its init sleeps for an hour: the reload is refused, not stuck.
+    std::fs::copy(plugin_path("sleepy_init"), &file).unwrap();
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), live.reload())
+        .await
+        .expect("the reload ends")
+        .expect_err("refused");
+    assert!(err.to_string().contains("wall-clock"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(live.current().hash(), running);
+
+    // The reload lock was released: the next reload goes through.
+    std::fs::copy(plugin_path("version_b"), &file).unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), live.reload())
+        .await
+        .expect("the next reload ends")
+        .expect("version b loads");
+    assert!(matches!(next, Reloaded::New(_)));
+}

@@ -100,6 +100,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime_serde::re::humantime::parse_duration)]
     plugin_deadline: Duration,
 
+    /// Plugins: wall-clock time one call into a plugin may take (a hook,
+    /// instantiation, `init`, `on-close`), whatever it waits on; past it
+    /// the connection is closed, or a reload refused. Default: 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    plugin_call_timeout: Duration,
+
+    /// Plugins (wasi:http): wall-clock time one request may take, body
+    /// included; past it the request is answered 500 (or reset). Default: 60s.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    plugin_request_timeout: Duration,
+
     /// Plugins: let them read this host directory, as `HOST` or
     /// `HOST::GUEST` (where the plugin sees it). Read-only; repeatable.
     /// Default: no files at all.

@@ -63,6 +63,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let limits = PluginLimits {
                 memory_bytes: args.plugin_memory << 20,
                 call_deadline: args.plugin_deadline,
+                call_timeout: args.plugin_call_timeout,
+                request_timeout: args.plugin_request_timeout,
                 reuse_instances: args.reuse_instances,
                 ..PluginLimits::default()
             };
@@ -178,7 +180,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 fn self_signed() -> anyhow::Result<TlsCertificatePaths> {
     let cert = SelfSignedCertificate::generate(&["localhost", "127.0.0.1", "::1"])?;
-    let dir = std::env::temp_dir().join(format!("tq-host-{}", std::process::id()));
+    let dir = private_temp_dir()?;
     let paths = cert
         .write_to(&dir)
         .with_context(|| format!("cannot write self-signed certificate to {}", dir.display()))?;
@@ -190,4 +192,39 @@ fn self_signed() -> anyhow::Result<TlsCertificatePaths> {
         paths.cert.display()
     );
     Ok(paths)
+}
+
+/// A new directory under the system's temporary one, with an unguessable
+/// name and only the owner allowed in: a predictable path (the process id)
+/// let another local user create it first, or a link in its place, and so
+/// read or swap the private key.
+fn private_temp_dir() -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut random = [0u8; 12];
+    boring::rand::rand_bytes(&mut random).context("cannot draw random bytes")?;
+    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("tq-host-{name}"));
+    // `create` (not `create_all`) fails if anything is already there.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_directory_is_new_unguessable_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let a = private_temp_dir().unwrap();
+        let b = private_temp_dir().unwrap();
+        assert_ne!(a, b);
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        let _ = std::fs::remove_dir(a);
+        let _ = std::fs::remove_dir(b);
+    }
 }

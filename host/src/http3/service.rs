@@ -4,13 +4,14 @@
 //! the native handler API on top ([`RequestHandler`], [`serve_connection`]).
 //! The plugin runtime's wasi:http world sits on the same pieces.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, Instrument};
 
 use super::body::{RequestBody, ResponseBody};
@@ -41,10 +42,13 @@ pub trait RequestHandler: Send + Sync + 'static {
 }
 
 /// Runs one connection's requests until it closes: each request goes to
-/// `on_request` on a task of its own, owned here (tasks still running when
-/// the connection ends are aborted: nobody can hear their answer). When
-/// `shutdown` completes the connection gets GOAWAY: requests in flight
-/// finish, new ones are refused, and the driver closes once idle.
+/// `on_request` on a task of its own, owned here. A request the client
+/// resets is aborted at once (its answer could not be sent anyway, and a
+/// client resetting requests as fast as it opens them — the "rapid reset"
+/// attack — must not leave their handlers running); tasks still running
+/// when the connection ends are aborted too. When `shutdown` completes the
+/// connection gets GOAWAY: requests in flight finish, new ones are refused,
+/// and the driver closes once idle.
 pub async fn serve_requests<F, Fut>(
     mut controller: H3Controller,
     shutdown: impl Future<Output = ()> + Send,
@@ -57,12 +61,25 @@ pub async fn serve_requests<F, Fut>(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut going_away = false;
     let mut tasks = JoinSet::new();
+    // Each live request's task, both ways, so a reset finds it and a
+    // finished task frees its entry.
+    let mut by_stream: HashMap<u64, AbortHandle> = HashMap::new();
+    let mut by_task: HashMap<tokio::task::Id, u64> = HashMap::new();
     loop {
         tokio::select! {
             ev = controller.next_event() => match ev {
                 Some(H3Event::IncomingRequest(req)) => {
-                    let span = tracing::debug_span!("request", stream = req.stream_id);
-                    tasks.spawn(on_request(req).instrument(span));
+                    let id = req.stream_id;
+                    let span = tracing::debug_span!("request", stream = id);
+                    let task = tasks.spawn(on_request(req).instrument(span));
+                    by_task.insert(task.id(), id);
+                    by_stream.insert(id, task);
+                }
+                Some(H3Event::StreamReset { stream_id, code }) => {
+                    if let Some(task) = by_stream.remove(&stream_id) {
+                        debug!(stream = stream_id, code, "request reset by the client; its handler is stopped");
+                        task.abort();
+                    }
                 }
                 Some(H3Event::ConnectionShutdown { error }) => {
                     if let Some(e) = error {
@@ -73,7 +90,15 @@ pub async fn serve_requests<F, Fut>(
                 Some(_) => {}
                 None => break,
             },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let task = match done {
+                    Ok((task, ())) => task,
+                    Err(e) => e.id(),
+                };
+                if let Some(stream) = by_task.remove(&task) {
+                    by_stream.remove(&stream);
+                }
+            }
             () = &mut shutdown, if !going_away => {
                 going_away = true;
                 handle.goaway();

@@ -25,7 +25,7 @@ use wasmtime::Store;
 use super::bindings::h3::tq::plugin::h3_types::{Event, RequestHead};
 use super::bindings::h3::tq::plugin::types::{ConnectionInfo, Header};
 use super::bindings::h3::Http3App;
-use super::sandbox::{call, instantiate, log_output, new_store, sleep_until, PluginState};
+use super::sandbox::{call, instantiate, log_final_output, new_store, sleep_until, PluginState};
 use super::version::{ConnectionPin, RequestGauge, Version};
 use super::world::ConnectionMeta;
 use crate::http3::{
@@ -262,7 +262,7 @@ async fn run(
         .await;
         debug!("plugin connection finished");
     }
-    log_output(&mut store);
+    log_final_output(&mut store);
 }
 
 /// Starts a wait for room on every stream the plugin found full.

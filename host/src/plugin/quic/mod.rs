@@ -24,7 +24,9 @@ pub use bridge::{QuicPluginApp, QuicPluginSession};
 use super::bindings::h3::tq::plugin::types::ConnectionInfo;
 use super::bindings::quic::tq::plugin::quic_types::{Event, Incoming, StreamData};
 use super::bindings::quic::QuicApp;
-use super::sandbox::{call, call_export, instantiate, new_store, sleep_until, PluginState};
+use super::sandbox::{
+    call, call_export, instantiate, log_final_output, new_store, sleep_until, PluginState,
+};
 use super::version::{ConnectionPin, Version};
 use super::world::MIGRATE_EXPORT;
 use bridge::{lock, Notice, ToPlugin};
@@ -243,6 +245,7 @@ async fn run(
         Box::pin(async move { a.tq_plugin_quic_handler().call_on_close(s).await })
     })
     .await;
+    log_final_output(&mut cur.store);
     Ok(())
 }
 

@@ -9,7 +9,6 @@ use std::time::Instant;
 use tracing::{info, warn};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimitsBuilder, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use wasmtime::component::{ComponentNamedList, Instance, InstancePre, Lift, Lower};
@@ -23,7 +22,7 @@ pub(crate) fn new_store<C: Send>(
     plugin: &Sandbox,
     conn: C,
 ) -> anyhow::Result<Store<PluginState<C>>> {
-    let output = MemoryOutputPipe::new(plugin.limits.output_bytes);
+    let output = super::output::OutputCapture::new(plugin.limits.output_bytes);
     let mut wasi = WasiCtxBuilder::new();
     wasi.stdout(output.clone()).stderr(output.clone());
     for (k, v) in &plugin.grants.env {
@@ -44,8 +43,8 @@ pub(crate) fn new_store<C: Send>(
         established: Instant::now(),
         call_ticks: 0,
         call_deadline: plugin.limits.call_deadline,
+        call_timeout: plugin.limits.call_timeout,
         output,
-        output_logged: 0,
         conn,
     };
     let mut store = Store::new(&plugin.engine, state);
@@ -83,18 +82,25 @@ pub(crate) async fn call<C: Send, A, R>(
 ) -> Result<R, String> {
     store.data_mut().start_call();
     store.set_epoch_deadline(1);
-    let res = f(store, app).await;
+    let limit = store.data().call_timeout;
+    let res = tokio::time::timeout(limit, f(store, app)).await;
     log_output(store);
-    res.map_err(|e| {
-        let s = store.data();
-        let why = if s.past_deadline() {
-            format!("exceeded its CPU deadline of {:?}", s.call_deadline)
-        } else {
-            describe(&e)
-        };
-        warn!(error = %why, "plugin failed; closing its connection");
-        why
-    })
+    let why = match res {
+        Ok(Ok(r)) => return Ok(r),
+        Err(_) => format!("exceeded its wall-clock limit of {limit:?} for one call"),
+        Ok(Err(e)) => failure(store.data(), &e),
+    };
+    warn!(error = %why, "plugin failed; closing its connection");
+    Err(why)
+}
+
+/// Why a call failed, knowing whether its CPU deadline passed.
+fn failure<C>(s: &PluginState<C>, e: &wasmtime::Error) -> String {
+    if s.past_deadline() {
+        format!("exceeded its CPU deadline of {:?}", s.call_deadline)
+    } else {
+        describe(e)
+    }
 }
 
 /// One line on why a call failed: the trap (a Rust panic shows as
@@ -111,14 +117,28 @@ pub(crate) fn describe(e: &wasmtime::Error) -> String {
     }
 }
 
-/// Logs, line by line, what the plugin printed since the last call.
+/// Logs, line by line, what the plugin printed since the last call (whole
+/// lines; a partial last line waits for the next call).
 pub(crate) fn log_output<C>(store: &mut Store<PluginState<C>>) {
-    let s = store.data_mut();
-    let all = s.output.contents();
-    if all.len() > s.output_logged {
-        let new = String::from_utf8_lossy(&all[s.output_logged..]).into_owned();
-        s.output_logged = all.len();
-        for line in new.lines() {
+    emit(store.data().output.take());
+}
+
+/// Logs everything the plugin printed, partial last line included: the
+/// instance is done.
+pub(crate) fn log_final_output<C>(store: &mut Store<PluginState<C>>) {
+    emit(store.data().output.take_all());
+}
+
+fn emit(taken: super::output::Taken) {
+    if taken.dropped > 0 {
+        warn!(
+            target: "tq_host::plugin::output",
+            dropped_bytes = taken.dropped,
+            "the plugin printed faster than its output window; older output was dropped"
+        );
+    }
+    if !taken.text.is_empty() {
+        for line in String::from_utf8_lossy(&taken.text).lines() {
             info!(target: "tq_host::plugin::output", "{line}");
         }
     }
@@ -156,16 +176,16 @@ where
     };
     store.data_mut().start_call();
     store.set_epoch_deadline(1);
-    let res = typed.call_async(&mut *store, params).await.map(|(r,)| r);
+    let limit = store.data().call_timeout;
+    let res = tokio::time::timeout(limit, typed.call_async(&mut *store, params)).await;
     log_output(store);
-    Some(res.map_err(|e| {
-        let s = store.data();
-        if s.past_deadline() {
-            format!("exceeded its CPU deadline of {:?}", s.call_deadline)
-        } else {
-            describe(&e)
-        }
-    }))
+    Some(match res {
+        Ok(Ok((r,))) => Ok(r),
+        Ok(Err(e)) => Err(failure(store.data(), &e)),
+        Err(_) => Err(format!(
+            "exceeded its wall-clock limit of {limit:?} for one call"
+        )),
+    })
 }
 
 /// Instantiates with a fresh CPU deadline.
@@ -175,7 +195,17 @@ pub(crate) async fn instantiate<C: Send>(
 ) -> anyhow::Result<Instance> {
     store.data_mut().start_call();
     store.set_epoch_deadline(1);
-    let res = pre.instantiate_async(&mut *store).await;
+    let limit = store.data().call_timeout;
+    let res = tokio::time::timeout(limit, pre.instantiate_async(&mut *store)).await;
     log_output(store);
-    res.map_err(|e| anyhow::anyhow!("instantiating it failed: {}", describe(&e)))
+    match res {
+        Ok(Ok(i)) => Ok(i),
+        Ok(Err(e)) => Err(anyhow::anyhow!(
+            "instantiating it failed: {}",
+            failure(store.data(), &e)
+        )),
+        Err(_) => Err(anyhow::anyhow!(
+            "instantiating it exceeded its wall-clock limit of {limit:?}"
+        )),
+    }
 }

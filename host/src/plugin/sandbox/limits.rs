@@ -12,11 +12,24 @@ pub struct PluginLimits {
     /// CPU time one hook call may take before it is cut off. Default 1 s: far
     /// above any sane handler, short enough that a stuck one is noticed.
     pub call_deadline: Duration,
+    /// Wall-clock time one call into a plugin may take — a hook, its
+    /// instantiation, `init`, `on-close` — whatever it waits on (a guest
+    /// sleeping in `wasi:io/poll` uses no CPU and so escapes
+    /// `call_deadline`). Past it the call is abandoned and the instance is
+    /// never called again; for a reload's check, the reload is refused.
+    /// Default 10 s.
+    pub call_timeout: Duration,
+    /// wasi:http: wall-clock time one request may take, from instantiation
+    /// to the end of the response body the guest writes. Past it the
+    /// request is answered 500, or reset if its head went out. Default 60 s.
+    pub request_timeout: Duration,
     /// Instances (connections) alive at once. Default 1000; the pooling
     /// allocator reserves slots for all of them up front.
     pub max_instances: u32,
-    /// Bytes of stdout plus stderr kept per instance; writes beyond fail in
-    /// the plugin. Default 64 KiB.
+    /// The window of stdout plus stderr kept per instance between two log
+    /// flushes (after every call): a plugin printing more than this in one
+    /// call loses its oldest output (the log says how much), never its
+    /// connection. Default 64 KiB.
     pub output_bytes: usize,
     /// wasi:http: how many more requests one instance may serve after its
     /// first, one after another (an instance that trapped or failed is never
@@ -31,6 +44,8 @@ impl Default for PluginLimits {
         Self {
             memory_bytes: 64 << 20,
             call_deadline: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
             max_instances: 1000,
             output_bytes: 64 << 10,
             reuse_instances: 0,

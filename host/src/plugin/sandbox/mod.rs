@@ -6,10 +6,11 @@
 mod call;
 mod engine;
 mod limits;
+mod output;
 mod state;
 
 pub(crate) use call::{
-    call, call_export, describe, instantiate, log_output, new_store, sleep_until,
+    call, call_export, describe, instantiate, log_final_output, new_store, sleep_until,
 };
 pub use limits::{DirGrant, PluginGrants, PluginLimits};
 pub(crate) use state::PluginState;

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimits;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// The data of one plugin instance's store.
@@ -21,9 +20,10 @@ pub(crate) struct PluginState<C> {
     /// may run.
     pub(crate) call_ticks: u32,
     pub(crate) call_deadline: Duration,
-    pub(crate) output: MemoryOutputPipe,
-    /// How much of `output` has been logged.
-    pub(crate) output_logged: usize,
+    /// Wall-clock time one call may take, whatever it waits on.
+    pub(crate) call_timeout: Duration,
+    /// What the plugin printed and was not logged yet.
+    pub(crate) output: super::output::OutputCapture,
     /// The world's side of the connection (host-function state).
     pub(crate) conn: C,
 }

@@ -20,7 +20,7 @@ use tracing::{warn, Instrument};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
-use super::sandbox::{describe, instantiate, log_output, new_store};
+use super::sandbox::{describe, instantiate, log_final_output, new_store};
 use super::version::{ConnectionPin, RequestGauge, Version};
 use super::world::ConnectionMeta;
 use crate::http3::{
@@ -144,10 +144,14 @@ async fn run_request(
     };
     // The guest runs on its own task: it goes on writing the body after it
     // has handed over the response head.
+    let request_timeout = plugin.sandbox.limits.request_timeout;
     let mut guest = Guest(tokio::spawn(
         async move {
             store.data_mut().start_call();
-            let res: wasmtime::Result<wasmtime_wasi_http::p2::bindings::Proxy> = async {
+            // A guest may wait without using CPU (on the client's body, on
+            // outgoing HTTP, in a `wasi:io/poll` sleep): the wall clock
+            // bounds the whole request too.
+            let res = tokio::time::timeout(request_timeout, async {
                 let proxy = match proxy {
                     Some(p) => p,
                     None => pre.instantiate_async(&mut store).await?,
@@ -156,21 +160,24 @@ async fn run_request(
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, r, o)
                     .await?;
-                Ok(proxy)
-            }
+                wasmtime::Result::<_>::Ok(proxy)
+            })
             .await;
-            log_output(&mut store);
+            log_final_output(&mut store);
             match res {
-                Ok(proxy) => Ok(Idle {
+                Ok(Ok(proxy)) => Ok(Idle {
                     store,
                     proxy,
                     served: served + 1,
                 }),
-                Err(_) if store.data().past_deadline() => Err(format!(
+                Err(_) => Err(format!(
+                    "exceeded its wall-clock limit of {request_timeout:?} for one request"
+                )),
+                Ok(Err(_)) if store.data().past_deadline() => Err(format!(
                     "exceeded its CPU deadline of {:?}",
                     store.data().call_deadline
                 )),
-                Err(e) => Err(describe(&e)),
+                Ok(Err(e)) => Err(describe(&e)),
             }
         }
         .in_current_span(),

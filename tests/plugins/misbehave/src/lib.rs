@@ -6,7 +6,9 @@
 //! | `GET /loop` | spins forever |
 //! | `GET /bomb` | allocates until memory runs out |
 //! | `GET /panic` | panics |
+//! | `GET /sleep` | sleeps for an hour in the hook (no CPU used) |
 //! | `GET /output` | prints a megabyte to stdout, then answers `printed` |
+//! | `GET /log` | prints a 1 KiB line to stderr, then answers `logged` |
 //! | `GET /file/PATH` | tries to read `/PATH` and answers `read: ...` or `error: ...` |
 //! | `GET /env/NAME` | answers the environment variable, or `unset` |
 
@@ -33,12 +35,17 @@ impl App for Misbehave {
                 self.hoard.push(std::hint::black_box(v));
             },
             "/panic" => panic!("this plugin panics on purpose"),
+            "/sleep" => std::thread::sleep(std::time::Duration::from_secs(3600)),
             "/output" => {
                 let line = "x".repeat(1023);
                 for _ in 0..1024 {
                     println!("{line}");
                 }
                 conn.respond(req.stream, 200, &[], b"printed");
+            }
+            "/log" => {
+                eprintln!("{}", "l".repeat(1023));
+                conn.respond(req.stream, 200, &[], b"logged");
             }
             p if p.starts_with("/file/") => {
                 let answer = match std::fs::read_to_string(&p["/file".len()..]) {
