@@ -8,9 +8,18 @@
 //!   `unchanged`, 422 with the error when the new file is refused.
 //!
 //! It binds to localhost by default because it can change what the server
-//! runs; it has no authentication of its own.
+//! runs. Bound anywhere else it needs a token, and with a token every
+//! request must carry it (`Authorization: Bearer TOKEN`). Whatever the
+//! address, it refuses what a web page could send it: a `Host` that is not
+//! an IP address or `localhost` (DNS rebinding), and any request with an
+//! `Origin` (a browser's cross-site request; scripts send none).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,17 +34,25 @@ use crate::plugin::{LivePlugin, Reloaded};
 
 /// Serves the endpoint until dropped; each client connection is a task of
 /// this one.
-pub(super) async fn serve(listener: TcpListener, live: LivePlugin) {
+pub(super) async fn serve(listener: TcpListener, live: LivePlugin, token: Option<Arc<str>>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let live = live.clone();
+                    let token = token.clone();
                     conns.spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let live = live.clone();
-                            async move { Ok::<_, Infallible>(route(req, &live).await) }
+                            let token = token.clone();
+                            async move {
+                                let resp = match refusal(&req, token.as_deref()) {
+                                    None => route(req, &live).await,
+                                    Some(refused) => refused,
+                                };
+                                Ok::<_, Infallible>(resp)
+                            }
                         });
                         if let Err(e) = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -50,6 +67,91 @@ pub(super) async fn serve(listener: TcpListener, live: LivePlugin) {
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+}
+
+/// The admin token for an endpoint bound to `addr`: read from `file`, or
+/// `TQ_ADMIN_TOKEN`; required unless `addr` is a loopback address.
+pub(super) fn token(addr: SocketAddr, file: Option<&Path>) -> anyhow::Result<Option<Arc<str>>> {
+    let token = match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the admin token file {}", f.display()))?,
+        ),
+        None => std::env::var("TQ_ADMIN_TOKEN").ok(),
+    };
+    let token = token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    if let Some(t) = &token {
+        if t.len() < 16 {
+            bail!(
+                "the admin token is {} characters long; use at least 16",
+                t.len()
+            );
+        }
+    }
+    if token.is_none() && !addr.ip().is_loopback() {
+        bail!(
+            "--admin {addr} is reachable from other hosts and would let them reload the \
+             plugin: give it a token (--admin-token-file FILE or TQ_ADMIN_TOKEN), or bind \
+             a loopback address (the default, 127.0.0.1:9901)"
+        );
+    }
+    Ok(token.map(Arc::from))
+}
+
+/// Refuses what a web page could send, and requests without the token:
+/// the refusal to send, or `None` to go on.
+fn refusal<B>(req: &Request<B>, token: Option<&str>) -> Option<Response<Full<Bytes>>> {
+    if req.headers().contains_key(hyper::header::ORIGIN) {
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "requests from web pages are refused\n",
+        ));
+    }
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !host_is_local_name(host) {
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "Host must be an IP address or localhost\n",
+        ));
+    }
+    if let Some(token) = token {
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Constant time: the comparison must not tell how much matched.
+        if given.len() != token.len() || !boring::memcmp::eq(given.as_bytes(), token.as_bytes()) {
+            let mut r = text(StatusCode::UNAUTHORIZED, "a valid admin token is needed\n");
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return Some(r);
+        }
+    }
+    None
+}
+
+/// Whether a `Host` header names an address rather than a domain a page
+/// could point here by DNS rebinding: an IP literal or `localhost`, with or
+/// without a port.
+fn host_is_local_name(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        match rest.split_once(']') {
+            Some((v6, _)) => return v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 async fn route(req: Request<Incoming>, live: &LivePlugin) -> Response<Full<Bytes>> {
@@ -119,4 +221,87 @@ fn respond(status: StatusCode, ty: &'static str, body: Vec<u8>) -> Response<Full
         hyper::header::HeaderValue::from_static(ty),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method("POST").uri("/reload");
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_local_hosts_without_origin_and_with_the_token_pass() {
+        let tok = Some("0123456789abcdef");
+        let ok = req(&[
+            ("host", "127.0.0.1:9901"),
+            ("authorization", "Bearer 0123456789abcdef"),
+        ]);
+        assert!(refusal(&ok, tok).is_none());
+        assert!(refusal(&req(&[("host", "localhost:9901")]), None).is_none());
+        assert!(refusal(&req(&[("host", "[::1]:9901")]), None).is_none());
+        let status = |r: Request<()>, t| refusal(&r, t).expect("refused").status();
+        // DNS rebinding: a page's own domain pointed at 127.0.0.1.
+        assert_eq!(
+            status(req(&[("host", "evil.example:9901")]), None),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(status(req(&[]), None), StatusCode::FORBIDDEN);
+        // A browser's cross-site POST.
+        assert_eq!(
+            status(
+                req(&[
+                    ("host", "127.0.0.1:9901"),
+                    ("origin", "https://evil.example")
+                ]),
+                None
+            ),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(req(&[("host", "127.0.0.1")]), tok),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(
+                req(&[
+                    ("host", "127.0.0.1"),
+                    ("authorization", "Bearer 0123456789abcdeX")
+                ]),
+                tok
+            ),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn a_non_loopback_endpoint_needs_a_token() {
+        let dir = std::env::temp_dir().join(format!("tq-admin-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        let public: SocketAddr = "0.0.0.0:9901".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:9901".parse().unwrap();
+        std::fs::write(&file, "short\n").unwrap();
+        assert!(token(public, Some(&file))
+            .unwrap_err()
+            .to_string()
+            .contains("at least 16"));
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        assert_eq!(
+            token(public, Some(&file)).unwrap().as_deref(),
+            Some("0123456789abcdef0123")
+        );
+        std::fs::write(&file, "").unwrap();
+        assert!(token(public, Some(&file))
+            .unwrap_err()
+            .to_string()
+            .contains("reachable from other hosts"));
+        assert!(token(local, Some(&file)).unwrap().is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

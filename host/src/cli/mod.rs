@@ -80,10 +80,17 @@ pub struct ServeArgs {
 
     /// Plugins: serve the admin endpoint (HTTP/1.1) here: `GET /versions`
     /// lists loaded versions, `POST /reload` reloads. Without a value it
-    /// binds 127.0.0.1:9901; it has no authentication, so keep it local.
-    /// Default: off.
+    /// binds 127.0.0.1:9901. Bound to any other than a loopback address it
+    /// needs a token (`--admin-token-file` or `TQ_ADMIN_TOKEN`), sent as
+    /// `Authorization: Bearer TOKEN`. Default: off.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9901")]
     admin: Option<SocketAddr>,
+
+    /// Plugins: a file holding the admin endpoint's token (the environment
+    /// variable `TQ_ADMIN_TOKEN` is read when this is not given). With a
+    /// token, every admin request must carry it. Default: none.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
 
     /// Application protocol (ALPN) clients must offer; repeatable. Default:
     /// `h3`, or `tq-echo` with `--app echo`. Required for a raw QUIC plugin.

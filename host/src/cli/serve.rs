@@ -57,6 +57,11 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings.keylog_file = Some(f.clone());
     }
 
+    let admin_token = match &args.admin {
+        Some(addr) => super::admin::token(*addr, args.admin_token_file.as_deref())?,
+        None => None,
+    };
+
     // Load and validate the plugin before binding anything.
     let plugin = match &args.plugin {
         Some(path) => {
@@ -115,8 +120,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot bind the admin endpoint to {addr}"))?;
-            info!(admin = %l.local_addr().unwrap_or(addr), "admin endpoint: GET /versions, POST /reload");
-            triggers.spawn(super::admin::serve(l, live.clone()));
+            info!(admin = %l.local_addr().unwrap_or(addr), token = admin_token.is_some(), "admin endpoint: GET /versions, POST /reload");
+            triggers.spawn(super::admin::serve(l, live.clone(), admin_token.clone()));
         }
     } else if args.admin.is_some() {
         bail!("--admin needs --plugin: it manages the plugin's versions");
