@@ -28,6 +28,10 @@ pub enum PacketDropReason {
     AcceptBacklogFull,
     /// quiche refused the packet (decryption failure, protocol violation, ...).
     Rejected,
+    /// A new connection's Initial, refused because the listener holds
+    /// `max_connections` in total, or `max_connections_per_address` from
+    /// that client's address.
+    ConnectionLimit,
 }
 
 /// Why a handshake did not complete.
@@ -106,6 +110,7 @@ struct Counters {
     drop_queue: AtomicU64,
     drop_backlog: AtomicU64,
     drop_rejected: AtomicU64,
+    drop_limit: AtomicU64,
     retries: AtomicU64,
     version_negotiations: AtomicU64,
 }
@@ -151,6 +156,8 @@ pub struct MetricsSnapshot {
     pub dropped_accept_backlog: u64,
     /// Datagrams quiche refused.
     pub dropped_rejected: u64,
+    /// New connections refused at a connection cap.
+    pub dropped_connection_limit: u64,
     /// Retry packets sent.
     pub retries_sent: u64,
     /// Version negotiation packets sent.
@@ -167,6 +174,7 @@ impl MetricsSnapshot {
             + self.dropped_queue_full
             + self.dropped_accept_backlog
             + self.dropped_rejected
+            + self.dropped_connection_limit
     }
 }
 
@@ -198,6 +206,7 @@ impl DefaultMetrics {
             dropped_queue_full: get(&c.drop_queue),
             dropped_accept_backlog: get(&c.drop_backlog),
             dropped_rejected: get(&c.drop_rejected),
+            dropped_connection_limit: get(&c.drop_limit),
             retries_sent: get(&c.retries),
             version_negotiations_sent: get(&c.version_negotiations),
         }
@@ -255,6 +264,7 @@ impl Metrics for DefaultMetrics {
                 PacketDropReason::QueueFull => &c.drop_queue,
                 PacketDropReason::AcceptBacklogFull => &c.drop_backlog,
                 PacketDropReason::Rejected => &c.drop_rejected,
+                PacketDropReason::ConnectionLimit => &c.drop_limit,
             },
             1,
         );

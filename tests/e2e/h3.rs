@@ -856,3 +856,61 @@ async fn rapid_reset_stops_each_handler_so_live_ones_stay_within_the_stream_limi
     .expect("a new request is taken");
     assert!(r.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_one_address_are_capped_and_places_come_back() {
+    init_tracing();
+    let quic = QuicSettings {
+        max_connections_per_address: 3,
+        ..Default::default()
+    };
+    let server = H3TestServer::start(
+        quic,
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let c = server.client().await;
+        assert_eq!(c.request("GET", "/", None).await.unwrap().status, 200);
+        held.push(c);
+    }
+    // A fourth from the same address is refused (its handshake times out).
+    let impatient = tq_host::quic::ConnectionParams::new_client(QuicSettings {
+        max_idle_timeout: Duration::from_millis(700),
+        ..Default::default()
+    })
+    .ca_file(&server.cert.paths.cert);
+    let fourth = tq_host::http3::H3Client::connect(
+        server.addr,
+        "localhost",
+        &impatient,
+        Http3Settings::default(),
+    )
+    .await;
+    assert!(fourth.is_err(), "a fourth connection was admitted");
+    assert!(server.metrics.snapshot().dropped_connection_limit > 0);
+    // One closes: its place comes back.
+    let gone = held.pop().unwrap();
+    gone.handle().close(H3_NO_ERROR, "done");
+    tokio::time::timeout(Duration::from_secs(5), gone.connection().closed())
+        .await
+        .expect("the connection closes");
+    let mut again = None;
+    for _ in 0..20 {
+        if let Ok(c) = tq_host::http3::H3Client::connect(
+            server.addr,
+            "localhost",
+            &impatient,
+            Http3Settings::default(),
+        )
+        .await
+        {
+            again = Some(c);
+            break;
+        }
+    }
+    let again = again.expect("a place came back once a connection closed");
+    assert_eq!(again.request("GET", "/", None).await.unwrap().status, 200);
+}

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, trace, warn};
 
+use super::admission::{Admission, Refusal};
 use super::cid::ConnectionIdGenerator;
 use super::connection::{ApplicationOverQuic, ConnectionHandle, ConnectionState};
 use super::packet::{classify_unrouted, Unrouted};
@@ -35,6 +36,8 @@ pub(crate) struct Acceptor<M: Metrics> {
     pub(crate) router: mpsc::UnboundedSender<RouterCommand>,
     pub(crate) tracker: TaskTracker,
     pub(crate) metrics: M,
+    /// The caps on connections in total and per client address.
+    pub(crate) admission: Arc<Admission>,
 }
 
 impl<M: Metrics> Acceptor<M> {
@@ -103,6 +106,21 @@ impl<M: Metrics> Acceptor<M> {
             None => (self.cid_generator.new_connection_id(), None),
         };
 
+        // The address is proven now (when Retry is on): count it.
+        let admitted = match self.admission.admit(from.ip()) {
+            Ok(a) => a,
+            Err(why) => {
+                let cap = match why {
+                    Refusal::Total => "max_connections",
+                    Refusal::PerAddress => "max_connections_per_address",
+                };
+                debug!(%from, cap, "connection refused: at the cap");
+                self.metrics
+                    .packet_dropped(PacketDropReason::ConnectionLimit);
+                return;
+            }
+        };
+
         let mut conn = match quiche::accept(&scid, odcid.as_ref(), to, from, &mut self.config) {
             Ok(c) => c,
             Err(e) => {
@@ -150,6 +168,7 @@ impl<M: Metrics> Acceptor<M> {
                 started_at: Instant::now(),
                 max_spare_cids: self.settings.active_connection_id_limit as usize,
                 unreachable: None,
+                _admitted: Some(admitted),
             }),
             handle,
             tracker: self.tracker.clone(),

@@ -38,6 +38,7 @@
 //! ```
 
 mod acceptor;
+mod admission;
 mod cid;
 mod connection;
 mod error;
@@ -72,6 +73,7 @@ pub use settings::{CongestionControl, ConnectionParams, QuicSettings, TlsCertifi
 
 use crate::metrics::Metrics;
 use acceptor::{attach_logs, Acceptor};
+use admission::Admission;
 use connection::ConnectionState;
 use retry::RetryTokens;
 use route::{next_conn_id, ClientSignals, Routes};
@@ -121,6 +123,10 @@ pub fn listen_with_generator<M: Metrics>(
         .then(|| Arc::new(RetryTokens::new(settings.retry_token_lifetime)));
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
+    let admission = Admission::new(
+        settings.max_connections,
+        settings.max_connections_per_address,
+    );
     let mut routers = Vec::new();
     let mut local_addrs = Vec::new();
     for s in sockets {
@@ -144,6 +150,7 @@ pub fn listen_with_generator<M: Metrics>(
             router: router_tx,
             tracker: tracker.clone(),
             metrics: metrics.clone(),
+            admission: admission.clone(),
         };
         routers.push(Router {
             socket,
@@ -408,6 +415,7 @@ impl<M: Metrics> Connector<M> {
             started_at: Instant::now(),
             max_spare_cids: s.active_connection_id_limit as usize,
             unreachable: Some(signals),
+            _admitted: None,
         };
         self.metrics.connection_opened();
         // The router ends when its only connection does, the worker when the

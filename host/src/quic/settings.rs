@@ -107,6 +107,14 @@ pub struct QuicSettings {
     /// Servers: connections accepted by the router but not yet taken by the
     /// application. Initials beyond it are dropped and counted. Default: 1024.
     pub accept_backlog: usize,
+    /// Servers: connections held at once; a new one beyond is refused (its
+    /// Initial dropped and counted). Default: 10,000.
+    pub max_connections: usize,
+    /// Servers: connections held at once from one client IP address (after
+    /// Retry has proven the address, when Retry is on). Default: 128 —
+    /// room for a NAT's worth of clients, not for one client to take every
+    /// instance or connection slot.
+    pub max_connections_per_address: usize,
     /// Packets queued from the router to one connection before more are
     /// dropped. Default: 2048.
     pub connection_queue_len: usize,
@@ -147,6 +155,8 @@ impl Default for QuicSettings {
             disable_active_migration: false,
             active_connection_id_limit: 4,
             accept_backlog: 1024,
+            max_connections: 10_000,
+            max_connections_per_address: 128,
             connection_queue_len: 2048,
             socket_recv_buffer_size: 4 << 20,
             socket_send_buffer_size: 4 << 20,

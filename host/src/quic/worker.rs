@@ -52,6 +52,9 @@ pub(crate) struct WorkerParts<M: Metrics> {
     /// Client connections: set by the router when the kernel reports the
     /// server's port unreachable (ICMP) during the handshake.
     pub(crate) unreachable: Option<Arc<ClientSignals>>,
+    /// Server connections: its place under the listener's caps, given back
+    /// when the worker (or an incoming connection never started) ends.
+    pub(crate) _admitted: Option<super::admission::Admitted>,
 }
 
 /// Where the connection is in its life, as the worker's loop sees it.
