@@ -36,6 +36,14 @@ use crate::quic::{
 
 /// Bytes a plugin may queue on one stream beyond what quiche has taken.
 pub(crate) const STREAM_BUDGET: usize = 256 << 10;
+/// Bytes a plugin may queue on all its streams together beyond what quiche
+/// has taken: with the per-stream budget alone, writing on many stream ids
+/// (made-up server streams past the client's limit wait for ever) pinned
+/// host memory outside the plugin's own cap.
+pub(crate) const CONNECTION_BUDGET: usize = 4 << 20;
+/// Streams with bytes queued at once. A write that would start one more is
+/// `blocked`.
+pub(crate) const MAX_QUEUED_STREAMS: usize = 1024;
 /// Bytes of incoming data delivered to the plugin and not yet handled.
 const INBOUND_BUDGET: usize = 1 << 20;
 /// The most bytes one `stream-data` event carries.
@@ -129,6 +137,8 @@ const CLOSE_FLUSH_LIMIT: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     out: HashMap<u64, Outgoing>,
+    /// Bytes in all of `out`'s buffers.
+    queued: usize,
     ops: VecDeque<Op>,
     datagrams: usize,
     /// Streams whose last write was accepted only in part: not read until
@@ -183,10 +193,15 @@ impl Shared {
         fin: bool,
     ) -> Result<usize, Refused> {
         self.writable_stream(stream)?;
+        if !self.out.contains_key(&stream) && self.out.len() >= MAX_QUEUED_STREAMS {
+            return Err(Refused::Blocked);
+        }
+        let conn_room = CONNECTION_BUDGET.saturating_sub(self.queued);
         let out = self.out.entry(stream).or_default();
-        let room = STREAM_BUDGET.saturating_sub(out.buf.len());
+        let room = STREAM_BUDGET.saturating_sub(out.buf.len()).min(conn_room);
         let n = data.len().min(room);
         out.buf.extend_from_slice(&data[..n]);
+        self.queued += n;
         if n < data.len() {
             self.blocked.insert(stream);
         } else {
@@ -200,7 +215,9 @@ impl Shared {
     pub(crate) fn reset_stream(&mut self, stream: u64, code: u64) -> Result<(), Refused> {
         valid_code(code)?;
         self.writable_stream(stream)?;
-        self.out.remove(&stream);
+        if let Some(o) = self.out.remove(&stream) {
+            self.queued -= o.buf.len();
+        }
         self.blocked.remove(&stream);
         self.notified.remove(&stream);
         self.end_sending(stream);
@@ -457,6 +474,7 @@ impl QuicPluginApp {
             match qconn.stream_send(id, &out.buf, out.fin) {
                 Ok(n) => {
                     out.buf.advance(n);
+                    sh.queued -= n;
                     if out.buf.is_empty() && out.fin {
                         ended.push((id, None));
                     }
@@ -475,7 +493,9 @@ impl QuicPluginApp {
             }
         }
         for (id, stopped) in ended {
-            sh.out.remove(&id);
+            if let Some(o) = sh.out.remove(&id) {
+                sh.queued -= o.buf.len();
+            }
             sh.end_sending(id);
             if let Some(code) = stopped {
                 sh.blocked.remove(&id);
@@ -490,6 +510,9 @@ impl QuicPluginApp {
             .iter()
             .copied()
             .filter(|id| !sh.notified.contains(id))
+            // Room on the connection too, or the plugin would be told to
+            // write only to find it full again.
+            .filter(|_| sh.queued <= CONNECTION_BUDGET / 2)
             .filter(|id| {
                 sh.out
                     .get(id)
@@ -629,7 +652,8 @@ mod tests {
         // The worker sent `writable`; the plugin's call writes and is held
         // back again: still blocked after the call.
         sh.notified.insert(0);
-        sh.out.get_mut(&0).unwrap().buf.clear();
+        let sent = std::mem::take(&mut sh.out.get_mut(&0).unwrap().buf);
+        sh.queued -= sent.len();
         assert_eq!(sh.stream_send(0, &big, false), Ok(STREAM_BUDGET));
         sh.writable_handled(0);
         assert!(sh.blocked.contains(&0));
@@ -637,6 +661,28 @@ mod tests {
         sh.notified.insert(0);
         sh.writable_handled(0);
         assert!(!sh.blocked.contains(&0));
+    }
+
+    #[test]
+    fn made_up_streams_cannot_pin_more_than_the_connection_budget() {
+        let mut sh = Shared::default();
+        let chunk = vec![1u8; STREAM_BUDGET];
+        let mut accepted = 0;
+        // Server stream ids far past anything the client allows.
+        for i in 0..(MAX_QUEUED_STREAMS as u64 + 100) {
+            match sh.stream_send(1_000_001 + i * 4, &chunk, false) {
+                Ok(n) => accepted += n,
+                Err(Refused::Blocked) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!(accepted, CONNECTION_BUDGET);
+        assert_eq!(sh.queued, CONNECTION_BUDGET);
+        assert!(sh.out.len() <= MAX_QUEUED_STREAMS);
+        // Resetting a stream gives its bytes back.
+        let id = *sh.out.iter().find(|(_, o)| !o.buf.is_empty()).unwrap().0;
+        sh.reset_stream(id, 0).unwrap();
+        assert_eq!(sh.queued, CONNECTION_BUDGET - STREAM_BUDGET);
     }
 
     #[test]
