@@ -129,8 +129,26 @@ struct Close {
     graceful: bool,
 }
 
-/// How long a plugin's close waits for its queued bytes to leave.
+/// How long a plugin's close waits for its queued bytes to leave and be
+/// acknowledged.
 const CLOSE_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
+/// Once everything is acknowledged, the least a plugin's close still waits
+/// (three RTTs if longer): acknowledged is not yet read by the client's
+/// application, and a client stack may drop unread data on
+/// CONNECTION_CLOSE.
+const CLOSE_LINGER: Duration = Duration::from_millis(25);
+
+/// A plugin's close in progress.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    since: Instant,
+    /// Everything queued was handed to quiche and flushed once.
+    flushed: bool,
+    /// When the last stream we finished was acknowledged (all gone from
+    /// quiche).
+    acked_at: Option<Instant>,
+}
 
 /// What the plugin has queued for the worker, and what the worker tells the
 /// plugin's host functions. Locked briefly by both, never across an await.
@@ -153,6 +171,9 @@ pub(crate) struct Shared {
     peer_streams: HashSet<u64>,
     /// Our streams (server-opened) whose sending side ended.
     local_done: HashSet<u64>,
+    /// Streams whose fin went to quiche and that quiche still holds (their
+    /// bytes not all acknowledged): what a graceful close waits for.
+    fin_sent: Vec<u64>,
     inbound_pending: usize,
     close: Option<Close>,
     closed: bool,
@@ -364,7 +385,7 @@ pub struct QuicPluginApp {
     scratch: Vec<u8>,
     /// Set once the plugin asked to close: when, and whether everything it
     /// queued has been handed to quiche and flushed once.
-    closing: Option<(Instant, bool)>,
+    closing: Option<Closing>,
 }
 
 impl std::fmt::Debug for QuicPluginApp {
@@ -477,6 +498,7 @@ impl QuicPluginApp {
                     sh.queued -= n;
                     if out.buf.is_empty() && out.fin {
                         ended.push((id, None));
+                        sh.fin_sent.push(id);
                     }
                 }
                 // Gone already (quiche collects a stream once it is done
@@ -541,15 +563,13 @@ impl ApplicationOverQuic for QuicPluginApp {
     }
 
     async fn wait_for_data(&mut self, _qconn: &mut quiche::Connection) -> QuicResult<()> {
-        match self.closing {
-            // Flushed: close on the next turn.
-            Some((_, true)) => return Ok(()),
-            // Still sending: packets wake the worker; give up at the limit.
-            Some((since, false)) => {
-                tokio::time::sleep_until((since + CLOSE_FLUSH_LIMIT).into()).await;
-                return Ok(());
-            }
-            None => {}
+        if let Some(c) = self.closing {
+            // Still sending or waiting for acknowledgements: packets wake
+            // the worker; wake at the linger's end, or give up at the limit.
+            let limit = c.since + CLOSE_FLUSH_LIMIT;
+            let wake = c.acked_at.map_or(limit, |a| (a + CLOSE_LINGER).min(limit));
+            tokio::time::sleep_until(wake.into()).await;
+            return Ok(());
         }
         // Receiving from an mpsc channel is cancel-safe.
         match self.wake.recv().await {
@@ -581,20 +601,42 @@ impl ApplicationOverQuic for QuicPluginApp {
         };
         sh.dgram_max = qconn.dgram_max_writable_len();
         self.apply(qconn, &mut sh)?;
+        // quiche drops a stream once everything sent on it is acknowledged
+        // (and everything received read).
+        sh.fin_sent.retain(|&id| {
+            !matches!(
+                qconn.stream_capacity(id),
+                Err(quiche::Error::InvalidStreamState(_))
+            )
+        });
         if let Some(c) = &sh.close {
-            // A plugin's own close goes out after what it wrote has been
-            // handed to quiche and flushed once (so a last answer is not
-            // cut off), or after a limit; a failed plugin's at once.
+            // A plugin's own close goes out once what it wrote was handed to
+            // quiche, sent, and acknowledged, plus a short linger for the
+            // client to read it (quiche would drop unsent data, and a client
+            // may drop unread data, on CONNECTION_CLOSE), or at a limit; a
+            // failed plugin's at once.
             let now = Instant::now();
-            let (since, flushed) = self.closing.get_or_insert((now, false));
+            let closing = self.closing.get_or_insert(Closing {
+                since: now,
+                flushed: false,
+                acked_at: None,
+            });
             let drained = sh.out.values().all(|o| o.buf.is_empty() && !o.fin);
-            if !c.graceful || *flushed || now >= *since + CLOSE_FLUSH_LIMIT {
+            let acked = closing.flushed && sh.fin_sent.is_empty();
+            if acked {
+                closing.acked_at.get_or_insert(now);
+            }
+            let rtt = qconn.path_stats().next().map_or(Duration::ZERO, |p| p.rtt);
+            let lingered = closing
+                .acked_at
+                .is_some_and(|a| now >= a + (rtt * 3).max(CLOSE_LINGER));
+            if !c.graceful || lingered || now >= closing.since + CLOSE_FLUSH_LIMIT {
                 return Err(Box::new(ApplicationClose {
                     code: c.code,
                     reason: c.reason.clone(),
                 }));
             }
-            *flushed = drained;
+            closing.flushed = drained;
             return Ok(());
         }
         // Streams that were blocked or over budget may be readable now.
