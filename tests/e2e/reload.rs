@@ -397,3 +397,33 @@ async fn an_init_that_sleeps_is_refused_within_the_wall_clock_limit_and_reloads_
         .expect("version b loads");
     assert!(matches!(next, Reloaded::New(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_version_is_released_even_when_a_request_never_ends() {
+    init_tracing();
+    let server = LiveServer::start("version_a", DRAIN).await;
+    let client = server.client().await;
+    // A request the plugin never answers keeps the connection on version a.
+    let held = tokio::spawn(async move { client.request("GET", "/hold", None).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.install("version_b");
+    assert!(matches!(
+        server.live.reload().await.unwrap(),
+        Reloaded::New(_)
+    ));
+    assert_eq!(server.live.versions().len(), 2, "a is still serving /hold");
+    // After the drain deadline the connection gets GOAWAY, but /hold goes
+    // on; after as long again it is closed and version a is released.
+    let res = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the held request ends once the version is released")
+        .unwrap();
+    assert!(res.is_err(), "/hold was never answered: {res:?}");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while server.live.versions().len() > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("version a is freed");
+}

@@ -243,6 +243,20 @@ impl LivePlugin {
                     );
                 }
                 old.live.retired.send_replace(true);
+                drop(old);
+                // As long again for those to finish; then whatever is left
+                // is closed, and the version freed.
+                tokio::time::sleep(timeout).await;
+                if let Some(old) = weak.version() {
+                    if old.live.connections() > 0 {
+                        warn!(
+                            sha256 = %old.hash,
+                            connections = old.live.connections(),
+                            "connections still on a retired version after twice the drain timeout: closing them"
+                        );
+                    }
+                    old.live.killed.send_replace(true);
+                }
             }
         });
         Ok(Reloaded::New(plugin))

@@ -40,6 +40,10 @@ pub(crate) struct Live {
     /// Set when the version's drain deadline passes: its connections get a
     /// graceful close (GOAWAY for HTTP/3, `shutdown` for raw QUIC).
     pub(crate) retired: watch::Sender<bool>,
+    /// Set when a retired version's connections have had their time: the
+    /// rest are closed at once, so the version (its engine, instance pool
+    /// and ticker thread) is released.
+    pub(crate) killed: watch::Sender<bool>,
 }
 
 impl Live {
@@ -48,6 +52,7 @@ impl Live {
             connections: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             retired: watch::Sender::new(false),
+            killed: watch::Sender::new(false),
         }
     }
 
@@ -65,10 +70,19 @@ impl Live {
 
     /// Resolves once the version is retired.
     pub(crate) async fn wait_retired(&self) {
-        let mut rx = self.retired.subscribe();
-        if rx.wait_for(|r| *r).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        wait_true(&self.retired).await
+    }
+
+    /// Resolves once the version's remaining connections must close now.
+    pub(crate) async fn wait_killed(&self) {
+        wait_true(&self.killed).await
+    }
+}
+
+async fn wait_true(flag: &watch::Sender<bool>) {
+    let mut rx = flag.subscribe();
+    if rx.wait_for(|r| *r).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

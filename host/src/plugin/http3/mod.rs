@@ -30,6 +30,7 @@ use super::version::{ConnectionPin, RequestGauge, Version};
 use super::world::ConnectionMeta;
 use crate::http3::{
     BodyReceiver, H3Controller, H3Event, H3Handle, InboundFrame, NameValue, H3_INTERNAL_ERROR,
+    H3_REQUEST_CANCELLED,
 };
 use host::{H3Conn, Http3Pre};
 
@@ -39,6 +40,7 @@ enum Wake {
     Writable(u64),
     Timer,
     Retired,
+    Killed,
 }
 
 fn headers(list: &[crate::http3::Header]) -> Vec<Header> {
@@ -202,9 +204,16 @@ async fn run(
             }) => w,
             () = sleep_until(deadline) => Wake::Timer,
             () = plugin.live.wait_retired(), if !going_away => Wake::Retired,
+            () = plugin.live.wait_killed() => Wake::Killed,
             () = &mut shutdown, if !going_away => Wake::Retired,
         };
         let event = match wake {
+            // The version's drain is over: what is left closes now.
+            Wake::Killed => {
+                debug!("the plugin version is unloaded; closing the connection");
+                handle.close(H3_REQUEST_CANCELLED, "plugin version unloaded");
+                break;
+            }
             Wake::Event(None) | Wake::Event(Some(H3Event::ConnectionShutdown { .. })) => break,
             Wake::Event(Some(H3Event::IncomingRequest(req))) => {
                 let id = req.stream_id;

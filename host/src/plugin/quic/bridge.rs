@@ -341,10 +341,15 @@ impl QuicPluginSession {
 
     /// The plugin failed: close the connection with [`INTERNAL_ERROR_CODE`].
     pub(crate) fn fail(&self) {
+        self.close_now(INTERNAL_ERROR_CODE, "plugin failed");
+    }
+
+    /// Closes the connection at once with `code` (the plugin gets no say).
+    pub(crate) fn close_now(&self, code: u64, reason: &str) {
         let mut sh = lock(&self.shared);
         sh.close = Some(Close {
-            code: INTERNAL_ERROR_CODE,
-            reason: "plugin failed".into(),
+            code,
+            reason: reason.into(),
             graceful: false,
         });
         drop(sh);

@@ -230,6 +230,12 @@ async fn run(
                 Event::Shutdown
             }
             // The version was replaced and the drain deadline passed.
+            // The version's drain is over: what is left closes now.
+            () = cur.plugin.live.wait_killed() => {
+                debug!("the plugin version is unloaded; closing the connection");
+                session.close_now(0, "plugin version unloaded");
+                return Ok(());
+            }
             () = cur.plugin.live.wait_retired(), if !shutting_down => {
                 shutting_down = true;
                 Event::Shutdown

@@ -16,7 +16,7 @@ pub(crate) mod host;
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
-use tracing::{warn, Instrument};
+use tracing::{debug, warn, Instrument};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
@@ -26,6 +26,7 @@ use super::world::ConnectionMeta;
 use crate::http3::{
     pipe_body, request_from_head, respond_error, send_end, send_head, serve_requests, H3Controller,
     IncomingRequest, OutboundFrame, OutboundSender, PipeError, RequestBody, H3_INTERNAL_ERROR,
+    H3_REQUEST_CANCELLED,
 };
 use host::{HttpConn, Idle, Pool, ProxyPre};
 
@@ -49,10 +50,20 @@ pub(super) async fn serve(
                 () = shutdown => {}
             }
         };
-        serve_requests(controller, stop, |req| {
+        let handle = controller.handle();
+        let killed = plugin.clone();
+        let serve = serve_requests(controller, stop, |req| {
             handle_request(plugin.clone(), pre.clone(), pool.clone(), req).in_current_span()
-        })
-        .await
+        });
+        tokio::select! {
+            () = serve => {}
+            // The version's drain is over: what is left closes now (the
+            // request tasks go with the loop).
+            () = killed.live.wait_killed() => {
+                debug!("the plugin version is unloaded; closing the connection");
+                handle.close(H3_REQUEST_CANCELLED, "plugin version unloaded");
+            }
+        }
     }
     .instrument(span)
     .await
