@@ -136,9 +136,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     reuse_instances: u32,
 
-    /// Plugins (wasi:http): let them send requests to this destination,
-    /// `HOST` or `HOST:PORT`; repeatable. Default: every outgoing request is
-    /// refused with HTTP-request-denied.
+    /// Plugins (wasi:http): let them send requests to this destination:
+    /// `HOST:PORT`, or `HOST` for its scheme's default port (443 for https,
+    /// 80 for http) only; repeatable. Each instance has at most 16 in
+    /// flight, each waiting at most 30 s to connect, for the first byte and
+    /// between frames. Default: every outgoing request is refused with
+    /// HTTP-request-denied.
     #[arg(long = "allow-http", value_name = "HOST[:PORT]")]
     allow_http: Vec<String>,
 

@@ -27,10 +27,23 @@ impl HttpConn {
     pub(crate) fn new(allowed: Arc<Vec<String>>) -> Self {
         Self {
             http: WasiHttpCtx::new(),
-            hooks: OutboundPolicy { allowed },
+            hooks: OutboundPolicy {
+                allowed,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_OUTGOING)),
+            },
         }
     }
 }
+
+/// Outgoing requests one instance may have in flight at once; more are
+/// refused with `connection-limit-reached`.
+const MAX_OUTGOING: usize = 16;
+
+/// The longest a guest's outgoing request may wait to connect, for the
+/// first byte of the answer, and between two of its frames: what a guest
+/// asks for is capped at this, and it is the default (wasmtime's own is
+/// 10 minutes).
+const OUTGOING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl WasiHttpView for PluginState<HttpConn> {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
@@ -42,9 +55,11 @@ impl WasiHttpView for PluginState<HttpConn> {
     }
 }
 
-/// Outgoing requests go only to granted authorities (`host` or `host:port`).
+/// Outgoing requests go only to granted destinations: `host:port` exactly,
+/// or `host` on its scheme's default port (443 for https, 80 for http).
 pub(crate) struct OutboundPolicy {
     allowed: Arc<Vec<String>>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl OutboundPolicy {
@@ -52,11 +67,37 @@ impl OutboundPolicy {
         let Some(auth) = uri.authority() else {
             return false;
         };
+        let default_port = match uri.scheme_str() {
+            Some("https") => 443,
+            Some("http") => 80,
+            _ => return false,
+        };
+        let port = auth.port_u16().unwrap_or(default_port);
         let host = auth.host();
-        let with_port = auth.as_str();
-        self.allowed
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(with_port))
+        self.allowed.iter().any(|grant| {
+            match grant
+                .rsplit_once(':')
+                .filter(|(_, p)| p.parse::<u16>().is_ok())
+            {
+                Some((h, p)) => h.eq_ignore_ascii_case(host) && p.parse() == Ok(port),
+                // A bare host grants its scheme's default port only: not
+                // every service the host runs.
+                None => grant.eq_ignore_ascii_case(host) && port == default_port,
+            }
+        })
+    }
+}
+
+/// The guest's timeouts, none longer than [`OUTGOING_TIMEOUT`].
+fn capped(options: Option<RequestOptions>) -> RequestOptions {
+    let cap = |t: Option<std::time::Duration>| {
+        Some(t.map_or(OUTGOING_TIMEOUT, |t| t.min(OUTGOING_TIMEOUT)))
+    };
+    let o = options.unwrap_or_default();
+    RequestOptions {
+        connect_timeout: cap(o.connect_timeout),
+        first_byte_timeout: cap(o.first_byte_timeout),
+        between_bytes_timeout: cap(o.between_bytes_timeout),
     }
 }
 
@@ -82,9 +123,21 @@ impl WasiHttpHooks for OutboundPolicy {
             debug!(uri = %request.uri(), "outgoing request refused: destination not granted");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            debug!(uri = %request.uri(), "outgoing request refused: {MAX_OUTGOING} already in flight");
+            return Box::new(async { Err(HttpError::ConnectionLimitReached) });
+        };
         debug!(uri = %request.uri(), "outgoing request");
+        let options = capped(options);
         Box::new(async move {
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let (res, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            // The permit is held until the response body is done.
+            let io = async move {
+                let r = io.await;
+                drop(permit);
+                r
+            };
             Ok((
                 res.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
@@ -124,5 +177,61 @@ impl Pool {
         if pool.len() < POOL_MAX {
             pool.push(idle);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(grants: &[&str]) -> OutboundPolicy {
+        HttpConn::new(Arc::new(grants.iter().map(|g| g.to_string()).collect())).hooks
+    }
+
+    #[test]
+    fn a_bare_host_grants_its_default_port_only() {
+        let p = policy(&["example.com", "10.0.0.1:8080"]);
+        let ok = |u: &str| p.allows(&u.parse().unwrap());
+        assert!(ok("https://example.com/x"));
+        assert!(ok("https://EXAMPLE.com:443/x"));
+        assert!(ok("http://example.com/"));
+        assert!(
+            !ok("https://example.com:22/"),
+            "another port of a granted host"
+        );
+        assert!(!ok("http://example.com:6379/"));
+        assert!(ok("http://10.0.0.1:8080/"));
+        assert!(
+            !ok("http://10.0.0.1/"),
+            "a host:port grant is that port only"
+        );
+        assert!(!ok("https://other.example/"));
+        assert!(!ok("/relative"));
+    }
+
+    #[test]
+    fn guest_timeouts_are_capped() {
+        let o = capped(Some(RequestOptions {
+            connect_timeout: Some(std::time::Duration::from_secs(3600)),
+            first_byte_timeout: Some(std::time::Duration::from_secs(1)),
+            between_bytes_timeout: None,
+        }));
+        assert_eq!(o.connect_timeout, Some(OUTGOING_TIMEOUT));
+        assert_eq!(
+            o.first_byte_timeout,
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert_eq!(o.between_bytes_timeout, Some(OUTGOING_TIMEOUT));
+    }
+
+    #[test]
+    fn in_flight_requests_are_limited_per_instance() {
+        let p = policy(&[]);
+        let held: Vec<_> = (0..MAX_OUTGOING)
+            .map(|_| p.in_flight.clone().try_acquire_owned().unwrap())
+            .collect();
+        assert!(p.in_flight.clone().try_acquire_owned().is_err());
+        drop(held);
+        assert!(p.in_flight.clone().try_acquire_owned().is_ok());
     }
 }
