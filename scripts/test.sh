@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up the machine, then runs every check CI runs: formatting, clippy, and
-# all tests (unit, doc and end-to-end over loopback).
+# Sets up the machine, then runs every check CI runs: formatting, clippy, the
+# API docs' links, and all tests (unit, doc and end-to-end over loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,4 +12,6 @@ for ws in plugins tests/plugins; do
   cargo clippy --release --target wasm32-wasip2 --target-dir target/wasm --manifest-path "$ws/Cargo.toml" -- -D warnings
 done
 cargo clippy --workspace --all-targets -- -D warnings
+# The API docs are what a library user reads first: no broken links.
+RUSTDOCFLAGS="-D warnings" cargo doc -p tq-host --no-deps --quiet
 cargo test --workspace

@@ -16,7 +16,7 @@
 /// The largest value a varint holds: 2^62 - 1.
 pub const MAX: u64 = (1 << 62) - 1;
 
-/// A value above [`MAX`] was given to [`write`].
+/// A value above [`MAX`] was given to [`write()`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{0} does not fit in a QUIC varint (at most 2^62 - 1)")]
 pub struct VarintTooLarge(pub u64);
