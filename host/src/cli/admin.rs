@@ -9,10 +9,10 @@
 //!
 //! It binds to localhost by default because it can change what the server
 //! runs. Bound anywhere else it needs a token, and with a token every
-//! request must carry it (`Authorization: Bearer TOKEN`). Whatever the
-//! address, it refuses what a web page could send it: a `Host` that is not
-//! an IP address or `localhost` (DNS rebinding), and any request with an
-//! `Origin` (a browser's cross-site request; scripts send none).
+//! request must carry it (`Authorization: Bearer TOKEN`). It refuses what a
+//! web page could send it: any request with an `Origin` (a browser's
+//! cross-site request; scripts send none) and, without a token, a `Host`
+//! that is not an IP address or `localhost` (DNS rebinding).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -107,12 +107,14 @@ fn refusal<B>(req: &Request<B>, token: Option<&str>) -> Option<Response<Full<Byt
             "requests from web pages are refused\n",
         ));
     }
+    // DNS rebinding gets a page's script no further than a token would, so
+    // with a token any Host (a proxy's, a Service name) is fine.
     let host = req
         .headers()
         .get(hyper::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if !host_is_local_name(host) {
+    if token.is_none() && !host_is_local_name(host) {
         return Some(text(
             StatusCode::FORBIDDEN,
             "Host must be an IP address or localhost\n",
@@ -123,8 +125,9 @@ fn refusal<B>(req: &Request<B>, token: Option<&str>) -> Option<Response<Full<Byt
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, t)| t.trim());
         // Constant time: the comparison must not tell how much matched.
         if given.len() != token.len() || !boring::memcmp::eq(given.as_bytes(), token.as_bytes()) {
             let mut r = text(StatusCode::UNAUTHORIZED, "a valid admin token is needed\n");
@@ -144,10 +147,16 @@ fn refusal<B>(req: &Request<B>, token: Option<&str>) -> Option<Response<Full<Byt
 fn host_is_local_name(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
-        match rest.split_once(']') {
-            Some((v6, _)) => return v6.parse::<std::net::Ipv6Addr>().is_ok(),
-            None => return false,
-        }
+        return match rest.split_once(']') {
+            Some((v6, port)) => {
+                v6.parse::<std::net::Ipv6Addr>().is_ok()
+                    && (port.is_empty()
+                        || port
+                            .strip_prefix(':')
+                            .is_some_and(|p| p.parse::<u16>().is_ok()))
+            }
+            None => false,
+        };
     } else {
         host.rsplit_once(':').map_or(host, |(n, _)| n)
     };

@@ -24,6 +24,12 @@ pub enum PluginError {
         /// Why.
         reason: String,
     },
+    /// An `--allow-http` grant that names no destination.
+    #[error("cannot grant outgoing HTTP to `{grant}`: expected HOST, HOST:PORT, an IPv6 address or [IPv6]:PORT")]
+    HttpGrant {
+        /// The grant as given.
+        grant: String,
+    },
     /// Not a WebAssembly file at all.
     #[error("{} is not a WebAssembly file", path.display())]
     NotWasm {

@@ -115,6 +115,13 @@ impl Plugin {
                 });
             }
         }
+        for grant in &grants.http_hosts {
+            if super::wasi_http::host::grant_parts(grant).is_none() {
+                return Err(PluginError::HttpGrant {
+                    grant: grant.clone(),
+                });
+            }
+        }
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
             path: path.to_owned(),
             source,

@@ -43,6 +43,7 @@ impl Admission {
 
     /// Counts a new connection from `ip`, unless a cap is reached.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refusal> {
+        let ip = client_key(ip);
         let mut c = self.lock();
         if c.total >= self.max_total {
             return Err(Refusal::Total);
@@ -67,6 +68,22 @@ impl Admission {
     #[cfg(test)]
     fn addresses(&self) -> usize {
         self.lock().per_address.len()
+    }
+}
+
+/// What "one client address" means: an IPv4 address (also when written as
+/// IPv4-mapped IPv6), or an IPv6 /64 — one subscriber's usual share, every
+/// address of which a client may use.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -108,5 +125,21 @@ mod tests {
         assert!(a.admit(ip(3)).is_ok(), "a place freed is taken again");
         drop((x2, y1));
         assert_eq!((a.total(), a.addresses()), (0, 0));
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_slash_64() {
+        let a = Admission::new(100, 2);
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _x = a.admit(v6("2001:db8:1:2::1")).unwrap();
+        let _y = a.admit(v6("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            a.admit(v6("2001:db8:1:2:abcd::1")).unwrap_err(),
+            Refusal::PerAddress
+        );
+        assert!(a.admit(v6("2001:db8:1:3::1")).is_ok(), "another /64");
+        let _m = a.admit(v6("::ffff:10.0.0.1")).unwrap();
+        let _n = a.admit(v6("10.0.0.1")).unwrap();
+        assert_eq!(a.admit(v6("10.0.0.1")).unwrap_err(), Refusal::PerAddress);
     }
 }

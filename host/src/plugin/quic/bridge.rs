@@ -42,7 +42,7 @@ pub(crate) const STREAM_BUDGET: usize = 256 << 10;
 /// host memory outside the plugin's own cap.
 pub(crate) const CONNECTION_BUDGET: usize = 4 << 20;
 /// Streams with bytes queued at once. A write that would start one more is
-/// `blocked`.
+/// held back (0 accepted, `writable` later), like a full stream's.
 pub(crate) const MAX_QUEUED_STREAMS: usize = 1024;
 /// Bytes of incoming data delivered to the plugin and not yet handled.
 const INBOUND_BUDGET: usize = 1 << 20;
@@ -143,11 +143,13 @@ const CLOSE_LINGER: Duration = Duration::from_millis(25);
 #[derive(Debug, Clone, Copy)]
 struct Closing {
     since: Instant,
-    /// Everything queued was handed to quiche and flushed once.
+    /// Everything queued was handed to quiche at the end of a turn, and so
+    /// flushed by the worker since.
     flushed: bool,
-    /// When the last stream we finished was acknowledged (all gone from
-    /// quiche).
-    acked_at: Option<Instant>,
+    /// Whether a turn has looked at the acknowledgements since `flushed`.
+    checked: bool,
+    /// When to close: everything was acknowledged, plus the linger.
+    close_at: Option<Instant>,
 }
 
 /// What the plugin has queued for the worker, and what the worker tells the
@@ -214,8 +216,15 @@ impl Shared {
         fin: bool,
     ) -> Result<usize, Refused> {
         self.writable_stream(stream)?;
-        if !self.out.contains_key(&stream) && self.out.len() >= MAX_QUEUED_STREAMS {
-            return Err(Refused::Blocked);
+        if !self.out.contains_key(&stream)
+            && self.out.len() >= MAX_QUEUED_STREAMS
+            && !data.is_empty()
+        {
+            // Held back like any full stream: `writable` follows once
+            // other streams drain.
+            self.blocked.insert(stream);
+            self.notified.remove(&stream);
+            return Ok(0);
         }
         let conn_room = CONNECTION_BUDGET.saturating_sub(self.queued);
         let out = self.out.entry(stream).or_default();
@@ -493,8 +502,10 @@ impl QuicPluginApp {
         }
         sh.datagrams = 0;
         let mut ended = Vec::new();
+        let mut emptied = Vec::new();
         for (&id, out) in sh.out.iter_mut() {
             if out.buf.is_empty() && !out.fin {
+                emptied.push(id);
                 continue;
             }
             match qconn.stream_send(id, &out.buf, out.fin) {
@@ -504,6 +515,11 @@ impl QuicPluginApp {
                     if out.buf.is_empty() && out.fin {
                         ended.push((id, None));
                         sh.fin_sent.push(id);
+                    } else if out.buf.is_empty() {
+                        // Nothing left to send: the entry goes (a stream
+                        // that is still open needs none), so entries count
+                        // only streams holding bytes.
+                        emptied.push(id);
                     }
                 }
                 // Gone already (quiche collects a stream once it is done
@@ -518,6 +534,9 @@ impl QuicPluginApp {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        for id in emptied {
+            sh.out.remove(&id);
         }
         for (id, stopped) in ended {
             if let Some(o) = sh.out.remove(&id) {
@@ -539,7 +558,7 @@ impl QuicPluginApp {
             .filter(|id| !sh.notified.contains(id))
             // Room on the connection too, or the plugin would be told to
             // write only to find it full again.
-            .filter(|_| sh.queued <= CONNECTION_BUDGET / 2)
+            .filter(|_| sh.queued <= CONNECTION_BUDGET / 2 && sh.out.len() < MAX_QUEUED_STREAMS)
             .filter(|id| {
                 sh.out
                     .get(id)
@@ -569,10 +588,14 @@ impl ApplicationOverQuic for QuicPluginApp {
 
     async fn wait_for_data(&mut self, _qconn: &mut quiche::Connection) -> QuicResult<()> {
         if let Some(c) = self.closing {
-            // Still sending or waiting for acknowledgements: packets wake
-            // the worker; wake at the linger's end, or give up at the limit.
+            // Flushed but not yet looked at: look now. Otherwise sending or
+            // waiting for acknowledgements (packets wake the worker): wake
+            // when the linger ends, or give up at the limit.
+            if c.flushed && !c.checked {
+                return Ok(());
+            }
             let limit = c.since + CLOSE_FLUSH_LIMIT;
-            let wake = c.acked_at.map_or(limit, |a| (a + CLOSE_LINGER).min(limit));
+            let wake = c.close_at.map_or(limit, |t| t.min(limit));
             tokio::time::sleep_until(wake.into()).await;
             return Ok(());
         }
@@ -624,17 +647,18 @@ impl ApplicationOverQuic for QuicPluginApp {
             let closing = self.closing.get_or_insert(Closing {
                 since: now,
                 flushed: false,
-                acked_at: None,
+                checked: false,
+                close_at: None,
             });
             let drained = sh.out.values().all(|o| o.buf.is_empty() && !o.fin);
-            let acked = closing.flushed && sh.fin_sent.is_empty();
-            if acked {
-                closing.acked_at.get_or_insert(now);
+            if closing.flushed {
+                closing.checked = true;
+                if sh.fin_sent.is_empty() && closing.close_at.is_none() {
+                    let rtt = qconn.path_stats().next().map_or(Duration::ZERO, |p| p.rtt);
+                    closing.close_at = Some(now + (rtt * 3).max(CLOSE_LINGER));
+                }
             }
-            let rtt = qconn.path_stats().next().map_or(Duration::ZERO, |p| p.rtt);
-            let lingered = closing
-                .acked_at
-                .is_some_and(|a| now >= a + (rtt * 3).max(CLOSE_LINGER));
+            let lingered = closing.close_at.is_some_and(|t| now >= t);
             if !c.graceful || lingered || now >= closing.since + CLOSE_FLUSH_LIMIT {
                 return Err(Box::new(ApplicationClose {
                     code: c.code,
@@ -717,11 +741,7 @@ mod tests {
         let mut accepted = 0;
         // Server stream ids far past anything the client allows.
         for i in 0..(MAX_QUEUED_STREAMS as u64 + 100) {
-            match sh.stream_send(1_000_001 + i * 4, &chunk, false) {
-                Ok(n) => accepted += n,
-                Err(Refused::Blocked) => {}
-                Err(e) => panic!("{e:?}"),
-            }
+            accepted += sh.stream_send(1_000_001 + i * 4, &chunk, false).unwrap();
         }
         assert_eq!(accepted, CONNECTION_BUDGET);
         assert_eq!(sh.queued, CONNECTION_BUDGET);

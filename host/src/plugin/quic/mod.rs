@@ -193,6 +193,14 @@ async fn run(
             // A new version first: data that arrives after a reload is
             // handled by it.
             biased;
+            // The version's drain is over: what is left closes now (first,
+            // so a busy client cannot keep a released version alive).
+            () = cur.plugin.live.wait_killed() => {
+                debug!("the plugin version is unloaded; closing the connection");
+                session.close_now(0, "plugin version unloaded");
+                log_final_output(&mut cur.store);
+                return Ok(());
+            }
             Ok(()) = successor.changed() => continue,
             msg = session.from_worker.recv() => match msg {
                 None | Some(ToPlugin::Closed) => break,
@@ -230,12 +238,6 @@ async fn run(
                 Event::Shutdown
             }
             // The version was replaced and the drain deadline passed.
-            // The version's drain is over: what is left closes now.
-            () = cur.plugin.live.wait_killed() => {
-                debug!("the plugin version is unloaded; closing the connection");
-                session.close_now(0, "plugin version unloaded");
-                return Ok(());
-            }
             () = cur.plugin.live.wait_retired(), if !shutting_down => {
                 shutting_down = true;
                 Event::Shutdown

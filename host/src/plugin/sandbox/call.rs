@@ -73,8 +73,9 @@ pub(crate) type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result
 /// on failure, why (trap, panic, deadline, memory). The error is that
 /// one-line reason.
 ///
-/// The call future is always driven to completion: an instance whose call
-/// was dropped midway must not be called again.
+/// A call that overruns its wall-clock limit is dropped midway: an
+/// instance whose call failed in any way must not be called again (every
+/// caller treats an error as the instance's end).
 pub(crate) async fn call<C: Send, A, R>(
     store: &mut Store<PluginState<C>>,
     app: &A,

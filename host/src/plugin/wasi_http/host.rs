@@ -73,18 +73,36 @@ impl OutboundPolicy {
             _ => return false,
         };
         let port = auth.port_u16().unwrap_or(default_port);
-        let host = auth.host();
-        self.allowed.iter().any(|grant| {
-            match grant
-                .rsplit_once(':')
-                .filter(|(_, p)| p.parse::<u16>().is_ok())
-            {
-                Some((h, p)) => h.eq_ignore_ascii_case(host) && p.parse() == Ok(port),
-                // A bare host grants its scheme's default port only: not
-                // every service the host runs.
-                None => grant.eq_ignore_ascii_case(host) && port == default_port,
-            }
+        let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+        self.allowed.iter().any(|grant| match grant_parts(grant) {
+            Some((h, Some(p))) => h.eq_ignore_ascii_case(host) && p == port,
+            // A bare host grants its scheme's default port only: not every
+            // service the host runs.
+            Some((h, None)) => h.eq_ignore_ascii_case(host) && port == default_port,
+            None => false,
         })
+    }
+}
+
+/// A grant's host (IPv6 without brackets) and port, if it names one:
+/// `host`, `host:port`, `v6`, `[v6]` or `[v6]:port`; `None` if malformed.
+pub(crate) fn grant_parts(grant: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = grant.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?.parse().ok()?),
+        };
+        return Some((host, port));
+    }
+    match grant.matches(':').count() {
+        0 => Some((grant, None)),
+        1 => {
+            let (h, p) = grant.split_once(':')?;
+            Some((h, Some(p.parse().ok()?)))
+        }
+        // A bare IPv6 address.
+        _ => Some((grant, None)),
     }
 }
 
@@ -207,6 +225,13 @@ mod tests {
         );
         assert!(!ok("https://other.example/"));
         assert!(!ok("/relative"));
+        let p6 = policy(&["::1", "[2001:db8::1]:8443"]);
+        let ok6 = |u: &str| p6.allows(&u.parse().unwrap());
+        assert!(ok6("https://[::1]/"));
+        assert!(!ok6("https://[::1]:22/"));
+        assert!(ok6("https://[2001:db8::1]:8443/"));
+        assert!(!ok6("https://[2001:db8::1]/"));
+        assert_eq!(grant_parts("example.com:x"), None);
     }
 
     #[test]
