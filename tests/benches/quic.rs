@@ -72,7 +72,10 @@ struct Server {
 async fn server(settings: QuicSettings, discard: bool) -> Server {
     let cert = TestCert::new();
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let params = ConnectionParams::new_server(tq_e2e::echo_alpn(settings), cert.paths.clone());
+    let params = ConnectionParams::new_server(
+        tq_e2e::loopback(tq_e2e::echo_alpn(settings)),
+        cert.paths.clone(),
+    );
     let mut listener = quic::listen([socket], params, DefaultMetrics::default()).unwrap();
     let addr = listener.local_addrs()[0];
     let task = tokio::spawn(async move {

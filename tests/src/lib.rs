@@ -22,5 +22,6 @@ pub use peers::{
     EchoClient, H3QuinnClient, StreamResult,
 };
 pub use servers::{
-    echo_alpn, H3App, H3TestServer, LiveServer, PluginServer, QuicPluginServer, TestServer,
+    echo_alpn, loopback, H3App, H3TestServer, LiveServer, PluginServer, QuicPluginServer,
+    TestServer,
 };

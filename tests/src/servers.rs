@@ -26,12 +26,23 @@ async fn loopback_listener(
     settings: QuicSettings,
     metrics: DefaultMetrics,
 ) -> (TestCert, Listener<DefaultMetrics>, SocketAddr) {
+    let settings = loopback(settings);
     let cert = TestCert::new();
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let params = ConnectionParams::new_server(settings, cert.paths.clone());
     let listener = quic::listen([socket], params, metrics).expect("listen");
     let addr = listener.local_addrs()[0];
     (cert, listener, addr)
+}
+
+/// Server settings for loopback: every test client shares 127.0.0.1, so
+/// unless a test sets its own per-address cap, the total cap applies
+/// instead (benchmarks open thousands of connections).
+pub fn loopback(mut settings: QuicSettings) -> QuicSettings {
+    if settings.max_connections_per_address == QuicSettings::default().max_connections_per_address {
+        settings.max_connections_per_address = settings.max_connections;
+    }
+    settings
 }
 
 /// The echo protocol's ALPN in place of the default (HTTP/3).

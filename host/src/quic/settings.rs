@@ -113,7 +113,8 @@ pub struct QuicSettings {
     /// Servers: connections held at once from one client IP address (after
     /// Retry has proven the address, when Retry is on). Default: 128 —
     /// room for a NAT's worth of clients, not for one client to take every
-    /// instance or connection slot.
+    /// instance or connection slot. Raise it for load tests from one
+    /// machine (every client then shares one address).
     pub max_connections_per_address: usize,
     /// Packets queued from the router to one connection before more are
     /// dropped. Default: 2048.
