@@ -3,9 +3,10 @@
 //! finished once the peer's side has finished and everything was echoed.
 //! Datagrams, when enabled, are echoed too.
 //!
-//! Each stream buffers at most [`EchoApplication::MAX_PENDING`] bytes; past
-//! that it stops reading, so a peer that never reads its echoes stalls on
-//! flow control instead of growing our memory.
+//! Each stream buffers at most [`EchoApplication::MAX_PENDING`] bytes, and
+//! the connection at most [`EchoApplication::MAX_PENDING_TOTAL`]; past that
+//! it stops reading, so a peer that never reads its echoes stalls on flow
+//! control instead of growing our memory.
 
 use std::collections::HashMap;
 
@@ -16,6 +17,8 @@ use crate::quic::{ApplicationOverQuic, QuicResult};
 pub struct EchoApplication {
     streams: HashMap<u64, EchoStream>,
     scratch: Vec<u8>,
+    /// Bytes read and not yet handed back to quiche, all streams together.
+    buffered: usize,
 }
 
 #[derive(Debug, Default)]
@@ -34,29 +37,45 @@ impl EchoStream {
 impl EchoApplication {
     /// Bytes buffered per stream before the echo stops reading it.
     pub const MAX_PENDING: usize = 1 << 20;
+    /// Bytes buffered on one connection before the echo stops reading any
+    /// of its streams (without it, 100 streams could hold 100 MiB).
+    pub const MAX_PENDING_TOTAL: usize = 4 << 20;
 
     fn read_stream(&mut self, qconn: &mut quiche::Connection, id: u64) -> QuicResult<()> {
         if self.scratch.len() < 64 * 1024 {
             self.scratch.resize(64 * 1024, 0);
         }
         let stream = self.streams.entry(id).or_default();
-        while stream.unsent() < Self::MAX_PENDING && !stream.fin_received {
-            match qconn.stream_recv(id, &mut self.scratch) {
+        while stream.unsent() < Self::MAX_PENDING
+            && self.buffered < Self::MAX_PENDING_TOTAL
+            && !stream.fin_received
+        {
+            // Never more than the connection's budget allows.
+            let room = (Self::MAX_PENDING_TOTAL - self.buffered).min(self.scratch.len());
+            match qconn.stream_recv(id, &mut self.scratch[..room]) {
                 Ok((n, fin)) => {
                     stream.pending.extend_from_slice(&self.scratch[..n]);
+                    self.buffered += n;
                     stream.fin_received = fin;
                 }
                 Err(quiche::Error::Done) => break,
                 Err(quiche::Error::StreamReset(_)) => {
                     // The peer abandoned the stream: abandon our side too.
                     let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, 0);
-                    self.streams.remove(&id);
+                    self.forget(id);
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(())
+    }
+
+    /// Drops a stream and gives its unsent bytes back to the budget.
+    fn forget(&mut self, id: u64) {
+        if let Some(s) = self.streams.remove(&id) {
+            self.buffered -= s.unsent();
+        }
     }
 }
 
@@ -89,7 +108,10 @@ impl ApplicationOverQuic for EchoApplication {
             if stream.unsent() > 0 || stream.fin_received {
                 let fin = stream.fin_received;
                 match qconn.stream_send(id, &stream.pending[stream.sent..], fin) {
-                    Ok(n) => stream.sent += n,
+                    Ok(n) => {
+                        stream.sent += n;
+                        self.buffered -= n;
+                    }
                     Err(quiche::Error::Done) => {}
                     Err(quiche::Error::StreamStopped(_))
                     | Err(quiche::Error::InvalidStreamState(_)) => {
@@ -109,14 +131,117 @@ impl ApplicationOverQuic for EchoApplication {
             }
             if !stream.fin_received
                 && stream.unsent() < Self::MAX_PENDING
+                && self.buffered < Self::MAX_PENDING_TOTAL
                 && qconn.stream_readable(id)
             {
                 self.read_stream(qconn, id)?;
             }
         }
         for id in finished {
-            self.streams.remove(&id);
+            self.forget(id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quic::{ConnectionParams, QuicSettings};
+    use crate::tls::SelfSignedCertificate;
+    use std::net::SocketAddr;
+
+    fn pair() -> (quiche::Connection, quiche::Connection) {
+        let dir = std::env::temp_dir().join(format!("tq-echo-test-{}", std::process::id()));
+        let paths = SelfSignedCertificate::generate(&["localhost"])
+            .unwrap()
+            .write_to(&dir)
+            .unwrap();
+        let settings = QuicSettings {
+            alpn: vec!["tq-echo".into()],
+            ..QuicSettings::default()
+        };
+        let mut scfg = ConnectionParams::new_server(settings.clone(), paths)
+            .to_quiche_config(true)
+            .unwrap();
+        let mut ccfg = ConnectionParams::new_client(settings)
+            .verify_peer(false)
+            .to_quiche_config(false)
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let (c, s): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let client = quiche::connect(
+            Some("localhost"),
+            &quiche::ConnectionId::from_ref(&[1; 16]),
+            c,
+            s,
+            &mut ccfg,
+        )
+        .unwrap();
+        let server = quiche::accept(
+            &quiche::ConnectionId::from_ref(&[2; 16]),
+            None,
+            s,
+            c,
+            &mut scfg,
+        )
+        .unwrap();
+        (client, server)
+    }
+
+    /// Moves every packet one way; returns how many.
+    fn flush(from: &mut quiche::Connection, to: &mut quiche::Connection) -> usize {
+        let mut buf = [0u8; 65536];
+        let mut n = 0;
+        while let Ok((len, info)) = from.send(&mut buf) {
+            let recv = quiche::RecvInfo {
+                from: info.from,
+                to: info.to,
+            };
+            let _ = to.recv(&mut buf[..len], recv);
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_client_that_never_reads_its_echoes_pins_at_most_the_connection_budget() {
+        let (mut client, mut server) = pair();
+        let mut echo = EchoApplication::default();
+        let chunk = vec![7u8; 64 << 10];
+        let mut quiet = 0;
+        for _ in 0..2_000 {
+            if client.is_established() {
+                // 100 streams, each written as far as flow control allows;
+                // nothing is ever read back.
+                for i in 0..100u64 {
+                    let _ = client.stream_send(i * 4, &chunk, false);
+                }
+            }
+            if server.is_established() {
+                echo.process_reads(&mut server).unwrap();
+                echo.process_writes(&mut server).unwrap();
+            }
+            let moved = flush(&mut client, &mut server) + flush(&mut server, &mut client);
+            quiet = if moved == 0 { quiet + 1 } else { 0 };
+            if quiet > 3 {
+                break;
+            }
+        }
+        let unsent: usize = echo.streams.values().map(EchoStream::unsent).sum();
+        assert_eq!(echo.buffered, unsent, "the budget's count is exact");
+        assert!(
+            echo.buffered <= EchoApplication::MAX_PENDING_TOTAL,
+            "{} bytes buffered",
+            echo.buffered
+        );
+        assert!(
+            echo.buffered > EchoApplication::MAX_PENDING,
+            "the echo read more than one stream's worth ({} bytes)",
+            echo.buffered
+        );
     }
 }
