@@ -81,18 +81,35 @@ pub(crate) async fn call<C: Send, A, R>(
     app: &A,
     f: impl for<'a> FnOnce(&'a mut Store<PluginState<C>>, &'a A) -> CallFuture<'a, R>,
 ) -> Result<R, String> {
+    let limit = store.data().call_timeout;
+    bounded(store, app, limit, "one call", f)
+        .await
+        .inspect_err(|why| warn!(error = %why, "plugin failed; closing its connection"))
+}
+
+/// Runs `f` on the instance (with `with`, what the call also borrows) as
+/// one unit of work: a fresh CPU budget, at most `limit` of wall-clock time
+/// (`what` names the unit in the error), what it printed logged afterwards.
+/// The error is a one-line reason. Every call into an instance goes
+/// through here.
+pub(crate) async fn bounded<C: Send, W: ?Sized, R>(
+    store: &mut Store<PluginState<C>>,
+    with: &W,
+    limit: std::time::Duration,
+    what: &str,
+    f: impl for<'a> FnOnce(&'a mut Store<PluginState<C>>, &'a W) -> CallFuture<'a, R>,
+) -> Result<R, String> {
     store.data_mut().start_call();
     store.set_epoch_deadline(1);
-    let limit = store.data().call_timeout;
-    let res = tokio::time::timeout(limit, f(store, app)).await;
+    let res = tokio::time::timeout(limit, f(store, with)).await;
     log_output(store);
-    let why = match res {
-        Ok(Ok(r)) => return Ok(r),
-        Err(_) => format!("exceeded its wall-clock limit of {limit:?} for one call"),
-        Ok(Err(e)) => failure(store.data(), &e),
-    };
-    warn!(error = %why, "plugin failed; closing its connection");
-    Err(why)
+    match res {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(failure(store.data(), &e)),
+        Err(_) => Err(format!(
+            "exceeded its wall-clock limit of {limit:?} for {what}"
+        )),
+    }
 }
 
 /// Why a call failed, knowing whether its CPU deadline passed.
@@ -175,18 +192,13 @@ where
         Ok(t) => t,
         Err(e) => return Some(Err(format!("{iface}#{func} has the wrong type: {e}"))),
     };
-    store.data_mut().start_call();
-    store.set_epoch_deadline(1);
     let limit = store.data().call_timeout;
-    let res = tokio::time::timeout(limit, typed.call_async(&mut *store, params)).await;
-    log_output(store);
-    Some(match res {
-        Ok(Ok((r,))) => Ok(r),
-        Ok(Err(e)) => Err(failure(store.data(), &e)),
-        Err(_) => Err(format!(
-            "exceeded its wall-clock limit of {limit:?} for one call"
-        )),
-    })
+    Some(
+        bounded(store, &typed, limit, "one call", |s, typed| {
+            Box::pin(async move { typed.call_async(s, params).await.map(|(r,)| r) })
+        })
+        .await,
+    )
 }
 
 /// Instantiates with a fresh CPU deadline.
@@ -194,19 +206,10 @@ pub(crate) async fn instantiate<C: Send>(
     pre: &InstancePre<PluginState<C>>,
     store: &mut Store<PluginState<C>>,
 ) -> anyhow::Result<Instance> {
-    store.data_mut().start_call();
-    store.set_epoch_deadline(1);
     let limit = store.data().call_timeout;
-    let res = tokio::time::timeout(limit, pre.instantiate_async(&mut *store)).await;
-    log_output(store);
-    match res {
-        Ok(Ok(i)) => Ok(i),
-        Ok(Err(e)) => Err(anyhow::anyhow!(
-            "instantiating it failed: {}",
-            failure(store.data(), &e)
-        )),
-        Err(_) => Err(anyhow::anyhow!(
-            "instantiating it exceeded its wall-clock limit of {limit:?}"
-        )),
-    }
+    bounded(store, pre, limit, "one call", |s, pre| {
+        Box::pin(pre.instantiate_async(s))
+    })
+    .await
+    .map_err(|why| anyhow::anyhow!("instantiating it failed: {why}"))
 }

@@ -10,7 +10,7 @@ mod output;
 mod state;
 
 pub(crate) use call::{
-    call, call_export, describe, instantiate, log_final_output, new_store, sleep_until,
+    bounded, call, call_export, instantiate, log_final_output, new_store, sleep_until,
 };
 pub use limits::{DirGrant, PluginGrants, PluginLimits};
 pub(crate) use state::PluginState;

@@ -20,7 +20,7 @@ use tracing::{debug, warn, Instrument};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
-use super::sandbox::{describe, instantiate, log_final_output, new_store};
+use super::sandbox::{bounded, instantiate, log_final_output, new_store};
 use super::version::{ConnectionPin, RequestGauge, Version};
 use super::world::ConnectionMeta;
 use crate::http3::{
@@ -158,38 +158,35 @@ async fn run_request(
     let request_timeout = plugin.sandbox.limits.request_timeout;
     let mut guest = Guest(tokio::spawn(
         async move {
-            store.data_mut().start_call();
             // A guest may wait without using CPU (on the client's body, on
             // outgoing HTTP, in a `wasi:io/poll` sleep): the wall clock
             // bounds the whole request too.
-            let res = tokio::time::timeout(request_timeout, async {
-                let proxy = match proxy {
-                    Some(p) => p,
-                    None => pre.instantiate_async(&mut store).await?,
-                };
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, r, o)
-                    .await?;
-                wasmtime::Result::<_>::Ok(proxy)
-            })
+            let res = bounded(
+                &mut store,
+                &pre,
+                request_timeout,
+                "one request",
+                |s, pre| {
+                    Box::pin(async move {
+                        let proxy = match proxy {
+                            Some(p) => p,
+                            None => pre.instantiate_async(&mut *s).await?,
+                        };
+                        proxy
+                            .wasi_http_incoming_handler()
+                            .call_handle(&mut *s, r, o)
+                            .await?;
+                        Ok(proxy)
+                    })
+                },
+            )
             .await;
             log_final_output(&mut store);
-            match res {
-                Ok(Ok(proxy)) => Ok(Idle {
-                    store,
-                    proxy,
-                    served: served + 1,
-                }),
-                Err(_) => Err(format!(
-                    "exceeded its wall-clock limit of {request_timeout:?} for one request"
-                )),
-                Ok(Err(_)) if store.data().past_deadline() => Err(format!(
-                    "exceeded its CPU deadline of {:?}",
-                    store.data().call_deadline
-                )),
-                Ok(Err(e)) => Err(describe(&e)),
-            }
+            res.map(|proxy| Idle {
+                store,
+                proxy,
+                served: served + 1,
+            })
         }
         .in_current_span(),
     ));
