@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quiche::h3::{self, Header};
 use tracing::trace;
@@ -26,6 +26,10 @@ impl sealed::Sealed for ClientHooks {}
 
 impl DriverHooks for ClientHooks {
     const IS_SERVER: bool = false;
+
+    /// A client's application has read everything once its streams are
+    /// gone: it closes at once.
+    const PEER_CLOSE_GRACE: Duration = Duration::ZERO;
 
     fn on_new_stream_headers(
         &mut self,

@@ -127,3 +127,12 @@ impl DriverCore {
         }
     }
 }
+
+/// The earlier of two optional instants (either alone if the other is
+/// absent).
+pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

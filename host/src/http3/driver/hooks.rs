@@ -4,7 +4,7 @@
 //! header section, GOAWAY, deadlines, request queueing), handing them the
 //! shared [`DriverCore`]. The shape follows tokio-quiche's `DriverHooks`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quiche::h3::Header;
 
@@ -25,6 +25,12 @@ pub trait DriverHooks: sealed::Sealed + Default + Send + 'static {
     /// Whether this is the server role (how a stream's first header section
     /// goes out, who opens request streams).
     const IS_SERVER: bool;
+
+    /// Once a going-away connection's data is all acknowledged, how long
+    /// the peer gets to close first. Acknowledged is not read: the peer's
+    /// QUIC stack may still hold the tail of a response its application has
+    /// not taken yet, and our CONNECTION_CLOSE would discard it there.
+    const PEER_CLOSE_GRACE: Duration;
 
     /// The first header section on a stream the driver does not know.
     #[doc(hidden)]

@@ -42,6 +42,7 @@ use super::settings::Http3Settings;
 use crate::metrics::Metrics;
 use crate::quic::{varint, ApplicationClose, ApplicationOverQuic, HandshakeInfo, QuicResult};
 
+use self::core::earliest;
 pub use self::core::DriverCore;
 pub use client::ClientHooks;
 pub use hooks::DriverHooks;
@@ -52,13 +53,6 @@ use streams::clamp_code;
 /// acknowledge its streams' last bytes before closing anyway (a peer that
 /// never acknowledges must not hold the connection open).
 const FLUSH_LIMIT: Duration = Duration::from_secs(3);
-
-/// Once everything is acknowledged, how long the peer gets to close first.
-/// Acknowledged is not read: the peer's QUIC stack may still hold the tail
-/// of a response its application has not taken yet (within the stream's
-/// flow-control window), and our CONNECTION_CLOSE would discard it there.
-/// A client that heard GOAWAY and is done closes by itself (ours does).
-const PEER_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The longest close reason sent: the rest is cut (a CONNECTION_CLOSE frame
 /// must fit in one packet).
@@ -247,9 +241,9 @@ impl<H: DriverHooks> H3Driver<H> {
 
     /// Forgets finished streams; closes a going-away connection once nothing
     /// is left, the peer has acknowledged every stream's data (quiche drops
-    /// unsent stream data when the connection closes) and has had
-    /// [`PEER_CLOSE_GRACE`] to close first; or [`FLUSH_LIMIT`] after only
-    /// that was left.
+    /// unsent stream data when the connection closes) and has had the
+    /// role's [`DriverHooks::PEER_CLOSE_GRACE`] to close first; or
+    /// [`FLUSH_LIMIT`] after only that was left.
     fn collect_streams(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
         let core = &mut self.core;
         core.streams.collect(qconn);
@@ -263,42 +257,33 @@ impl<H: DriverHooks> H3Driver<H> {
             return Ok(());
         }
         let now = Instant::now();
-        let since = *core.flushing_since.get_or_insert(now);
-        // A client's application has read everything once its streams are
-        // gone; only a server must leave the peer time to read.
-        let grace = if H::IS_SERVER {
-            PEER_CLOSE_GRACE
-        } else {
-            Duration::ZERO
-        };
-        let wait = if core.streams.all_acked() {
-            let acked = *core.acked_since.get_or_insert(now);
-            now < acked + grace
+        core.flushing_since.get_or_insert(now);
+        if core.streams.all_acked() {
+            core.acked_since.get_or_insert(now);
         } else {
             core.acked_since = None;
-            true
-        };
-        if wait && now < since + FLUSH_LIMIT {
-            return Ok(());
         }
-        debug!("going away and idle: closing with H3_NO_ERROR");
-        qconn.close(true, H3_NO_ERROR, b"")?;
+        if self.close_due().is_some_and(|t| now >= t) {
+            debug!("going away and idle: closing with H3_NO_ERROR");
+            qconn.close(true, H3_NO_ERROR, b"")?;
+        }
         Ok(())
     }
 
+    /// When a going-away, idle connection closes: after the grace once all
+    /// is acknowledged, or at the flush limit.
+    fn close_due(&self) -> Option<Instant> {
+        let core = &self.core;
+        earliest(
+            core.flushing_since.map(|t| t + FLUSH_LIMIT),
+            core.acked_since.map(|t| t + H::PEER_CLOSE_GRACE),
+        )
+    }
+
     /// When the driver must wake even with nothing else to do: the role's
-    /// deadline, or the end of the wait for acknowledgements.
+    /// deadline, or the connection's close.
     fn deadline(&self) -> Option<Instant> {
-        let flush = match (self.core.flushing_since, self.core.acked_since) {
-            (Some(f), Some(a)) if H::IS_SERVER => Some((f + FLUSH_LIMIT).min(a + PEER_CLOSE_GRACE)),
-            (Some(_), Some(a)) => Some(a),
-            (Some(f), None) => Some(f + FLUSH_LIMIT),
-            _ => None,
-        };
-        match (self.hooks.deadline(&self.core), flush) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(self.hooks.deadline(&self.core), self.close_due())
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use quiche::h3::Header;
 use tracing::{debug, trace};
 
-use super::core::DriverCore;
+use super::core::{earliest, DriverCore};
 use super::hooks::{sealed, DriverHooks};
 use crate::http3::controller::{H3Event, IncomingRequest, PendingRequest};
 use crate::http3::error::{H3Error, H3_NO_ERROR, H3_REQUEST_REJECTED};
@@ -42,6 +42,10 @@ fn first_request_deadline(core: &DriverCore) -> Option<Instant> {
 
 impl DriverHooks for ServerHooks {
     const IS_SERVER: bool = true;
+
+    /// A client that heard GOAWAY and is done closes by itself (ours does);
+    /// one that does not gets a second to read what it has.
+    const PEER_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
     fn on_new_stream_headers(
         &mut self,
@@ -102,10 +106,7 @@ impl DriverHooks for ServerHooks {
     fn deadline(&self, core: &DriverCore) -> Option<Instant> {
         // Wake when a going-away server's linger ends, to close if idle.
         let linger = self.close_not_before.filter(|t| *t > Instant::now());
-        match (first_request_deadline(core), linger) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(first_request_deadline(core), linger)
     }
 
     fn on_deadline(&mut self, core: &DriverCore) -> QuicResult<()> {
