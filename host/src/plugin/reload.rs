@@ -233,30 +233,12 @@ impl LivePlugin {
         let mut drains = lock(&self.inner.drains);
         while drains.try_join_next().is_some() {}
         drains.spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(old) = weak.version() {
-                if old.live.connections() > 0 {
-                    info!(
-                        sha256 = %old.hash,
-                        connections = old.live.connections(),
-                        "drain deadline passed: asking the old version's connections to close"
-                    );
-                }
-                old.live.retired.send_replace(true);
-                drop(old);
-                // As long again for those to finish; then whatever is left
-                // is closed, and the version freed.
+            // At the drain deadline, connections are asked to close; as long
+            // again after, whatever is left is closed and the version freed.
+            for step in [DrainStep::Retire, DrainStep::Kill] {
                 tokio::time::sleep(timeout).await;
-                if let Some(old) = weak.version() {
-                    if old.live.connections() > 0 {
-                        warn!(
-                            sha256 = %old.hash,
-                            connections = old.live.connections(),
-                            "connections still on a retired version after twice the drain timeout: closing them"
-                        );
-                    }
-                    old.live.killed.send_replace(true);
-                }
+                let Some(old) = weak.version() else { return };
+                step.apply(&old);
             }
         });
         Ok(Reloaded::New(plugin))
@@ -310,6 +292,35 @@ impl LivePlugin {
                 }
                 _ if now != seen => candidate = Some(now),
                 _ => {}
+            }
+        }
+    }
+}
+
+/// The two ends of a replaced version's drain.
+#[derive(Clone, Copy)]
+enum DrainStep {
+    /// Ask its connections to close gracefully.
+    Retire,
+    /// Close what is left at once.
+    Kill,
+}
+
+impl DrainStep {
+    fn apply(self, old: &Version) {
+        let connections = old.live.connections();
+        match self {
+            DrainStep::Retire => {
+                if connections > 0 {
+                    info!(sha256 = %old.hash, connections, "drain deadline passed: asking the old version's connections to close");
+                }
+                old.live.retired.send_replace(true);
+            }
+            DrainStep::Kill => {
+                if connections > 0 {
+                    warn!(sha256 = %old.hash, connections, "connections still on a retired version after twice the drain timeout: closing them");
+                }
+                old.live.killed.send_replace(true);
             }
         }
     }
