@@ -147,69 +147,15 @@ impl ApplicationOverQuic for EchoApplication {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quic::{ConnectionParams, QuicSettings};
-    use crate::tls::SelfSignedCertificate;
-    use std::net::SocketAddr;
-
-    fn pair() -> (quiche::Connection, quiche::Connection) {
-        let dir = std::env::temp_dir().join(format!("tq-echo-test-{}", std::process::id()));
-        let paths = SelfSignedCertificate::generate(&["localhost"])
-            .unwrap()
-            .write_to(&dir)
-            .unwrap();
-        let settings = QuicSettings {
-            alpn: vec!["tq-echo".into()],
-            ..QuicSettings::default()
-        };
-        let mut scfg = ConnectionParams::new_server(settings.clone(), paths)
-            .to_quiche_config(true)
-            .unwrap();
-        let mut ccfg = ConnectionParams::new_client(settings)
-            .verify_peer(false)
-            .to_quiche_config(false)
-            .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        let (c, s): (SocketAddr, SocketAddr) = (
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        );
-        let client = quiche::connect(
-            Some("localhost"),
-            &quiche::ConnectionId::from_ref(&[1; 16]),
-            c,
-            s,
-            &mut ccfg,
-        )
-        .unwrap();
-        let server = quiche::accept(
-            &quiche::ConnectionId::from_ref(&[2; 16]),
-            None,
-            s,
-            c,
-            &mut scfg,
-        )
-        .unwrap();
-        (client, server)
-    }
-
-    /// Moves every packet one way; returns how many.
-    fn flush(from: &mut quiche::Connection, to: &mut quiche::Connection) -> usize {
-        let mut buf = [0u8; 65536];
-        let mut n = 0;
-        while let Ok((len, info)) = from.send(&mut buf) {
-            let recv = quiche::RecvInfo {
-                from: info.from,
-                to: info.to,
-            };
-            let _ = to.recv(&mut buf[..len], recv);
-            n += 1;
-        }
-        n
-    }
+    use crate::quic::test_pair::{connect, flush};
+    use crate::quic::QuicSettings;
 
     #[test]
     fn a_client_that_never_reads_its_echoes_pins_at_most_the_connection_budget() {
-        let (mut client, mut server) = pair();
+        let (mut client, mut server) = connect(QuicSettings {
+            alpn: vec!["tq-echo".into()],
+            ..QuicSettings::default()
+        });
         let mut echo = EchoApplication::default();
         let chunk = vec![7u8; 64 << 10];
         let mut quiet = 0;

@@ -49,6 +49,8 @@ mod route;
 mod router;
 mod settings;
 mod socket;
+#[cfg(test)]
+pub(crate) mod test_pair;
 pub mod varint;
 mod worker;
 

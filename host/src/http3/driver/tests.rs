@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -17,33 +16,10 @@ use crate::http3::{
     headers, H3Controller, H3Error, H3Event, Http3Settings, InboundFrame, IncomingRequest,
     OutboundFrame, RequestStream, H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED,
 };
-use crate::quic::{
-    ApplicationClose, ApplicationOverQuic, ConnectionParams, HandshakeInfo, QuicSettings,
-};
-use crate::tls::SelfSignedCertificate;
+use crate::quic::{test_pair, ApplicationClose, ApplicationOverQuic, HandshakeInfo, QuicSettings};
 
 fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
     f.poll(&mut Context::from_waker(Waker::noop()))
-}
-
-fn configs() -> (quiche::Config, quiche::Config) {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tq-driver-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let cert = SelfSignedCertificate::generate(&["localhost"]).unwrap();
-    let paths = cert.write_to(&dir).unwrap();
-    let server = ConnectionParams::new_server(QuicSettings::default(), paths)
-        .to_quiche_config(true)
-        .unwrap();
-    let client = ConnectionParams::new_client(QuicSettings::default())
-        .verify_peer(false)
-        .to_quiche_config(false)
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    (server, client)
 }
 
 /// A connected client and server, each with its driver.
@@ -61,13 +37,9 @@ struct Pair {
 
 impl Pair {
     fn new(h3: Http3Settings) -> Self {
-        let (mut scfg, mut ccfg) = configs();
-        let caddr: SocketAddr = "127.0.0.1:1111".parse().unwrap();
-        let saddr: SocketAddr = "127.0.0.1:2222".parse().unwrap();
-        let cid = quiche::ConnectionId::from_ref(&[1; 16]);
-        let sid = quiche::ConnectionId::from_ref(&[2; 16]);
-        let client = quiche::connect(Some("localhost"), &cid, caddr, saddr, &mut ccfg).unwrap();
-        let server = quiche::accept(&sid, None, saddr, caddr, &mut scfg).unwrap();
+        let (client, server) = test_pair::connect(QuicSettings::default());
+        let caddr: SocketAddr = test_pair::CLIENT.parse().unwrap();
+        let saddr: SocketAddr = test_pair::SERVER.parse().unwrap();
         let (cd, cc) = ClientH3Driver::new_client(h3.clone());
         let (sd, sc) = ServerH3Driver::new_server(h3);
         let mut p = Self {
@@ -84,30 +56,6 @@ impl Pair {
         p.run();
         assert!(p.established, "handshake completes in memory");
         p
-    }
-
-    /// Moves every packet one way; returns how many.
-    fn flush(
-        from: &mut quiche::Connection,
-        to: &mut quiche::Connection,
-        to_addr: SocketAddr,
-        from_addr: SocketAddr,
-    ) -> usize {
-        let mut buf = [0u8; 65536];
-        let mut n = 0;
-        loop {
-            match from.send(&mut buf) {
-                Ok((len, _)) => {
-                    let info = quiche::RecvInfo {
-                        from: from_addr,
-                        to: to_addr,
-                    };
-                    let _ = to.recv(&mut buf[..len], info);
-                    n += 1;
-                }
-                Err(_) => return n,
-            }
-        }
     }
 
     /// Runs both sides until no packet moves.
@@ -151,8 +99,8 @@ impl Pair {
                     }
                 }
             }
-            let moved = Self::flush(&mut self.client, &mut self.server, self.saddr, self.caddr)
-                + Self::flush(&mut self.server, &mut self.client, self.caddr, self.saddr);
+            let moved = test_pair::flush(&mut self.client, &mut self.server)
+                + test_pair::flush(&mut self.server, &mut self.client);
             quiet = if moved == 0 { quiet + 1 } else { 0 };
             if quiet >= 3 {
                 return;
