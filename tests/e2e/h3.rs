@@ -914,3 +914,141 @@ async fn connections_from_one_address_are_capped_and_places_come_back() {
     let again = again.expect("a place came back once a connection closed");
     assert_eq!(again.request("GET", "/", None).await.unwrap().status, 200);
 }
+
+/// How a slowloris request ended, as its client saw it.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    Reset(u64),
+    Finished,
+    Closed,
+}
+
+async fn ending(mut response: tq_host::http3::BodyReceiver) -> Ending {
+    loop {
+        match response.recv().await {
+            Some(InboundFrame::Reset(code)) => return Ending::Reset(code),
+            Some(InboundFrame::Finished) => return Ending::Finished,
+            Some(_) => {}
+            None => return Ending::Closed,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_requests_are_cut_the_address_cap_holds_and_a_bystander_is_served() {
+    use tq_host::http3::{H3Client, H3_REQUEST_CANCELLED};
+    init_tracing();
+    const CAP: usize = 20;
+    const ATTEMPTS: usize = 200;
+    const STREAMS: usize = 4;
+    const STALL: Duration = Duration::from_secs(1);
+    let server = H3TestServer::start(
+        QuicSettings {
+            max_connections_per_address: CAP,
+            ..Default::default()
+        },
+        Http3Settings {
+            stream_stall_timeout: Some(STALL),
+            ..Default::default()
+        },
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+
+    // The bystander, from 127.0.0.1, asks every 20 ms while the attack runs.
+    let bystander = server.client().await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let asking = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0usize, 0usize);
+        let mut took = Vec::new();
+        let mut stopped = stopped;
+        while !*stopped.borrow_and_update() {
+            let asked = std::time::Instant::now();
+            match tokio::time::timeout(Duration::from_secs(5), bystander.request("GET", "/", None))
+                .await
+            {
+                Ok(Ok(r)) if r.status == 200 => ok += 1,
+                _ => failed += 1,
+            }
+            took.push(asked.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        took.sort();
+        let p99 = took.get(took.len() * 99 / 100).copied().unwrap_or_default();
+        (ok, failed, p99)
+    });
+
+    // The attack, from 127.0.0.2: connections that each open requests,
+    // send one byte of body and never finish. (Their idle timeout must
+    // outlast the stall timeout; refused ones give up after it.)
+    let impatient = tq_host::quic::ConnectionParams::new_client(QuicSettings {
+        max_idle_timeout: STALL * 4,
+        ..Default::default()
+    })
+    .ca_file(&server.cert.paths.cert);
+    let connector =
+        Arc::new(tq_host::quic::Connector::new(impatient, Default::default()).expect("connector"));
+    let mut attackers = tokio::task::JoinSet::new();
+    for _ in 0..ATTEMPTS {
+        let connector = connector.clone();
+        let addr = server.addr;
+        attackers.spawn(async move {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.2:0").await.ok()?;
+            let client =
+                H3Client::connect_from(&connector, socket, addr, "localhost", Default::default())
+                    .await
+                    .ok()?;
+            let mut endings = Vec::new();
+            let mut bodies = Vec::new();
+            for _ in 0..STREAMS {
+                let stream = client
+                    .handle()
+                    .send_request(tq_e2e::request_head("POST", "/echo"), true)
+                    .await
+                    .ok()?;
+                let body = stream.body?;
+                body.send_body(Bytes::from_static(b"x"), false).await.ok()?;
+                bodies.push(body);
+                endings.push(stream.response);
+            }
+            let opened = std::time::Instant::now();
+            let mut seen = Vec::new();
+            for r in endings {
+                let e = tokio::time::timeout(Duration::from_secs(10), ending(r)).await;
+                seen.push((e.ok(), opened.elapsed()));
+            }
+            drop(bodies);
+            Some((seen, client))
+        });
+    }
+    let mut admitted = 0;
+    let mut held = Vec::new();
+    while let Some(done) = attackers.join_next().await {
+        let Some((seen, client)) = done.expect("attacker task") else {
+            continue;
+        };
+        admitted += 1;
+        for (ending, after) in seen {
+            assert_eq!(
+                ending,
+                Some(Ending::Reset(H3_REQUEST_CANCELLED)),
+                "a stalled request ended otherwise"
+            );
+            assert!(after < STALL * 6, "a stalled request lived {after:?}");
+        }
+        held.push(client);
+    }
+    stop.send(true).unwrap();
+    let (ok, failed, p99) = asking.await.unwrap();
+    println!(
+        "slowloris: {admitted} of {ATTEMPTS} attacking connections admitted (cap {CAP}), \
+         their {} requests all cut; bystander {ok} answered (p99 {p99:?}), {failed} failed",
+        admitted * STREAMS
+    );
+    assert!(admitted > 0, "no attacker got in: the test proves nothing");
+    assert!(admitted <= CAP, "{admitted} connections from one address");
+    assert!(server.metrics.snapshot().dropped_connection_limit > 0);
+    assert_eq!(failed, 0, "the bystander was refused or timed out");
+    assert!(ok >= 10, "the bystander was served only {ok} times");
+    drop(held);
+}

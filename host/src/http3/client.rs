@@ -88,6 +88,21 @@ impl H3Client {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
         let socket = UdpSocket::bind(bind).await.map_err(QuicError::io("bind"))?;
+        Self::connect_from(connector, socket, addr, server_name, settings).await
+    }
+
+    /// Connects from a socket the caller bound (a chosen local address or
+    /// interface).
+    ///
+    /// # Errors
+    /// Socket, TLS and handshake errors.
+    pub async fn connect_from(
+        connector: &Connector<DefaultMetrics>,
+        socket: UdpSocket,
+        addr: SocketAddr,
+        server_name: &str,
+        settings: Http3Settings,
+    ) -> Result<Self, QuicError> {
         socket
             .connect(addr)
             .await

@@ -52,11 +52,13 @@ pub enum H3Event {
         /// The stream.
         stream_id: u64,
     },
-    /// The peer reset a stream.
+    /// The peer reset a stream, or the server cut it because the peer left
+    /// it stalled (`Http3Settings::stream_stall_timeout`, code
+    /// H3_REQUEST_CANCELLED). Either way its answer can no longer be sent.
     StreamReset {
         /// The stream.
         stream_id: u64,
-        /// The peer's error code.
+        /// The peer's error code, or H3_REQUEST_CANCELLED.
         code: u64,
     },
     /// The peer sent GOAWAY: no new requests (clients) or pushes.

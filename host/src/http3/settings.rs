@@ -30,6 +30,15 @@ pub struct Http3Settings {
     /// the handshake. Default: 10 s.
     #[serde(with = "humantime_serde")]
     pub first_request_timeout: Option<Duration>,
+    /// A request stream on which the peer makes no progress for this long
+    /// is reset (H3_REQUEST_CANCELLED, both directions) and the application
+    /// sees a reset. "No progress" counts only time spent waiting on the
+    /// peer: for body bytes the application is ready to take, or for room
+    /// to send the response bytes it has queued. A slow handler is not cut;
+    /// a client that opens requests and never finishes them (slowloris) or
+    /// never reads their answers is. Default: 30 s.
+    #[serde(with = "humantime_serde")]
+    pub stream_stall_timeout: Option<Duration>,
     /// Accept extended CONNECT (RFC 9220). Default: off.
     pub enable_extended_connect: bool,
     /// Frames queued per stream in each direction between the driver and the
@@ -48,6 +57,7 @@ impl Default for Http3Settings {
             qpack_max_table_capacity: 0,
             qpack_blocked_streams: 0,
             first_request_timeout: Some(Duration::from_secs(10)),
+            stream_stall_timeout: Some(Duration::from_secs(30)),
             enable_extended_connect: false,
             stream_channel_capacity: 16,
             body_chunk_size: 64 * 1024,

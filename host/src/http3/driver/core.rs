@@ -37,6 +37,8 @@ pub struct DriverCore {
     pub(super) flushing_since: Option<Instant>,
     /// Since when, in that state, everything was acknowledged.
     pub(super) acked_since: Option<Instant>,
+    /// When the next stalled stream is due to be cut.
+    pub(super) stall_due: Option<Instant>,
 }
 
 impl std::fmt::Debug for DriverCore {
@@ -91,6 +93,7 @@ impl DriverCore {
             commands_closed: false,
             flushing_since: None,
             acked_since: None,
+            stall_due: None,
         }
     }
 

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::controller::{Command, H3Controller, H3Event, H3Handle};
-use super::error::H3_NO_ERROR;
+use super::error::{H3_NO_ERROR, H3_REQUEST_CANCELLED};
 use super::frames::Shared;
 use super::settings::Http3Settings;
 use crate::metrics::Metrics;
@@ -270,6 +270,23 @@ impl<H: DriverHooks> H3Driver<H> {
         Ok(())
     }
 
+    /// Servers: resets the request streams a peer has left stalled (a
+    /// client is not cut off for waiting on a slow server).
+    fn cut_stalled(&mut self, qconn: &mut quiche::Connection) {
+        let core = &mut self.core;
+        let Some(timeout) = core.settings.stream_stall_timeout.filter(|_| H::IS_SERVER) else {
+            return;
+        };
+        let (cut, next) = core.streams.cut_stalled(qconn, Instant::now(), timeout);
+        core.stall_due = next;
+        for stream_id in cut {
+            core.emit(H3Event::StreamReset {
+                stream_id,
+                code: H3_REQUEST_CANCELLED,
+            });
+        }
+    }
+
     /// When a going-away, idle connection closes: after the grace once all
     /// is acknowledged, or at the flush limit.
     fn close_due(&self) -> Option<Instant> {
@@ -283,7 +300,10 @@ impl<H: DriverHooks> H3Driver<H> {
     /// When the driver must wake even with nothing else to do: the role's
     /// deadline, or the connection's close.
     fn deadline(&self) -> Option<Instant> {
-        earliest(self.hooks.deadline(&self.core), self.close_due())
+        earliest(
+            earliest(self.hooks.deadline(&self.core), self.close_due()),
+            self.core.stall_due,
+        )
     }
 }
 
@@ -360,6 +380,7 @@ impl<H: DriverHooks> ApplicationOverQuic for H3Driver<H> {
         if let Some(h3) = core.h3.as_mut() {
             core.streams.deliver_outbound(h3, qconn, H::IS_SERVER);
         }
+        self.cut_stalled(qconn);
         self.collect_streams(qconn)
     }
 

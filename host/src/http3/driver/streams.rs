@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quiche::h3::{self, Header};
@@ -34,6 +35,8 @@ pub(super) struct StreamCtx {
     pending_out: Option<OutboundFrame>,
     heads_sent: usize,
     send_done: bool,
+    /// Since when the stream has waited on the peer without progress.
+    stalled_since: Option<Instant>,
 }
 
 impl StreamCtx {
@@ -57,6 +60,18 @@ impl StreamCtx {
         if let Some(OutboundFrame::Body(b, _)) = self.pending_out.take() {
             shared.sub_outbound(b.len());
         }
+    }
+
+    /// Whether only the peer can move the stream on: the application is
+    /// ready for body bytes that do not come, or has queued bytes quiche
+    /// cannot send (flow control: the peer does not read).
+    fn waits_on_peer(&self) -> bool {
+        let wants_body = !self.recv_done
+            && self.pending_in.is_empty()
+            && !self.data_pending
+            && self.inbound.as_ref().is_some_and(|tx| tx.capacity() > 0);
+        let cannot_send = !self.send_done && self.pending_out.is_some();
+        wants_body || cannot_send
     }
 
     fn is_done(&self) -> bool {
@@ -264,6 +279,7 @@ impl StreamTable {
                     match h3.recv_body(qconn, id, &mut self.buf) {
                         Ok(n) => {
                             read_any = true;
+                            ctx.stalled_since = None;
                             self.shared.add_inbound(n);
                             permit.send(InboundFrame::Body(Bytes::copy_from_slice(&self.buf[..n])));
                         }
@@ -344,6 +360,44 @@ impl StreamTable {
         self.publish_len();
     }
 
+    /// Resets, both ways, every stream that has waited on the peer without
+    /// progress for `timeout` (see `Http3Settings::stream_stall_timeout`).
+    /// Returns the streams cut and when the next one would be due.
+    pub(super) fn cut_stalled(
+        &mut self,
+        qconn: &mut quiche::Connection,
+        now: Instant,
+        timeout: Duration,
+    ) -> (Vec<u64>, Option<Instant>) {
+        let mut cut = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&id, ctx) in self.streams.iter_mut() {
+            if !ctx.waits_on_peer() {
+                ctx.stalled_since = None;
+                continue;
+            }
+            let due = *ctx.stalled_since.get_or_insert(now) + timeout;
+            if now < due {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            debug!(
+                stream = id,
+                ?timeout,
+                "no progress from the peer; resetting the stream"
+            );
+            let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, H3_REQUEST_CANCELLED);
+            let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_CANCELLED);
+            ctx.push_in(InboundFrame::Reset(H3_REQUEST_CANCELLED));
+            ctx.recv_done = true;
+            ctx.data_pending = false;
+            ctx.stalled_since = None;
+            ctx.end_outbound(&self.shared);
+            cut.push(id);
+        }
+        (cut, next)
+    }
+
     /// Whether every stream's data was acknowledged by the peer.
     pub(super) fn all_acked(&self) -> bool {
         self.unacked.is_empty()
@@ -377,6 +431,7 @@ fn send_frame(
             };
             match r {
                 Ok(()) => {
+                    ctx.stalled_since = None;
                     ctx.heads_sent += 1;
                     ctx.send_done |= fin;
                     true
@@ -390,6 +445,9 @@ fn send_frame(
         }
         OutboundFrame::Body(mut bytes, fin) => match h3.send_body(qconn, id, &bytes, fin) {
             Ok(n) => {
+                if n > 0 {
+                    ctx.stalled_since = None;
+                }
                 shared.sub_outbound(n);
                 if n < bytes.len() {
                     let _ = bytes.split_to(n);
