@@ -55,6 +55,9 @@ pub enum OutboundFrame {
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     pub(crate) notify: Notify,
+    /// Woken whenever the driver hands queued body bytes to quiche, for
+    /// writers that wait on a connection-wide byte budget.
+    pub(crate) drained: Notify,
     /// Body bytes handed to the application but not yet consumed.
     pub(crate) inbound_buffered: AtomicUsize,
     /// Body bytes taken from the application but not yet accepted by quiche.
@@ -78,6 +81,22 @@ impl Shared {
     }
     pub(crate) fn sub_outbound(&self, n: usize) {
         self.outbound_buffered.fetch_sub(n, Ordering::Relaxed);
+        if n > 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until fewer than `budget` body bytes are queued for quiche.
+    pub(crate) async fn below(&self, budget: usize) {
+        loop {
+            let drained = self.drained.notified();
+            let mut drained = std::pin::pin!(drained);
+            drained.as_mut().enable();
+            if self.outbound_buffered.load(Ordering::Relaxed) < budget {
+                return;
+            }
+            drained.await;
+        }
     }
 }
 

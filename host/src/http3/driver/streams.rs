@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quiche::h3::{self, Header};
+use quiche::h3::{self, Header, NameValue};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::super::error::{H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED};
 use super::super::frames::{BodyReceiver, InboundFrame, OutboundFrame, OutboundSender, Shared};
@@ -37,6 +37,10 @@ pub(super) struct StreamCtx {
     send_done: bool,
     /// Since when the stream has waited on the peer without progress.
     stalled_since: Option<Instant>,
+    /// The stream's send capacity when quiche last refused a header
+    /// section for want of room: it is not encoded again until the
+    /// capacity grows (quiche encodes before it checks).
+    head_blocked_at: Option<usize>,
 }
 
 impl StreamCtx {
@@ -422,6 +426,30 @@ fn send_frame(
     shared: &Shared,
 ) -> bool {
     let blocked = |e: &h3::Error| matches!(e, h3::Error::StreamBlocked | h3::Error::Done);
+    if let OutboundFrame::Headers { headers, .. } | OutboundFrame::Trailers(headers) = &frame {
+        if let Some(at) = ctx.head_blocked_at {
+            if qconn.stream_capacity(id).is_ok_and(|now| now <= at) {
+                ctx.pending_out = Some(frame);
+                return false;
+            }
+        }
+        let size = field_section_size(headers);
+        let limit = peer_field_section_limit(h3).min(MAX_FIELD_SECTION_OUT);
+        if size > limit {
+            warn!(
+                stream = id,
+                size, limit, "header section larger than the peer accepts; resetting the stream"
+            );
+            ctx.head_blocked_at = None;
+            let e = h3::Error::ExcessiveLoad;
+            return abandon_stream(qconn, id, ctx, "headers", &e);
+        }
+    }
+    let refused_room = |ctx: &mut StreamCtx, qconn: &mut quiche::Connection, frame| {
+        ctx.head_blocked_at = qconn.stream_capacity(id).ok();
+        ctx.pending_out = Some(frame);
+        false
+    };
     match frame {
         OutboundFrame::Headers { headers, fin } => {
             let r = if is_server && ctx.heads_sent == 0 {
@@ -432,13 +460,13 @@ fn send_frame(
             match r {
                 Ok(()) => {
                     ctx.stalled_since = None;
+                    ctx.head_blocked_at = None;
                     ctx.heads_sent += 1;
                     ctx.send_done |= fin;
                     true
                 }
                 Err(e) if blocked(&e) => {
-                    ctx.pending_out = Some(OutboundFrame::Headers { headers, fin });
-                    false
+                    refused_room(ctx, qconn, OutboundFrame::Headers { headers, fin })
                 }
                 Err(e) => abandon_stream(qconn, id, ctx, "headers", &e),
             }
@@ -470,13 +498,11 @@ fn send_frame(
         OutboundFrame::Trailers(headers) => {
             match h3.send_additional_headers(qconn, id, &headers, true, true) {
                 Ok(()) => {
+                    ctx.head_blocked_at = None;
                     ctx.send_done = true;
                     true
                 }
-                Err(e) if blocked(&e) => {
-                    ctx.pending_out = Some(OutboundFrame::Trailers(headers));
-                    false
-                }
+                Err(e) if blocked(&e) => refused_room(ctx, qconn, OutboundFrame::Trailers(headers)),
                 Err(e) => abandon_stream(qconn, id, ctx, "trailers", &e),
             }
         }
@@ -491,6 +517,27 @@ fn send_frame(
             true
         }
     }
+}
+
+/// The largest header section the driver sends, whatever the peer allows:
+/// quiche sizes its encoding buffer from the section, so an application's
+/// (or a plugin's) 64 MiB header must not reach it.
+pub(crate) const MAX_FIELD_SECTION_OUT: u64 = 256 * 1024;
+
+/// A header section's size as RFC 9114 §4.2.2 counts it against
+/// SETTINGS_MAX_FIELD_SECTION_SIZE: names and values plus 32 per field.
+pub(crate) fn field_section_size(headers: &[Header]) -> u64 {
+    headers
+        .iter()
+        .map(|h| (h.name().len() + h.value().len() + 32) as u64)
+        .sum()
+}
+
+/// The peer's SETTINGS_MAX_FIELD_SECTION_SIZE (0x6), if it sent one.
+fn peer_field_section_limit(h3: &h3::Connection) -> u64 {
+    h3.peer_settings_raw()
+        .and_then(|s| s.iter().find(|(id, _)| *id == 0x6).map(|(_, v)| *v))
+        .unwrap_or(u64::MAX)
 }
 
 /// Gives up on our side of a stream after quiche refused a frame for it.

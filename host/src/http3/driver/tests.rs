@@ -420,3 +420,71 @@ fn plugin_chosen_codes_beyond_varint_range_do_not_panic() {
         Some(crate::http3::H3_INTERNAL_ERROR)
     );
 }
+
+#[test]
+fn a_response_head_beyond_the_peers_limit_resets_only_that_stream() {
+    let mut p = Pair::new(Http3Settings::default());
+    let mut stream = p.request("GET", false).unwrap();
+    p.run();
+    let req = p.next_request();
+    // The client allows 16 KiB (its max_header_list_size).
+    let big = "v".repeat(20 * 1024);
+    req.response
+        .try_send(OutboundFrame::Headers {
+            headers: headers(&[(":status", "200"), ("x-big", &big)]),
+            fin: true,
+        })
+        .unwrap();
+    drop(req);
+    p.run();
+    let frames = drain(&mut stream.response);
+    assert!(
+        matches!(frames.last(), Some(InboundFrame::Reset(_))),
+        "{frames:?}"
+    );
+    drop(stream);
+    p.run();
+    assert_eq!(p.table_sizes(), (0, 0));
+    // The connection still serves.
+    let mut again = p.request("GET", false).unwrap();
+    p.run();
+    respond(&p.next_request(), b"ok");
+    p.run();
+    assert!(drain(&mut again.response).contains(&InboundFrame::Finished));
+}
+
+#[test]
+fn a_request_whose_body_never_comes_is_cut_but_a_slow_handler_is_not() {
+    let mut p = Pair::new(Http3Settings {
+        stream_stall_timeout: Some(Duration::ZERO),
+        ..Default::default()
+    });
+    // A GET the handler takes its time over: waiting on the application.
+    let mut slow = p.request("GET", false).unwrap();
+    p.run();
+    let slow_req = p.next_request();
+    // A POST whose body never comes: waiting on the peer.
+    let mut stalled = p.request("POST", true).unwrap();
+    p.run();
+    let mut req = p.next_request();
+    p.run();
+    let mut rx = req.body.take().unwrap();
+    assert_eq!(
+        drain(&mut rx),
+        vec![InboundFrame::Reset(H3_REQUEST_CANCELLED)]
+    );
+    let reset = std::iter::from_fn(|| p.sc.events.try_recv().ok()).any(|e| {
+        matches!(e, H3Event::StreamReset { stream_id, code }
+            if stream_id == req.stream_id && code == H3_REQUEST_CANCELLED)
+    });
+    assert!(reset, "the application is told");
+    assert!(drain(&mut stalled.response).contains(&InboundFrame::Reset(H3_REQUEST_CANCELLED)));
+    // The slow handler answers in the end, and the answer arrives.
+    respond(&slow_req, b"late");
+    p.run();
+    let frames = drain(&mut slow.response);
+    assert!(frames.contains(&InboundFrame::Finished), "{frames:?}");
+    drop((rx, req, slow_req, slow, stalled));
+    p.run();
+    assert_eq!(p.table_sizes(), (0, 0));
+}
