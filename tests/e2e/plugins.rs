@@ -186,7 +186,7 @@ async fn a_plugin_that_logs_every_request_keeps_its_connection() {
     // connection used to die after about 64 requests.
     let server = PluginServer::start("misbehave", PluginLimits::default()).await;
     let client = server.client().await;
-    for i in 0..1_000 {
+    for i in 0..10_000 {
         let r = client
             .request("GET", "/log", None)
             .await
@@ -387,4 +387,103 @@ async fn large_uploads_echo_through_the_plugin_one_after_another() {
         assert_eq!(r.status, 200);
         assert_eq!(sha256(&r.body), sha256(&data), "echo #{i}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_arguments_get_errors_and_nothing_else_is_disturbed() {
+    init_tracing();
+    let limits = PluginLimits {
+        // Room for the plugin's own 64 MiB header and body.
+        memory_bytes: 256 << 20,
+        call_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let server = PluginServer::start("misbehave", limits).await;
+    let bystander = server.client().await;
+    let ok = |r: Result<tq_host::http3::Response, tq_host::http3::H3Error>| {
+        let r = r.expect("a well-behaved connection keeps being answered");
+        assert_eq!(r.body, b"ok");
+    };
+    let text = |r: tq_host::http3::Response| String::from_utf8_lossy(&r.body).into_owned();
+    let hostile = server.client().await;
+
+    // Made-up streams and codes no QUIC frame can carry: refused, never a
+    // panic, and nothing queued for them.
+    let r = hostile
+        .request("GET", "/codes", None)
+        .await
+        .expect("/codes");
+    assert_eq!(text(r), "accepted 0 refused 100004");
+    ok(bystander.request("GET", "/ok", None).await);
+
+    // A 64 MiB header section: invalid-argument.
+    let r = hostile
+        .request("GET", "/big-head", None)
+        .await
+        .expect("/big-head");
+    let answer = text(r);
+    assert!(answer.contains("invalid-argument"), "{answer}");
+
+    // A 64 MiB body chunk in one call: 64 KiB taken, the rest left to the
+    // plugin.
+    let r = hostile
+        .request("GET", "/big-body", None)
+        .await
+        .expect("/big-body");
+    let tail = b"accepted Ok(65536)";
+    assert_eq!(r.body.len(), 65536 + tail.len());
+    assert!(
+        r.body.ends_with(tail),
+        "{:?}",
+        String::from_utf8_lossy(&r.body[65536..])
+    );
+    ok(bystander.request("GET", "/ok", None).await);
+
+    // A plugin that asks to be woken at once, every time: one tick per
+    // millisecond at most, and the others are served as before.
+    let spinner = server.client().await;
+    let r = spinner
+        .request("GET", "/spin-timer", None)
+        .await
+        .expect("/spin-timer");
+    assert_eq!(r.body, b"spinning");
+    let started = Instant::now();
+    for _ in 0..50 {
+        ok(bystander.request("GET", "/ok", None).await);
+    }
+    let fifty = started.elapsed();
+    println!("50 bystander requests beside a spinning timer: {fifty:?}");
+
+    // Sleeping in on-close: cut at the call timeout.
+    let sleeper = server.client().await;
+    let r = sleeper
+        .request("GET", "/sleep-on-close", None)
+        .await
+        .expect("/sleep-on-close");
+    assert_eq!(r.body, b"will sleep");
+    sleeper.handle().close(tq_host::http3::H3_NO_ERROR, "bye");
+    drop(sleeper);
+
+    // close(u64::MAX, 1 MiB of reason): the connection closes with an
+    // internal error, the process does not.
+    let closer = server.client().await;
+    let err = closer
+        .request("GET", "/close-max", None)
+        .await
+        .expect_err("the connection closes");
+    println!("close-max: {err}");
+    tokio::time::timeout(Duration::from_secs(5), closer.connection().closed())
+        .await
+        .expect("the closed connection ends");
+    ok(bystander.request("GET", "/ok", None).await);
+    ok(server.client().await.request("GET", "/ok", None).await);
+
+    // And the server shuts down promptly, the spinner still connected.
+    drop(hostile);
+    let took = server
+        .shut_down(Duration::from_secs(8))
+        .await
+        .expect("the server stops within 8 s");
+    println!("shutdown with a spinning plugin connected: {took:?}");
+    drop(spinner);
 }

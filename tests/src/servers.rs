@@ -214,6 +214,7 @@ pub struct PluginServer {
     pub addr: SocketAddr,
     /// The certificate the server presents.
     pub cert: TestCert,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl PluginServer {
@@ -232,14 +233,27 @@ impl PluginServer {
             .expect("plugin loads");
         let (cert, listener, addr) =
             loopback_listener(QuicSettings::default(), DefaultMetrics::default()).await;
-        // Nobody ever asks these connections to finish.
-        let (_, never) = tokio::sync::watch::channel(false);
-        let task = serve_plugin(listener, PluginSource::Fixed(plugin), never);
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let task = serve_plugin(listener, PluginSource::Fixed(plugin), stopping);
         Self {
             _task: AbortOnDrop(task),
             addr,
             cert,
+            stop,
         }
+    }
+
+    /// Shuts the server down as `tq-host` does on Ctrl-C (GOAWAY, drain,
+    /// close) and waits for it to stop; returns how long that took, or
+    /// `None` past `limit`.
+    pub async fn shut_down(mut self, limit: std::time::Duration) -> Option<std::time::Duration> {
+        let started = std::time::Instant::now();
+        let _ = self.stop.send(true);
+        tokio::time::timeout(limit, &mut self._task.0)
+            .await
+            .ok()?
+            .ok()?;
+        Some(started.elapsed())
     }
 
     /// A connected client of ours.

@@ -25,7 +25,9 @@ use wasmtime::Store;
 use super::bindings::h3::tq::plugin::h3_types::{Event, RequestHead};
 use super::bindings::h3::tq::plugin::types::{ConnectionInfo, Header};
 use super::bindings::h3::Http3App;
-use super::sandbox::{call, instantiate, log_final_output, new_store, sleep_until, PluginState};
+use super::sandbox::{
+    call, instantiate, log_final_output, new_store, sleep_until, timer_at, PluginState,
+};
 use super::version::{ConnectionPin, RequestGauge, Version};
 use super::world::ConnectionMeta;
 use crate::http3::{
@@ -174,6 +176,7 @@ async fn run(
     // Streams whose response is blocked, each with its wait for room: their
     // bodies are not read meanwhile.
     let mut writable: HashMap<u64, WritableWait> = HashMap::new();
+    let mut last_timer: Option<Instant> = None;
     while !failed {
         requests.set(store.data().conn.streams.len());
         let wait = match call(&mut store, &app, |s, a: &Http3App| {
@@ -187,9 +190,7 @@ async fn run(
                 break;
             }
         };
-        let deadline = wait
-            .deadline_ms
-            .map(|ms| store.data().established + Duration::from_millis(ms));
+        let deadline = timer_at(store.data().established, wait.deadline_ms, last_timer);
         // After every call, `wait-for-data` included: a stream found full
         // in any of them gets its wait, and its body is not read meanwhile.
         arm_writable(&mut store, &mut writable);
@@ -221,6 +222,7 @@ async fn run(
                 let end = req.body.is_none();
                 if let Some(body) = req.body {
                     bodies.insert(id, body);
+                    store.data_mut().conn.reading.insert(id);
                 }
                 Event::Request(RequestHead {
                     stream: id,
@@ -231,6 +233,7 @@ async fn run(
             Wake::Event(Some(H3Event::GoAway { .. })) => Event::Goaway,
             Wake::Event(Some(H3Event::StreamReset { stream_id, code })) => {
                 store.data_mut().conn.streams.remove(&stream_id);
+                store.data_mut().conn.reading.remove(&stream_id);
                 bodies.remove(stream_id);
                 writable.remove(&stream_id);
                 Event::Reset((stream_id, code))
@@ -238,12 +241,21 @@ async fn run(
             Wake::Event(Some(_)) => continue,
             Wake::Frame(id, Some(InboundFrame::Body(b))) => Event::Body((id, b.to_vec())),
             Wake::Frame(id, Some(InboundFrame::Headers(h))) => Event::Trailers((id, headers(&h))),
-            Wake::Frame(id, Some(InboundFrame::Finished)) => Event::Finished(id),
+            Wake::Frame(id, Some(InboundFrame::Finished)) => {
+                store.data_mut().conn.reading.remove(&id);
+                Event::Finished(id)
+            }
             // Resets reach the plugin through the controller's StreamReset
             // event; a closed connection through ConnectionShutdown.
-            Wake::Frame(_, Some(InboundFrame::Reset(_)) | None) => continue,
+            Wake::Frame(id, Some(InboundFrame::Reset(_)) | None) => {
+                store.data_mut().conn.reading.remove(&id);
+                continue;
+            }
             Wake::Writable(id) => Event::Writable(id),
-            Wake::Timer => Event::Timer,
+            Wake::Timer => {
+                last_timer = Some(Instant::now());
+                Event::Timer
+            }
             // The server is stopping, or the version was replaced and its
             // drain deadline passed: stop taking requests; the driver
             // closes once these are answered.
@@ -280,9 +292,14 @@ fn arm_writable(store: &mut Store<PluginState<H3Conn>>, waits: &mut HashMap<u64,
     for id in std::mem::take(&mut s.want_writable) {
         if let Some(sender) = s.streams.get(&id) {
             let sender = sender.clone();
-            waits
-                .entry(id)
-                .or_insert_with(|| Box::pin(async move { sender.ready().await }));
+            waits.entry(id).or_insert_with(|| {
+                Box::pin(async move {
+                    // Room in the stream's channel, and in the connection's
+                    // byte budget.
+                    sender.ready().await;
+                    sender.shared.below(host::CONNECTION_BUDGET).await;
+                })
+            });
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use tracing::{debug, info, warn, Instrument};
 use wasmtime::component::Instance;
@@ -25,7 +25,7 @@ use super::bindings::h3::tq::plugin::types::ConnectionInfo;
 use super::bindings::quic::tq::plugin::quic_types::{Event, Incoming, StreamData};
 use super::bindings::quic::QuicApp;
 use super::sandbox::{
-    call, call_export, instantiate, log_final_output, new_store, sleep_until, PluginState,
+    call, call_export, instantiate, log_final_output, new_store, sleep_until, timer_at, PluginState,
 };
 use super::version::{ConnectionPin, Version};
 use super::world::MIGRATE_EXPORT;
@@ -165,6 +165,7 @@ async fn run(
     // A version that refused this connection's state is not asked again.
     // Held weakly: a refused version must not stay loaded for this.
     let mut refused: Option<std::sync::Weak<Version>> = None;
+    let mut last_timer: Option<Instant> = None;
     loop {
         let next = successor.borrow_and_update().clone();
         if let Some(next) = next {
@@ -186,9 +187,7 @@ async fn run(
         })
         .await
         .map_err(|_| Failed)?;
-        let deadline = wait
-            .deadline_ms
-            .map(|ms| cur.store.data().established + Duration::from_millis(ms));
+        let deadline = timer_at(cur.store.data().established, wait.deadline_ms, last_timer);
         let event = tokio::select! {
             // A new version first: data that arrives after a reload is
             // handled by it.
@@ -232,7 +231,10 @@ async fn run(
                     Event::StreamStopped((stream, code))
                 }
             },
-            () = sleep_until(deadline) => Event::Timer,
+            () = sleep_until(deadline) => {
+                last_timer = Some(Instant::now());
+                Event::Timer
+            }
             () = &mut shutdown, if !shutting_down => {
                 shutting_down = true;
                 Event::Shutdown

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use wasmtime::component::ResourceTable;
@@ -160,6 +160,22 @@ fn emit(taken: super::output::Taken) {
             info!(target: "tq_host::plugin::output", "{line}");
         }
     }
+}
+
+/// The shortest time between two `timer` events of one connection.
+const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
+
+/// When a plugin's `wait-for-data` deadline (milliseconds since
+/// `established`) fires: not before [`TIMER_GRANULARITY`] after the last
+/// timer, so a plugin that asks to be woken "now" every time gets a tick,
+/// not a busy loop.
+pub(crate) fn timer_at(
+    established: Instant,
+    deadline_ms: Option<u64>,
+    last_timer: Option<Instant>,
+) -> Option<Instant> {
+    let at = established.checked_add(Duration::from_millis(deadline_ms?))?;
+    Some(last_timer.map_or(at, |t| at.max(t + TIMER_GRANULARITY)))
 }
 
 /// Sleeps until `deadline`, or forever without one.

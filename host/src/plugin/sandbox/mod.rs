@@ -10,7 +10,7 @@ mod output;
 mod state;
 
 pub(crate) use call::{
-    bounded, call, call_export, instantiate, log_final_output, new_store, sleep_until,
+    bounded, call, call_export, instantiate, log_final_output, new_store, sleep_until, timer_at,
 };
 pub use limits::{DirGrant, PluginGrants, PluginLimits};
 pub(crate) use state::PluginState;

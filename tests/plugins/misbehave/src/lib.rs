@@ -11,12 +11,52 @@
 //! | `GET /log` | prints a 1 KiB line to stderr, then answers `logged` |
 //! | `GET /file/PATH` | tries to read `/PATH` and answers `read: ...` or `error: ...` |
 //! | `GET /env/NAME` | answers the environment variable, or `unset` |
+//! | `GET /codes` | resets, stops and writes 100,000 made-up streams with codes 2^62 and `u64::MAX`, then answers what the host said |
+//! | `GET /big-head` | sends a 64 MiB header, then answers what the host said |
+//! | `GET /big-body` | sends a 64 MiB body chunk in one call, then ends the body with `accepted N` |
+//! | `GET /close-max` | closes the connection with code `u64::MAX` and a 1 MiB reason |
+//! | `GET /spin-timer` | asks to be woken at once, every time, from now on (and answers) |
+//! | `GET /sleep-on-close` | answers, and sleeps for an hour when the connection closes |
 
+use tq_sdk::bindings::tq::plugin::h3_connection as host;
+use tq_sdk::bindings::tq::plugin::types::Header;
 use tq_sdk::http3::{App, Conn, Request};
 
 #[derive(Default)]
 struct Misbehave {
     hoard: Vec<Vec<u8>>,
+    spin: bool,
+    sleep_on_close: bool,
+}
+
+/// Calls every stream-taking host function on made-up streams with codes
+/// no QUIC frame can carry; returns how the host answered, by outcome.
+fn made_up_streams() -> String {
+    let mut refused = 0u32;
+    let mut accepted = 0u32;
+    for k in 0..100_000u64 {
+        let id = k.wrapping_mul(4).wrapping_add(1_000_000);
+        for code in [1u64 << 62, u64::MAX] {
+            host::reset_stream(id, code);
+            host::stop_sending(id, code);
+        }
+        match host::send_body(id, b"x", true) {
+            Ok(_) => accepted += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    for id in [u64::MAX, 2, 3, 1u64 << 62] {
+        host::reset_stream(id, u64::MAX);
+        let h = [Header {
+            name: ":status".into(),
+            value: b"200".to_vec(),
+        }];
+        match host::send_headers(id, &h, true) {
+            Ok(()) => accepted += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    format!("accepted {accepted} refused {refused}")
 }
 
 impl App for Misbehave {
@@ -58,7 +98,50 @@ impl App for Misbehave {
                 let v = std::env::var(&p["/env/".len()..]).unwrap_or_else(|_| "unset".into());
                 conn.respond(req.stream, 200, &[], v.as_bytes());
             }
+            "/codes" => {
+                let answer = made_up_streams();
+                conn.respond(req.stream, 200, &[], answer.as_bytes());
+            }
+            "/big-head" => {
+                let h = [
+                    Header {
+                        name: ":status".into(),
+                        value: b"200".to_vec(),
+                    },
+                    Header {
+                        name: "x-big".into(),
+                        value: vec![b'h'; 64 << 20],
+                    },
+                ];
+                let answer = format!("{:?}", host::send_headers(req.stream, &h, true));
+                conn.respond(req.stream, 200, &[], answer.as_bytes());
+            }
+            "/big-body" => {
+                let _ = conn.send_head(req.stream, 200, &[], false);
+                let n = host::send_body(req.stream, &vec![b'b'; 64 << 20], true);
+                let tail = format!("accepted {n:?}");
+                conn.write_body(req.stream, tail.as_bytes(), true);
+            }
+            "/close-max" => host::close(u64::MAX, &"r".repeat(1 << 20)),
+            "/spin-timer" => {
+                self.spin = true;
+                conn.respond(req.stream, 200, &[], b"spinning");
+            }
+            "/sleep-on-close" => {
+                self.sleep_on_close = true;
+                conn.respond(req.stream, 200, &[], b"will sleep");
+            }
             _ => conn.respond(req.stream, 404, &[], b"not found"),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.spin.then_some(0)
+    }
+
+    fn on_close(&mut self) {
+        if self.sleep_on_close {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
         }
     }
 }
