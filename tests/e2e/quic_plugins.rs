@@ -240,3 +240,66 @@ async fn a_raw_plugin_panic_or_memory_bomb_ends_only_its_connection() {
     assert_eq!(how, Some((0x1, "plugin failed".into())));
     assert!(answered > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_raw_plugin_arguments_are_refused_and_its_close_is_clamped() {
+    init_tracing();
+    let limits = PluginLimits {
+        // Room for the plugin's own 64 MiB datagram and write.
+        memory_bytes: 256 << 20,
+        ..Default::default()
+    };
+    let server = QuicPluginServer::start("quic_probe", limits).await;
+    let (_ep1, bystander) = server.quinn().await;
+    let (_ep2, victim) = server.quinn().await;
+    let (mut send, _recv) = victim.open_bi().await.unwrap();
+    send.write_all(b"hostile").await.unwrap();
+    send.finish().unwrap();
+    let mut answer = tokio::time::timeout(Duration::from_secs(20), victim.accept_uni())
+        .await
+        .expect("the answer comes")
+        .expect("a server stream");
+    let answer = answer.read_to_end(1 << 16).await.expect("the answer");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    println!("hostile raw plugin: {answer}");
+    // Every write, reset and stop of a made-up stream (ours far past the
+    // next one, or the client's never opened), and every code beyond
+    // 2^62 - 1, is refused; a 64 MiB datagram is refused; a 64 MiB write
+    // is taken in part at most.
+    assert!(answer.starts_with("ok 0 refused "), "{answer}");
+    let field = |name: &str| -> u64 {
+        let mut words = answer.split(' ');
+        while let Some(w) = words.next() {
+            if w == name {
+                return words
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(u64::MAX);
+            }
+        }
+        u64::MAX
+    };
+    assert!(field("refused") >= 400_000, "{answer}");
+    assert_eq!(field("queued"), 0, "{answer}");
+    assert!(answer.contains("datagram false"), "{answer}");
+    let big = answer.split("big ").nth(1).unwrap_or_default();
+    let taken: u64 = big
+        .trim_start_matches("Ok(")
+        .trim_end_matches(')')
+        .parse()
+        .unwrap_or(u64::MAX);
+    assert!(taken <= 4 << 20, "a 64 MiB write was taken whole: {answer}");
+    // close(u64::MAX, 1 MiB): closed with the internal error code and a
+    // cut reason.
+    let (code, reason) = closed_with(&victim).await.expect("closed by the plugin");
+    assert_eq!(code, 0x1);
+    assert!(
+        reason.len() <= 1024,
+        "a {} byte reason went out",
+        reason.len()
+    );
+    // The other connection and new ones are served.
+    assert_eq!(ask(&bystander, "echo alive").await.unwrap(), "alive");
+    let (_ep3, after) = server.quinn().await;
+    assert_eq!(ask(&after, "echo still").await.unwrap(), "still");
+}

@@ -173,6 +173,11 @@ pub(crate) struct Shared {
     peer_streams: HashSet<u64>,
     /// Our streams (server-opened) whose sending side ended.
     local_done: HashSet<u64>,
+    /// The index one past the highest stream of ours (bidirectional,
+    /// unidirectional) the plugin has written: QUIC opens streams in
+    /// order, so a plugin may name the next one but not one far beyond
+    /// (which could never open, and would hold its bytes forever).
+    next_local: [u64; 2],
     /// Streams whose fin went to quiche and that quiche still holds (their
     /// bytes not all acknowledged): what a graceful close waits for.
     fin_sent: Vec<u64>,
@@ -197,7 +202,8 @@ impl Shared {
             return Err(Refused::Closed);
         }
         let open = if is_local(stream) {
-            !self.local_done.contains(&stream)
+            stream >> 2 <= self.next_local[usize::from(!is_bidi(stream))]
+                && !self.local_done.contains(&stream)
         } else {
             is_bidi(stream) && self.peer_streams.contains(&stream)
         };
@@ -216,6 +222,10 @@ impl Shared {
         fin: bool,
     ) -> Result<usize, Refused> {
         self.writable_stream(stream)?;
+        if is_local(stream) {
+            let next = &mut self.next_local[usize::from(!is_bidi(stream))];
+            *next = (*next).max((stream >> 2) + 1);
+        }
         if !self.out.contains_key(&stream)
             && self.out.len() >= MAX_QUEUED_STREAMS
             && !data.is_empty()
@@ -738,10 +748,15 @@ mod tests {
     fn made_up_streams_cannot_pin_more_than_the_connection_budget() {
         let mut sh = Shared::default();
         let chunk = vec![1u8; STREAM_BUDGET];
+        // Our stream ids far past the next one: refused.
+        for id in [1_000_001, 1_000_003, u64::MAX, (1 << 62) + 1] {
+            assert_eq!(sh.stream_send(id, b"x", false), Err(Refused::InvalidStream));
+        }
+        // The next one, then the next, ... as a plugin opening streams in
+        // order does: bounded by the budgets.
         let mut accepted = 0;
-        // Server stream ids far past anything the client allows.
         for i in 0..(MAX_QUEUED_STREAMS as u64 + 100) {
-            accepted += sh.stream_send(1_000_001 + i * 4, &chunk, false).unwrap();
+            accepted += sh.stream_send(3 + i * 4, &chunk, false).unwrap();
         }
         assert_eq!(accepted, CONNECTION_BUDGET);
         assert_eq!(sh.queued, CONNECTION_BUDGET);

@@ -11,6 +11,7 @@
 //! | `loop` | spins forever |
 //! | `bomb` | allocates until memory runs out |
 //! | `panic` | panics |
+//! | `hostile` | writes, resets and stops 100,000 made-up streams with codes 2^62 and `u64::MAX`, sends a 64 MiB datagram and a 64 MiB write, then answers what the host said |
 //!
 //! On shutdown it writes `bye` on every stream still waiting for a timer,
 //! then closes with code 0x42.
@@ -18,6 +19,41 @@
 use std::collections::HashMap;
 
 use tq_sdk::quic::{App, Conn, StreamId};
+use tq_sdk::quic_bindings::tq::plugin::quic_connection as host;
+
+/// Every stream-taking host call on made-up streams, with codes no QUIC
+/// frame can carry; then oversized writes. Counts what the host did.
+fn hostile(own: StreamId) -> String {
+    let (mut ok, mut refused, mut queued) = (0u32, 0u32, 0u64);
+    for k in 0..100_000u64 {
+        // Server-initiated ids (1 and 3 mod 4) far beyond any limit, and
+        // client-initiated ones the client never opened.
+        let id = 1_000_000 + 4 * k + [1, 3, 0, 2][(k % 4) as usize];
+        match host::stream_send(id, b"x", false) {
+            Ok(n) => queued += n,
+            Err(_) => refused += 1,
+        }
+        for code in [1u64 << 62, u64::MAX] {
+            match host::reset_stream(id, code) {
+                Ok(()) => ok += 1,
+                Err(_) => refused += 1,
+            }
+            match host::stop_sending(id, code) {
+                Ok(()) => ok += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    for code in [1u64 << 62, u64::MAX] {
+        match host::reset_stream(own, code) {
+            Ok(()) => ok += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    let datagram = format!("{:?}", host::send_datagram(&vec![0u8; 64 << 20]).is_ok());
+    let big = host::stream_send(own, &vec![b'w'; 64 << 20], false);
+    format!("ok {ok} refused {refused} queued {queued} datagram {datagram} big {big:?}")
+}
 
 #[derive(Default)]
 struct Probe {
@@ -62,6 +98,12 @@ impl Probe {
                 self.hoard.push(std::hint::black_box(v));
             },
             "panic" => panic!("this plugin panics on purpose"),
+            "hostile" => {
+                let answer = hostile(stream);
+                let id = conn.open_uni();
+                conn.write(id, answer.as_bytes(), true);
+                conn.close(u64::MAX, &"r".repeat(1 << 20));
+            }
             _ => conn.write(stream, b"unknown command", true),
         }
     }
