@@ -154,6 +154,47 @@ async fn outgoing_requests_are_refused_without_a_grant_and_pass_with_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_name_reaches_internal_addresses_only_when_allowed() {
+    init_tracing();
+    let (target, _http) = http1_server().await;
+    // `localhost` is a name: what it resolves to (loopback) is checked, as
+    // it would be for a public name re-pointed at an internal address.
+    let path = format!("/fetch?http://localhost:{}/", target.port());
+    let grants = PluginGrants {
+        http_hosts: vec![format!("localhost:{}", target.port())],
+        ..Default::default()
+    };
+    let server =
+        PluginServer::start_with_grants("wasi_hello", PluginLimits::default(), grants.clone())
+            .await;
+    let r = server
+        .client()
+        .await
+        .request("GET", &path, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "refused: ErrorCode::DestinationIpProhibited"
+    );
+    let grants = PluginGrants {
+        http_private: true,
+        ..grants
+    };
+    let server =
+        PluginServer::start_with_grants("wasi_hello", PluginLimits::default(), grants).await;
+    let r = server
+        .client()
+        .await
+        .request("GET", &path, None)
+        .await
+        .unwrap();
+    // `localhost` may resolve to ::1 first: nothing listens there, then
+    // 127.0.0.1 answers.
+    assert_eq!(String::from_utf8_lossy(&r.body), "fetched 200: hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tq_sdk_http_handler_is_a_standard_wasi_http_component() {
     init_tracing();
     let path = tq_e2e::plugin_path("sdk_http");

@@ -141,9 +141,16 @@ pub struct ServeArgs {
     /// 80 for http) only; repeatable. Each instance has at most 16 in
     /// flight, each waiting at most 30 s to connect, for the first byte and
     /// between frames. Default: every outgoing request is refused with
-    /// HTTP-request-denied.
+    /// HTTP-request-denied. A granted name reaches only the public addresses
+    /// it resolves to (checked, then connected to: no DNS rebinding); a
+    /// granted IP address exactly that address.
     #[arg(long = "allow-http", value_name = "HOST[:PORT]")]
     allow_http: Vec<String>,
+
+    /// Plugins (wasi:http): let a granted host name lead to internal
+    /// addresses too (loopback, private, link-local, CGNAT, unique-local).
+    #[arg(long = "allow-http-private")]
+    allow_http_private: bool,
 
     /// What to serve: `page` (built-in HTTP/3 site) or `echo` (raw-QUIC echo).
     #[arg(long, value_enum, default_value_t = App::Page)]

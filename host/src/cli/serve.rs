@@ -77,6 +77,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 dirs: args.plugin_dirs.clone(),
                 env: args.plugin_env.clone(),
                 http_hosts: args.allow_http.clone(),
+                http_private: args.allow_http_private,
             };
             let live = LivePlugin::load(path, limits, grants, args.drain_timeout)
                 .await

@@ -62,8 +62,15 @@ pub struct PluginGrants {
     pub env: Vec<(String, String)>,
     /// Destinations a wasi:http plugin may send requests to, as `host` or
     /// `host:port`; every other outgoing request is refused with
-    /// `HTTP-request-denied`.
+    /// `HTTP-request-denied`. A granted name reaches only the public
+    /// addresses it resolves to (unless [`http_private`](Self::http_private));
+    /// a granted IP address exactly that address.
     pub http_hosts: Vec<String>,
+    /// Whether a granted host name may lead to internal addresses
+    /// (loopback, private, link-local, CGNAT, unique-local, ...); without
+    /// it only to public ones, so a name re-pointed at an internal address
+    /// (DNS rebinding) is refused with `destination-IP-prohibited`.
+    pub http_private: bool,
 }
 
 /// A host directory made visible to plugins, read-only.

@@ -1,10 +1,11 @@
 //! The host side of a wasi:http instance: its HTTP context, the policy for
-//! outgoing requests (only granted destinations), and the pool of idle
-//! instances a version keeps when reuse is on.
+//! outgoing requests (only granted destinations, and only addresses the
+//! grant covers: see [`super::outbound`]), and the pool of idle instances a
+//! version keeps when reuse is on.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
 use tracing::debug;
 use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
@@ -12,6 +13,7 @@ use wasmtime_wasi_http::{
 };
 
 use super::super::sandbox::PluginState;
+use super::outbound::Grant;
 
 /// A wasi:http component linked and ready to instantiate.
 pub(crate) type ProxyPre = wasmtime_wasi_http::p2::bindings::ProxyPre<PluginState<HttpConn>>;
@@ -24,11 +26,12 @@ pub(crate) struct HttpConn {
 }
 
 impl HttpConn {
-    pub(crate) fn new(allowed: Arc<Vec<String>>) -> Self {
+    pub(crate) fn new(allowed: Arc<Vec<String>>, allow_private: bool) -> Self {
         Self {
             http: WasiHttpCtx::new(),
             hooks: OutboundPolicy {
                 allowed,
+                allow_private,
                 in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_OUTGOING)),
             },
         }
@@ -56,30 +59,42 @@ impl WasiHttpView for PluginState<HttpConn> {
 }
 
 /// Outgoing requests go only to granted destinations: `host:port` exactly,
-/// or `host` on its scheme's default port (443 for https, 80 for http).
+/// or `host` on its scheme's default port (443 for https, 80 for http); and
+/// only to an address the grant covers (see [`super::outbound`]).
 pub(crate) struct OutboundPolicy {
     allowed: Arc<Vec<String>>,
+    /// `--allow-http-private`: granted names may resolve to internal
+    /// addresses.
+    allow_private: bool,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl OutboundPolicy {
-    fn allows(&self, uri: &http::Uri) -> bool {
-        let Some(auth) = uri.authority() else {
-            return false;
-        };
+    /// The grant that lets a request to `uri` through, if any.
+    pub(crate) fn grant_for(&self, uri: &http::Uri) -> Option<Grant> {
+        let auth = uri.authority()?;
         let default_port = match uri.scheme_str() {
             Some("https") => 443,
             Some("http") => 80,
-            _ => return false,
+            _ => return None,
         };
         let port = auth.port_u16().unwrap_or(default_port);
         let host = auth.host().trim_start_matches('[').trim_end_matches(']');
-        self.allowed.iter().any(|grant| match grant_parts(grant) {
-            Some((h, Some(p))) => h.eq_ignore_ascii_case(host) && p == port,
+        let host_ip = host.parse::<IpAddr>().ok();
+        self.allowed.iter().find_map(|grant| {
+            let (h, p) = grant_parts(grant)?;
             // A bare host grants its scheme's default port only: not every
             // service the host runs.
-            Some((h, None)) => h.eq_ignore_ascii_case(host) && port == default_port,
-            None => false,
+            if p.unwrap_or(default_port) != port {
+                return None;
+            }
+            match h.parse::<IpAddr>() {
+                // An address grant: that address, however the URI spells it.
+                Ok(ip) => (host_ip == Some(ip)).then_some(Grant::Ip(ip)),
+                Err(_) => h.eq_ignore_ascii_case(host).then_some(Grant::Name {
+                    allow_private: self.allow_private,
+                }),
+            }
         })
     }
 }
@@ -137,19 +152,18 @@ impl WasiHttpHooks for OutboundPolicy {
             > + Send,
     > {
         drop(fut);
-        if !self.allows(request.uri()) {
+        let Some(grant) = self.grant_for(request.uri()) else {
             debug!(uri = %request.uri(), "outgoing request refused: destination not granted");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
+        };
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             debug!(uri = %request.uri(), "outgoing request refused: {MAX_OUTGOING} already in flight");
             return Box::new(async { Err(HttpError::ConnectionLimitReached) });
         };
-        debug!(uri = %request.uri(), "outgoing request");
+        debug!(uri = %request.uri(), ?grant, "outgoing request");
         let options = capped(options);
         Box::new(async move {
-            let (res, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (res, io) = super::outbound::send_request(request, options, grant).await?;
             // The permit is held until the response body is done.
             let io = async move {
                 let r = io.await;
@@ -157,7 +171,7 @@ impl WasiHttpHooks for OutboundPolicy {
                 r
             };
             Ok((
-                res.map(BodyExt::boxed_unsync),
+                res,
                 Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
             ))
         })
@@ -202,14 +216,18 @@ impl Pool {
 mod tests {
     use super::*;
 
-    fn policy(grants: &[&str]) -> OutboundPolicy {
-        HttpConn::new(Arc::new(grants.iter().map(|g| g.to_string()).collect())).hooks
+    fn policy(grants: &[&str], allow_private: bool) -> OutboundPolicy {
+        HttpConn::new(
+            Arc::new(grants.iter().map(|g| g.to_string()).collect()),
+            allow_private,
+        )
+        .hooks
     }
 
     #[test]
     fn a_bare_host_grants_its_default_port_only() {
-        let p = policy(&["example.com", "10.0.0.1:8080"]);
-        let ok = |u: &str| p.allows(&u.parse().unwrap());
+        let p = policy(&["example.com", "10.0.0.1:8080"], false);
+        let ok = |u: &str| p.grant_for(&u.parse().unwrap()).is_some();
         assert!(ok("https://example.com/x"));
         assert!(ok("https://EXAMPLE.com:443/x"));
         assert!(ok("http://example.com/"));
@@ -225,13 +243,43 @@ mod tests {
         );
         assert!(!ok("https://other.example/"));
         assert!(!ok("/relative"));
-        let p6 = policy(&["::1", "[2001:db8::1]:8443"]);
-        let ok6 = |u: &str| p6.allows(&u.parse().unwrap());
+        let p6 = policy(&["::1", "[2001:db8::1]:8443"], false);
+        let ok6 = |u: &str| p6.grant_for(&u.parse().unwrap()).is_some();
         assert!(ok6("https://[::1]/"));
         assert!(!ok6("https://[::1]:22/"));
         assert!(ok6("https://[2001:db8::1]:8443/"));
         assert!(!ok6("https://[2001:db8::1]/"));
         assert_eq!(grant_parts("example.com:x"), None);
+    }
+
+    #[test]
+    fn the_matching_grant_says_which_addresses_may_be_reached() {
+        let p = policy(&["example.com", "10.0.0.1:8080", "::1"], false);
+        let g = |u: &str| p.grant_for(&u.parse().unwrap());
+        assert_eq!(
+            g("https://example.com/"),
+            Some(Grant::Name {
+                allow_private: false
+            })
+        );
+        assert_eq!(
+            g("http://10.0.0.1:8080/"),
+            Some(Grant::Ip("10.0.0.1".parse().unwrap()))
+        );
+        // An address grant matches however the URI spells the address.
+        assert_eq!(
+            g("https://[0:0:0:0:0:0:0:1]/"),
+            Some(Grant::Ip(std::net::Ipv6Addr::LOCALHOST.into()))
+        );
+        // A name grant does not cover an address literal.
+        assert_eq!(g("https://93.184.215.14/"), None);
+        let p = policy(&["example.com"], true);
+        assert_eq!(
+            p.grant_for(&"https://example.com/".parse().unwrap()),
+            Some(Grant::Name {
+                allow_private: true
+            })
+        );
     }
 
     #[test]
@@ -251,7 +299,7 @@ mod tests {
 
     #[test]
     fn in_flight_requests_are_limited_per_instance() {
-        let p = policy(&[]);
+        let p = policy(&[], false);
         let held: Vec<_> = (0..MAX_OUTGOING)
             .map(|_| p.in_flight.clone().try_acquire_owned().unwrap())
             .collect();

@@ -9,9 +9,11 @@
 //! guest reads; the response body is pulled from the guest frame by frame
 //! into the stream's bounded channel. Neither ever sits whole in memory.
 //! Outgoing requests (`wasi:http/outgoing-handler`) are refused with
-//! `HTTP-request-denied` unless their authority is granted.
+//! `HTTP-request-denied` unless their authority is granted, and go only to
+//! an address the grant covers ([`outbound`]).
 
 pub(crate) mod host;
+mod outbound;
 
 use std::sync::Arc;
 
@@ -137,7 +139,10 @@ async fn run_request(
             served,
         }) => (store, Some(proxy), served),
         None => {
-            let conn = HttpConn::new(Arc::new(plugin.sandbox.grants.http_hosts.clone()));
+            let conn = HttpConn::new(
+                Arc::new(plugin.sandbox.grants.http_hosts.clone()),
+                plugin.sandbox.grants.http_private,
+            );
             let store = new_store(&plugin.sandbox, conn).map_err(|e| fail(format!("{e:#}")))?;
             (store, None, 0)
         }
@@ -245,7 +250,7 @@ async fn run_request(
 /// Instantiates the plugin once in a scratch store, checks its exports and
 /// runs its optional `init`.
 pub(super) async fn validate(version: &Version, pre: &ProxyPre) -> Result<(), String> {
-    let conn = HttpConn::new(Default::default());
+    let conn = HttpConn::new(Default::default(), false);
     let mut store = new_store(&version.sandbox, conn).map_err(|e| format!("{e:#}"))?;
     let instance = instantiate(pre.instance_pre(), &mut store)
         .await
