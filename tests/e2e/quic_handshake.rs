@@ -244,3 +244,76 @@ async fn connecting_where_nothing_listens_fails_fast_and_says_so() {
         started.elapsed()
     );
 }
+
+/// The first datagram of a fresh quiche client: a real Initial, from a
+/// client that will never say anything more (as from a spoofed address).
+fn lone_initial() -> Vec<u8> {
+    let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
+    config.set_application_protos(&[b"tq-echo"]).unwrap();
+    config.verify_peer(false);
+    let scid: Vec<u8> = (0..16).map(|_| rand_byte()).collect();
+    let local = "127.0.0.1:1".parse().unwrap();
+    let peer = "127.0.0.1:2".parse().unwrap();
+    let mut conn = quiche::connect(
+        Some("localhost"),
+        &quiche::ConnectionId::from_ref(&scid),
+        local,
+        peer,
+        &mut config,
+    )
+    .unwrap();
+    let mut out = vec![0u8; 1500];
+    let (n, _) = conn.send(&mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+fn rand_byte() -> u8 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish() as u8
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_off_still_validates_addresses_once_unproven_handshakes_pile_up() {
+    init_tracing();
+    const CAP: usize = 3;
+    let settings = QuicSettings {
+        enable_retry: false,
+        max_unvalidated_handshakes: CAP,
+        // The abandoned handshakes end at the idle timeout.
+        max_idle_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let server = TestServer::start(settings).await;
+    // Ten clients that send an Initial and vanish: the first CAP are held
+    // as handshakes, the rest get a Retry and cost nothing.
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for _ in 0..10 {
+        socket.send_to(&lone_initial(), server.addr).await.unwrap();
+    }
+    let m = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let m = server.metrics.snapshot();
+            if m.retries_sent >= 10 - CAP as u64 {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("Retries go out once the cap is reached");
+    assert_eq!(m.retries_sent, 10 - CAP as u64, "{m:?}");
+    assert_eq!(m.connections_accepted, CAP as u64, "{m:?}");
+    // A real client meanwhile goes through a Retry and is served.
+    echo_once(&server).await;
+    let m = server.metrics.snapshot();
+    assert!(m.retries_sent > 10 - CAP as u64, "{m:?}");
+    assert_eq!(m.connections_accepted, CAP as u64 + 1, "{m:?}");
+    server.shutdown().await;
+}

@@ -1,10 +1,12 @@
 //! The acceptor: what a server router does with datagrams for unknown ids.
 //!
 //! It answers unsupported versions with version negotiation, validates the
-//! client's address with a stateless Retry (unless turned off), calls
-//! `quiche::accept`, and queues the new connection in a bounded accept
-//! backlog as an [`IncomingConnection`] for the application to start. Nothing
-//! is kept for a client that has not proven its address when Retry is on.
+//! client's address with a stateless Retry (when on, or when off but too
+//! many unproven handshakes are in progress), calls `quiche::accept`, and
+//! queues the new connection in a bounded accept backlog as an
+//! [`IncomingConnection`] for the application to start. Nothing is kept for
+//! a client that has not proven its address when Retry is on; with it off,
+//! at most `max_unvalidated_handshakes` such clients are.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, trace, warn};
 
-use super::admission::{Admission, Refusal};
+use super::admission::{Admission, Refusal, Unvalidated};
 use super::cid::ConnectionIdGenerator;
 use super::connection::{ApplicationOverQuic, ConnectionHandle, ConnectionState};
 use super::packet::{classify_unrouted, Unrouted};
@@ -29,7 +31,9 @@ use crate::metrics::{Metrics, PacketDropReason};
 pub(crate) struct Acceptor<M: Metrics> {
     pub(crate) config: quiche::Config,
     pub(crate) settings: Arc<QuicSettings>,
-    pub(crate) tokens: Option<Arc<RetryTokens>>,
+    pub(crate) tokens: Arc<RetryTokens>,
+    /// Handshakes accepted without Retry and not yet complete.
+    pub(crate) unvalidated: Arc<Unvalidated>,
     pub(crate) cid_generator: Arc<dyn ConnectionIdGenerator>,
     pub(crate) backlog: mpsc::Sender<IncomingConnection<M>>,
     pub(crate) socket: Arc<QuicSocket>,
@@ -41,6 +45,28 @@ pub(crate) struct Acceptor<M: Metrics> {
 }
 
 impl<M: Metrics> Acceptor<M> {
+    /// Answers an Initial with a stateless Retry carrying a token for
+    /// `from`.
+    async fn send_retry(&self, hdr: &quiche::Header<'_>, from: SocketAddr, to: SocketAddr) {
+        let new_scid = self.cid_generator.new_connection_id();
+        let token = self.tokens.mint(from, &hdr.dcid, &new_scid);
+        let mut out = [0u8; 1350];
+        match quiche::retry(
+            &hdr.scid,
+            &hdr.dcid,
+            &new_scid,
+            &token,
+            hdr.version,
+            &mut out,
+        ) {
+            Ok(n) => {
+                self.send(&out[..n], from, to).await;
+                self.metrics.retry_sent();
+            }
+            Err(e) => debug!(error = %e, "cannot build Retry"),
+        }
+    }
+
     pub(crate) async fn on_unknown(
         &mut self,
         hdr: quiche::Header<'_>,
@@ -71,40 +97,27 @@ impl<M: Metrics> Acceptor<M> {
             return;
         }
 
-        let (scid, odcid) = match &self.tokens {
-            Some(tokens) => {
-                let token = hdr.token.as_deref().unwrap_or_default();
-                if token.is_empty() {
-                    let new_scid = self.cid_generator.new_connection_id();
-                    let token = tokens.mint(from, &hdr.dcid, &new_scid);
-                    let mut out = [0u8; 1350];
-                    match quiche::retry(
-                        &hdr.scid,
-                        &hdr.dcid,
-                        &new_scid,
-                        &token,
-                        hdr.version,
-                        &mut out,
-                    ) {
-                        Ok(n) => {
-                            self.send(&out[..n], from, to).await;
-                            self.metrics.retry_sent();
-                        }
-                        Err(e) => debug!(error = %e, "cannot build Retry"),
-                    }
+        let token = hdr.token.as_deref().unwrap_or_default();
+        let (scid, odcid) = if !token.is_empty() {
+            match self.tokens.validate(token, from, &hdr.dcid) {
+                Ok(odcid) => (hdr.dcid.clone().into_owned(), Some(odcid)),
+                Err(e) => {
+                    debug!(%from, error = %e, "Retry token refused");
+                    self.metrics.packet_dropped(PacketDropReason::InvalidToken);
                     return;
                 }
-                match tokens.validate(token, from, &hdr.dcid) {
-                    Ok(odcid) => (hdr.dcid.clone().into_owned(), Some(odcid)),
-                    Err(e) => {
-                        debug!(%from, error = %e, "Retry token refused");
-                        self.metrics.packet_dropped(PacketDropReason::InvalidToken);
-                        return;
-                    }
-                }
             }
-            None => (self.cid_generator.new_connection_id(), None),
+        } else if self.settings.enable_retry
+            || self.unvalidated.count() >= self.settings.max_unvalidated_handshakes
+        {
+            // Retry on, or off but at its cap of unproven handshakes:
+            // prove the address first, keeping no state meanwhile.
+            self.send_retry(&hdr, from, to).await;
+            return;
+        } else {
+            (self.cid_generator.new_connection_id(), None)
         };
+        let unvalidated = odcid.is_none().then(|| self.unvalidated.enter());
 
         // The address is proven now (when Retry is on): count it.
         let admitted = match self.admission.admit(from.ip()) {
@@ -169,6 +182,7 @@ impl<M: Metrics> Acceptor<M> {
                 max_spare_cids: self.settings.active_connection_id_limit as usize,
                 unreachable: None,
                 _admitted: Some(admitted),
+                unvalidated,
             }),
             handle,
             tracker: self.tracker.clone(),

@@ -71,6 +71,33 @@ impl Admission {
     }
 }
 
+/// Handshakes in progress from addresses Retry has not proven (Retry off).
+#[derive(Debug, Default)]
+pub(crate) struct Unvalidated(std::sync::atomic::AtomicUsize);
+
+impl Unvalidated {
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one until the returned guard drops (the handshake completed
+    /// or the connection ended).
+    pub(crate) fn enter(self: &Arc<Self>) -> UnvalidatedGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        UnvalidatedGuard(self.clone())
+    }
+}
+
+/// One handshake counted in [`Unvalidated`].
+#[derive(Debug)]
+pub(crate) struct UnvalidatedGuard(Arc<Unvalidated>);
+
+impl Drop for UnvalidatedGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What "one client address" means: an IPv4 address (also when written as
 /// IPv4-mapped IPv6), or an IPv6 /64 — one subscriber's usual share, every
 /// address of which a client may use.

@@ -75,7 +75,7 @@ pub use settings::{CongestionControl, ConnectionParams, QuicSettings, TlsCertifi
 
 use crate::metrics::Metrics;
 use acceptor::{attach_logs, Acceptor};
-use admission::Admission;
+use admission::{Admission, Unvalidated};
 use connection::ConnectionState;
 use retry::RetryTokens;
 use route::{next_conn_id, ClientSignals, Routes};
@@ -120,9 +120,9 @@ pub fn listen_with_generator<M: Metrics>(
 ) -> Result<Listener<M>, QuicError> {
     let settings = Arc::new(params.settings.clone());
     let (backlog, incoming) = mpsc::channel(settings.accept_backlog.max(1));
-    let tokens = settings
-        .enable_retry
-        .then(|| Arc::new(RetryTokens::new(settings.retry_token_lifetime)));
+    // Tokens exist with Retry off too: it is then used under load only.
+    let tokens = Arc::new(RetryTokens::new(settings.retry_token_lifetime));
+    let unvalidated = Arc::new(Unvalidated::default());
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     let admission = Admission::new(
@@ -146,6 +146,7 @@ pub fn listen_with_generator<M: Metrics>(
             config: params.to_quiche_config(true)?,
             settings: settings.clone(),
             tokens: tokens.clone(),
+            unvalidated: unvalidated.clone(),
             cid_generator: cid_generator.clone(),
             backlog: backlog.clone(),
             socket: socket.clone(),
@@ -418,6 +419,7 @@ impl<M: Metrics> Connector<M> {
             max_spare_cids: s.active_connection_id_limit as usize,
             unreachable: Some(signals),
             _admitted: None,
+            unvalidated: None,
         };
         self.metrics.connection_opened();
         // The router ends when its only connection does, the worker when the

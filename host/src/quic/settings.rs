@@ -93,6 +93,12 @@ pub struct QuicSettings {
     /// Servers: answer a new client with a stateless Retry to validate its
     /// address before keeping any state for it. Default: on.
     pub enable_retry: bool,
+    /// Servers with Retry off: once this many handshakes from addresses
+    /// not proven by Retry are in progress at once, new clients get a Retry
+    /// anyway (RFC 9000 §8.1.2: validation under load), so Initials from
+    /// spoofed addresses cannot make the server hold more than this many
+    /// handshakes. Default: 512.
+    pub max_unvalidated_handshakes: usize,
     /// How long a Retry token stays valid. Default: 10 s.
     #[serde(with = "humantime_serde")]
     pub retry_token_lifetime: Duration,
@@ -150,6 +156,7 @@ impl Default for QuicSettings {
             max_recv_udp_payload_size: 1472,
             max_send_udp_payload_size: 1350,
             enable_retry: true,
+            max_unvalidated_handshakes: 512,
             retry_token_lifetime: Duration::from_secs(10),
             keylog_file: None,
             qlog_dir: None,

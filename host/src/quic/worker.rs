@@ -55,6 +55,9 @@ pub(crate) struct WorkerParts<M: Metrics> {
     /// Server connections: its place under the listener's caps, given back
     /// when the worker (or an incoming connection never started) ends.
     pub(crate) _admitted: Option<super::admission::Admitted>,
+    /// Server connections accepted without Retry: counted as unvalidated
+    /// until the handshake completes.
+    pub(crate) unvalidated: Option<super::admission::UnvalidatedGuard>,
 }
 
 /// Where the connection is in its life, as the worker's loop sees it.
@@ -152,6 +155,7 @@ impl<M: Metrics> WorkerParts<M> {
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 let info = self.handshake_info();
+                self.unvalidated = None;
                 debug!(alpn = %String::from_utf8_lossy(&info.alpn), elapsed = ?info.handshake_duration, "handshake complete");
                 self.state
                     .send_replace(ConnectionState::Established(info.clone()));
