@@ -2,6 +2,7 @@
 //! module per area.
 
 mod h3;
+mod lossy;
 mod plugins;
 mod quic_echo;
 mod quic_handshake;

@@ -7,11 +7,13 @@
 //!   memory and tracing;
 //! - [`certs`]: per-server self-signed certificates;
 //! - [`peers`]: the clients (ours, quinn, h3 over quinn);
-//! - [`servers`]: the servers under test on 127.0.0.1.
+//! - [`servers`]: the servers under test on 127.0.0.1;
+//! - [`relay`]: a UDP relay that drops and reorders datagrams.
 
 pub mod certs;
 pub mod data;
 pub mod peers;
+pub mod relay;
 pub mod servers;
 mod task;
 
@@ -21,6 +23,7 @@ pub use peers::{
     echo_with_our_client, h3_client, quinn_client, quinn_connect, quinn_echo, run_echo_client,
     EchoClient, H3QuinnClient, StreamResult,
 };
+pub use relay::{Impairment, LossyRelay};
 pub use servers::{
     echo_alpn, loopback, H3App, H3TestServer, LiveServer, PluginServer, QuicPluginServer,
     TestServer,

@@ -8,6 +8,7 @@
 //! | `stats` | answers `rtt_us=.. recv_bytes=.. sent_packets=..` |
 //! | `push` | opens a server stream (unidirectional) carrying `pushed`, then answers `ok` |
 //! | `close CODE` | closes the connection with that application error code |
+//! | `send N` | answers N bytes (`i % 251` for byte i), then closes the connection with 0x42 once the host has taken them all |
 //! | `loop` | spins forever |
 //! | `bomb` | allocates until memory runs out |
 //! | `panic` | panics |
@@ -61,6 +62,8 @@ struct Probe {
     /// Streams waiting for a timer: (due, stream, ms).
     due: Vec<(u64, StreamId, u64)>,
     hoard: Vec<Vec<u8>>,
+    /// A stream whose answer ends the connection once the host took it.
+    close_after: Option<StreamId>,
 }
 
 impl Probe {
@@ -86,6 +89,13 @@ impl Probe {
                 conn.write(stream, b"ok", true);
             }
             "close" => conn.close(arg.parse().unwrap_or(0), "asked to"),
+            "send" => {
+                let n: usize = arg.parse().unwrap_or(0);
+                let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                conn.write(stream, &data, true);
+                self.close_after = Some(stream);
+                self.close_if_sent(conn);
+            }
             "loop" => {
                 let mut x: u64 = 0;
                 loop {
@@ -109,7 +119,22 @@ impl Probe {
     }
 }
 
+impl Probe {
+    fn close_if_sent(&mut self, conn: &mut Conn) {
+        if let Some(s) = self.close_after {
+            if conn.pending(s) == 0 {
+                self.close_after = None;
+                conn.close(0x42, "sent");
+            }
+        }
+    }
+}
+
 impl App for Probe {
+    fn on_writable(&mut self, conn: &mut Conn, _stream: StreamId) {
+        self.close_if_sent(conn);
+    }
+
     fn on_stream_data(&mut self, conn: &mut Conn, stream: StreamId, data: &[u8], fin: bool) {
         self.commands
             .entry(stream)
