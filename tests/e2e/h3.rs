@@ -768,7 +768,8 @@ async fn dropping_a_body_receiver_stops_the_upload_and_the_early_answer_stands()
     serve.abort();
 }
 
-/// A handler that never answers, counting how many of it are alive.
+/// A handler that never answers (but `/ok` at once), counting how many of
+/// it are alive.
 struct Stuck {
     live: Arc<std::sync::atomic::AtomicUsize>,
     peak: Arc<std::sync::atomic::AtomicUsize>,
@@ -783,8 +784,11 @@ impl Drop for LiveGuard {
 }
 
 impl RequestHandler for Stuck {
-    async fn handle(&self, _req: http::Request<RequestBody>) -> http::Response<ResponseBody> {
+    async fn handle(&self, req: http::Request<RequestBody>) -> http::Response<ResponseBody> {
         use std::sync::atomic::Ordering;
+        if req.uri().path() == "/ok" {
+            return http::Response::new("ok".into());
+        }
         let n = self.live.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(n, Ordering::Relaxed);
         let _guard = LiveGuard(self.live.clone());
@@ -808,24 +812,47 @@ async fn rapid_reset_stops_each_handler_so_live_ones_stay_within_the_stream_limi
         H3App::Handler(Arc::new(handler)),
     )
     .await;
+    // A bystander on its own connection, before and during the attack.
+    let bystander = server.client().await;
+    async fn latencies(c: &tq_host::http3::H3Client, n: usize) -> Vec<Duration> {
+        let mut took = Vec::with_capacity(n);
+        for _ in 0..n {
+            let asked = std::time::Instant::now();
+            let r = c
+                .request("GET", "/ok", None)
+                .await
+                .expect("bystander answered");
+            assert_eq!(r.status, 200);
+            took.push(asked.elapsed());
+        }
+        took.sort();
+        took
+    }
+    let p99 = |t: &[Duration]| t[t.len() * 99 / 100];
+    let before = latencies(&bystander, 300).await;
+    let rss_before = tq_e2e::rss_kib();
     let client = server.client().await;
     // HEADERS then RESET_STREAM (and STOP_SENDING), as fast as stream
     // credit allows: each reset gives the credit back at once.
-    const PAIRS: usize = 2_000;
-    for _ in 0..PAIRS {
-        let stream = tokio::time::timeout(
-            Duration::from_secs(10),
-            client
-                .handle()
-                .send_request(tq_e2e::request_head("POST", "/"), true),
-        )
-        .await
-        .expect("stream credit comes back after each reset")
-        .expect("request");
-        let body = stream.body.expect("body sender");
-        body.send(OutboundFrame::Reset(0x10c)).await.unwrap();
-        drop(stream.response);
-    }
+    const PAIRS: usize = 10_000;
+    let attack = tokio::spawn(async move {
+        for _ in 0..PAIRS {
+            let stream = tokio::time::timeout(
+                Duration::from_secs(10),
+                client
+                    .handle()
+                    .send_request(tq_e2e::request_head("POST", "/"), true),
+            )
+            .await
+            .expect("stream credit comes back after each reset")
+            .expect("request");
+            let body = stream.body.expect("body sender");
+            body.send(OutboundFrame::Reset(0x10c)).await.unwrap();
+            drop(stream.response);
+        }
+    });
+    let during = latencies(&bystander, 300).await;
+    attack.await.unwrap();
     // Every handler ends once its reset arrives.
     tokio::time::timeout(Duration::from_secs(10), async {
         while live.load(Ordering::Relaxed) > 0 {
@@ -840,7 +867,14 @@ async fn rapid_reset_stops_each_handler_so_live_ones_stay_within_the_stream_limi
         )
     });
     let peak = peak.load(Ordering::Relaxed);
-    println!("rapid reset: {PAIRS} pairs, at most {peak} handlers alive at once");
+    let grown = tq_e2e::rss_kib().saturating_sub(rss_before);
+    println!(
+        "rapid reset vs native: {PAIRS} pairs, at most {peak} handlers alive at once; \
+         RSS +{grown} KiB; bystander p99 {:?} before, {:?} during",
+        p99(&before),
+        p99(&during)
+    );
+    assert!(grown < 64 * 1024, "the process grew by {grown} KiB");
     // The default limit is 100 concurrent streams; allow for resets in
     // flight between the client's and the server's view.
     assert!(peak <= 200, "{peak} handlers alive at once");

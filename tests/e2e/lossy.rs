@@ -62,7 +62,12 @@ async fn a_4_mib_answer_that_closes_the_connection_arrives_whole_through_loss() 
             .clone()
             .or(outcome.local_close.clone())
             .expect("a close");
-        assert_eq!(close.code, H3_NO_ERROR, "seed {seed}: {}", outcome.describe());
+        assert_eq!(
+            close.code,
+            H3_NO_ERROR,
+            "seed {seed}: {}",
+            outcome.describe()
+        );
         let c = &relay.counts;
         println!(
             "seed {seed}: 4 MiB and a clean close through {} forwarded, {} dropped, {} reordered",

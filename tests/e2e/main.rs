@@ -9,5 +9,6 @@ mod quic_handshake;
 mod quic_plugins;
 mod quic_robustness;
 mod quic_shutdown;
+mod rapid_reset;
 mod reload;
 mod wasi_http;

@@ -214,6 +214,8 @@ pub struct PluginServer {
     pub addr: SocketAddr,
     /// The certificate the server presents.
     pub cert: TestCert,
+    /// The plugin served (its counters: connections, requests in flight).
+    pub plugin: tq_host::plugin::Plugin,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -234,11 +236,12 @@ impl PluginServer {
         let (cert, listener, addr) =
             loopback_listener(QuicSettings::default(), DefaultMetrics::default()).await;
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let task = serve_plugin(listener, PluginSource::Fixed(plugin), stopping);
+        let task = serve_plugin(listener, PluginSource::Fixed(plugin.clone()), stopping);
         Self {
             _task: AbortOnDrop(task),
             addr,
             cert,
+            plugin,
             stop,
         }
     }

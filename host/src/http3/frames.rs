@@ -234,6 +234,12 @@ impl OutboundSender {
         res
     }
 
+    /// Whether the stream is gone for sending: the peer reset or stopped
+    /// it, or the connection closed.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Waits until the stream's channel has room for a frame (or is closed).
     ///
     /// # Cancel safety

@@ -92,7 +92,14 @@ async fn handle_request(
     in_flight.set(1);
     let out = req.response.clone();
     if let Err(why) = run_request(&plugin, pre, &pool, req).await {
-        warn!(stream, error = %why.message, "plugin request failed");
+        // A guest failing once its client left (a reset body read as an
+        // error, often unwrapped) is the client's doing, and a client
+        // resetting requests in a loop must not flood the log.
+        if out.is_closed() {
+            debug!(stream, error = %why.message, "plugin request ended after the client left");
+        } else {
+            warn!(stream, error = %why.message, "plugin request failed");
+        }
         if why.head_sent {
             let _ = out.send(OutboundFrame::Reset(H3_INTERNAL_ERROR)).await;
         } else {
@@ -239,6 +246,7 @@ async fn run_request(
             Ok(())
         }
         (Err(PipeError::Gone), _) => Err(gone()),
+        (Err(PipeError::Body(_)), _) | (Ok(_), Err(_)) if out.is_closed() => Err(gone()),
         (Err(PipeError::Body(why)), _) | (Ok(_), Err(why)) => {
             warn!(error = %why, "plugin failed mid-response; resetting the stream");
             let _ = out.send(OutboundFrame::Reset(H3_INTERNAL_ERROR)).await;
