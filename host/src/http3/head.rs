@@ -288,3 +288,60 @@ mod tests {
         assert!(header_map(&headers(&[(":status", "200")])).is_err());
     }
 }
+
+/// Randomised request heads (a short run here; `PROPTEST_CASES=N` for
+/// more).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A field: a known pseudo-header or a plausible name, or raw bytes;
+    /// values from a small alphabet with the bytes HTTP forbids.
+    fn field() -> impl Strategy<Value = Header> {
+        let name = prop_oneof![
+            Just(b":method".to_vec()),
+            Just(b":scheme".to_vec()),
+            Just(b":authority".to_vec()),
+            Just(b":path".to_vec()),
+            Just(b":protocol".to_vec()),
+            Just(b"content-length".to_vec()),
+            Just(b"x-a".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        let value = prop_oneof![
+            Just(b"GET".to_vec()),
+            Just(b"CONNECT".to_vec()),
+            Just(b"https".to_vec()),
+            Just(b"/p?q".to_vec()),
+            Just(b"a.example:443".to_vec()),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just(b'a'),
+                    Just(b'/'),
+                    Just(b':'),
+                    Just(b'\r'),
+                    Just(b'\n'),
+                    Just(0u8),
+                    Just(b' '),
+                    any::<u8>()
+                ],
+                0..24
+            ),
+        ];
+        (name, value).prop_map(|(n, v)| Header::new(&n, &v))
+    }
+
+    proptest! {
+        #[test]
+        fn any_head_converts_or_is_refused_never_a_panic(list in proptest::collection::vec(field(), 0..10)) {
+            if let Ok(req) = request_from_head(&list, ()) {
+                // What converts is a request the http crate accepts, with
+                // no pseudo-header left among its fields.
+                prop_assert!(req.headers().keys().all(|k| !k.as_str().starts_with(':')));
+                let _ = header_map(&list);
+            }
+        }
+    }
+}

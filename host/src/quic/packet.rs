@@ -148,3 +148,53 @@ mod tests {
         );
     }
 }
+
+/// Randomised datagrams (a short run here; `PROPTEST_CASES=N` for more).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Long headers with plausible fields, so the cases reach past the
+    /// first byte; plus anything at all.
+    fn datagram() -> impl Strategy<Value = Vec<u8>> {
+        let long = (
+            any::<u8>(),
+            prop_oneof![Just(quiche::PROTOCOL_VERSION), Just(0), any::<u32>()],
+            proptest::collection::vec(any::<u8>(), 0..24),
+            proptest::collection::vec(any::<u8>(), 0..24),
+            proptest::collection::vec(any::<u8>(), 0..1400),
+        )
+            .prop_map(|(first, version, dcid, scid, rest)| {
+                let mut d = vec![first | 0x80];
+                d.extend_from_slice(&version.to_be_bytes());
+                d.push(dcid.len() as u8);
+                d.extend_from_slice(&dcid);
+                d.push(scid.len() as u8);
+                d.extend_from_slice(&scid);
+                d.extend_from_slice(&rest);
+                d
+            });
+        prop_oneof![long, proptest::collection::vec(any::<u8>(), 0..1500)]
+    }
+
+    proptest! {
+        #[test]
+        fn any_datagram_is_classified_or_refused_never_a_panic(d in datagram()) {
+            let len = d.len();
+            let mut b = d.clone();
+            if let Ok(hdr) = quiche::Header::from_slice(&mut b, 16) {
+                let class = classify_unrouted(&hdr, len);
+                // Nothing below the anti-amplification floor is answered.
+                if len < quiche::MIN_CLIENT_INITIAL_LEN {
+                    prop_assert!(matches!(class, Unrouted::Drop(_)));
+                }
+            }
+            if let Some(n) = coalesced_packet_len(&d) {
+                // A split point lies strictly inside the datagram.
+                prop_assert!(n > 0 && n < d.len());
+            }
+        }
+    }
+}

@@ -206,3 +206,49 @@ mod tests {
         assert_eq!(t.validate(&tok, peer, &scid), Err(TokenError::Expired));
     }
 }
+
+/// Randomised tokens (a short run here; `PROPTEST_CASES=N` for more).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn tokens() -> &'static RetryTokens {
+        static T: std::sync::OnceLock<RetryTokens> = std::sync::OnceLock::new();
+        T.get_or_init(|| RetryTokens::new(Duration::from_secs(60)))
+    }
+
+    proptest! {
+        #[test]
+        fn made_up_tokens_never_validate(
+            token in proptest::collection::vec(any::<u8>(), 0..200),
+            dcid in proptest::collection::vec(any::<u8>(), 0..20),
+            port in any::<u16>(),
+        ) {
+            let peer = SocketAddr::from(([127, 0, 0, 1], port));
+            let r = tokens().validate(&token, peer, &ConnectionId::from_ref(&dcid));
+            prop_assert!(r.is_err());
+        }
+
+        #[test]
+        fn a_minted_token_validates_only_unchanged_for_its_peer(
+            odcid in proptest::collection::vec(any::<u8>(), 0..20),
+            scid in proptest::collection::vec(any::<u8>(), 1..20),
+            port in 1..u16::MAX,
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let peer = SocketAddr::from(([10, 0, 0, 1], port));
+            let scid = ConnectionId::from_ref(&scid);
+            let tok = tokens().mint(peer, &ConnectionId::from_ref(&odcid), &scid);
+            let back = tokens().validate(&tok, peer, &scid).expect("fresh token validates");
+            prop_assert_eq!(back.as_ref(), odcid.as_slice());
+            let mut bad = tok.clone();
+            bad[flip.index(tok.len())] ^= 1 << bit;
+            prop_assert!(tokens().validate(&bad, peer, &scid).is_err());
+            let moved = SocketAddr::from(([10, 0, 0, 1], port - 1));
+            prop_assert!(tokens().validate(&tok, moved, &scid).is_err());
+        }
+    }
+}

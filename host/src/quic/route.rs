@@ -31,8 +31,9 @@ pub(crate) struct Datagram {
 pub(crate) enum RouterCommand {
     /// Route datagrams for `cid` to connection `conn_id`.
     Map { cid: Box<[u8]>, conn_id: u64 },
-    /// Stop routing `cid`.
-    Unmap { cid: Box<[u8]> },
+    /// Stop routing `cid` to connection `conn_id` (if another connection
+    /// has claimed it since, it stays theirs).
+    Unmap { cid: Box<[u8]>, conn_id: u64 },
     /// The connection ended: forget it and every id it had.
     Closed { conn_id: u64 },
 }
@@ -84,11 +85,12 @@ impl Routes {
                     self.by_cid.insert(cid, conn_id);
                 }
             }
-            RouterCommand::Unmap { cid } => {
-                if let Some(conn_id) = self.by_cid.remove(&cid) {
-                    if let Some(route) = self.conns.get_mut(&conn_id) {
-                        route.cids.retain(|c| *c != cid);
-                    }
+            RouterCommand::Unmap { cid, conn_id } => {
+                if let Some(route) = self.conns.get_mut(&conn_id) {
+                    route.cids.retain(|c| *c != cid);
+                }
+                if self.by_cid.get(&cid) == Some(&conn_id) {
+                    self.by_cid.remove(&cid);
                 }
             }
             RouterCommand::Closed { conn_id } => {
@@ -141,6 +143,7 @@ mod tests {
         assert!(routes.sole().is_some());
         routes.apply(RouterCommand::Unmap {
             cid: b"a".as_slice().into(),
+            conn_id: 1,
         });
         assert!(routes.get(b"a").is_none());
         // Connection 2 now claims "b" too: closing 1 must leave it alone.
@@ -151,5 +154,61 @@ mod tests {
         routes.apply(RouterCommand::Closed { conn_id: 2 });
         assert!(routes.get(b"b").is_none());
         assert!(routes.is_empty());
+    }
+}
+
+/// Randomised command sequences against the table's invariants (a short
+/// run here; `PROPTEST_CASES=N` for more).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u64, Vec<u8>),
+        Map(u64, u8),
+        Unmap(u64, u8),
+        Closed(u64),
+    }
+
+    /// Few connections and few distinct ids, so that ids collide and
+    /// connections come and go under each other.
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..4, proptest::collection::vec(0u8..6, 0..3))
+                .prop_map(|(c, ids)| Op::Insert(c, ids)),
+            (0u64..4, 0u8..6).prop_map(|(c, id)| Op::Map(c, id)),
+            (0u64..4, 0u8..6).prop_map(|(c, id)| Op::Unmap(c, id)),
+            (0u64..4).prop_map(Op::Closed),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_id_routes_to_a_live_connection_that_holds_it(ops in proptest::collection::vec(op(), 0..40)) {
+            let (tx, _rx) = mpsc::channel(1);
+            let mut routes = Routes::new();
+            for op in ops {
+                match op {
+                    Op::Insert(c, ids) => {
+                        if !routes.conns.contains_key(&c) {
+                            routes.insert(c, ids.iter().map(|i| vec![*i].into()).collect(), tx.clone());
+                        }
+                    }
+                    Op::Map(c, id) => routes.apply(RouterCommand::Map { cid: vec![id].into(), conn_id: c }),
+                    Op::Unmap(c, id) => routes.apply(RouterCommand::Unmap { cid: vec![id].into(), conn_id: c }),
+                    Op::Closed(c) => {
+                        routes.apply(RouterCommand::Closed { conn_id: c });
+                        prop_assert!(routes.by_cid.values().all(|v| *v != c));
+                    }
+                }
+                for (cid, conn) in &routes.by_cid {
+                    let route = routes.conns.get(conn);
+                    prop_assert!(route.is_some_and(|r| r.cids.contains(cid)), "{cid:?} -> {conn}");
+                }
+            }
+        }
     }
 }

@@ -416,6 +416,7 @@ impl<M: Metrics> WorkerParts<M> {
         while let Some(cid) = self.conn.retired_scid_next() {
             let _ = self.router.send(RouterCommand::Unmap {
                 cid: cid.as_ref().into(),
+                conn_id: self.conn_id,
             });
         }
     }

@@ -657,3 +657,57 @@ mod tests {
         io.await.unwrap().unwrap();
     }
 }
+
+/// Randomised grants, URIs and resolved addresses: the address connected
+/// to is always one the matching grant allows (a short run here;
+/// `PROPTEST_CASES=N` for more).
+#[cfg(test)]
+mod fuzz {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+            any::<[u8; 16]>().prop_map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+            // IPv4-mapped IPv6, which a dual-stack socket connects to as IPv4.
+            any::<[u8; 4]>().prop_map(|b| IpAddr::V6(Ipv4Addr::from(b).to_ipv6_mapped())),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_name_grant_never_reaches_an_internal_address_unless_allowed(a in ip(), private in any::<bool>()) {
+            let allowed = address_allowed(&Grant::Name { allow_private: private }, a);
+            match reach(a) {
+                Reach::Public => prop_assert!(allowed),
+                Reach::Internal => prop_assert_eq!(allowed, private),
+                Reach::Never => prop_assert!(!allowed),
+            }
+            // Loopback, private and link-local never count as public, in
+            // any spelling.
+            let v4 = match a {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+            };
+            if let Some(v4) = v4 {
+                if v4.is_loopback() || v4.is_private() || v4.is_link_local() {
+                    prop_assert_ne!(reach(a), Reach::Public);
+                }
+            }
+            if let IpAddr::V6(v6) = a {
+                if v6.is_loopback() || v6.is_unicast_link_local() || v6.is_unique_local() {
+                    prop_assert_ne!(reach(a), Reach::Public);
+                }
+            }
+        }
+
+        #[test]
+        fn an_address_grant_reaches_exactly_its_address(g in ip(), a in ip()) {
+            prop_assert_eq!(address_allowed(&Grant::Ip(g), a), g == a);
+        }
+    }
+}
