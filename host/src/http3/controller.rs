@@ -97,6 +97,13 @@ pub struct PendingRequest {
     pub(crate) reply: oneshot::Sender<Result<RequestStream, H3Error>>,
 }
 
+/// Events queued for the application before the driver stops reading the
+/// peer's new requests: an application slower than a peer that opens and
+/// resets requests (rapid reset) then holds the peer back through QUIC
+/// stream credit, instead of queueing events without bound. Reading
+/// resumes as the application takes them.
+pub(crate) const EVENT_BACKLOG: usize = 1024;
+
 /// Commands to a running driver.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -138,7 +145,15 @@ impl H3Controller {
     /// # Cancel safety
     /// Cancel-safe.
     pub async fn next_event(&mut self) -> Option<H3Event> {
-        self.events.recv().await
+        let ev = self.events.recv().await;
+        if ev.is_some() {
+            let shared = &self.handle.shared;
+            if shared.events_pending.fetch_sub(1, Ordering::Relaxed) == EVENT_BACKLOG {
+                // Back below the backlog: the driver may read again.
+                shared.notify.notify_one();
+            }
+        }
+        ev
     }
 
     /// A cloneable handle for commands.

@@ -11,6 +11,8 @@ pub const H3_EXCESSIVE_LOAD: u64 = 0x107;
 pub const H3_REQUEST_REJECTED: u64 = 0x10b;
 /// H3_REQUEST_CANCELLED: the request or its response was abandoned.
 pub const H3_REQUEST_CANCELLED: u64 = 0x10c;
+/// The client's stream ended (or stalled) before a full request (RFC 9114).
+pub const H3_REQUEST_INCOMPLETE: u64 = 0x10d;
 
 /// What went wrong with a request, a response or a body.
 ///

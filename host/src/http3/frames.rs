@@ -67,6 +67,9 @@ pub(crate) struct Shared {
     pub(crate) requests: AtomicU64,
     /// Entries in the driver's stream table.
     pub(crate) open_streams: AtomicUsize,
+    /// Events sent to the application and not yet taken
+    /// (bounded by `controller::EVENT_BACKLOG`).
+    pub(crate) events_pending: AtomicUsize,
     pub(crate) going_away: std::sync::atomic::AtomicBool,
 }
 

@@ -59,7 +59,7 @@ pub use driver::{
 };
 pub use error::{
     H3Error, H3_EXCESSIVE_LOAD, H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED,
-    H3_REQUEST_REJECTED,
+    H3_REQUEST_INCOMPLETE, H3_REQUEST_REJECTED,
 };
 pub use frames::{headers, BodyReceiver, InboundFrame, OutboundFrame, OutboundSender, TrySend};
 pub use head::{header_list, header_map, request_from_head, ConnectProtocol};

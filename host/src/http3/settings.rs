@@ -30,13 +30,19 @@ pub struct Http3Settings {
     /// the handshake. Default: 10 s.
     #[serde(with = "humantime_serde")]
     pub first_request_timeout: Option<Duration>,
-    /// A request stream on which the peer makes no progress for this long
-    /// is reset (H3_REQUEST_CANCELLED, both directions) and the application
-    /// sees a reset. "No progress" counts only time spent waiting on the
-    /// peer: for body bytes the application is ready to take, or for room
-    /// to send the response bytes it has queued. A slow handler is not cut;
-    /// a client that opens requests and never finishes them (slowloris) or
-    /// never reads their answers is. Default: 30 s.
+    /// Servers: a request stream on which the peer makes no progress for
+    /// this long is reset (H3_REQUEST_CANCELLED, both directions) and the
+    /// application sees a reset; one whose header section never completes
+    /// is reset with H3_REQUEST_INCOMPLETE. "No progress" counts only time
+    /// spent waiting on the peer: for body bytes the application is ready
+    /// to take (unless the server itself holds received data back), or for
+    /// room to send response bytes while the connection sends nothing else
+    /// (a stream waiting its turn behind others is not stalled). A slow
+    /// handler is not cut, nor an extended CONNECT tunnel; a client that
+    /// opens requests and never finishes them (slowloris) or never reads
+    /// their answers is. A client sending `Expect: 100-continue` waits for
+    /// the interim response: send it within this time. Default: 30 s;
+    /// `None` turns it off.
     #[serde(with = "humantime_serde")]
     pub stream_stall_timeout: Option<Duration>,
     /// Accept extended CONNECT (RFC 9220). Default: off.

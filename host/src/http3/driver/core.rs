@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::streams::StreamTable;
-use crate::http3::controller::{Command, H3Event};
+use crate::http3::controller::{Command, H3Event, EVENT_BACKLOG};
 use crate::http3::frames::Shared;
 use crate::http3::settings::Http3Settings;
 
@@ -98,7 +98,17 @@ impl DriverCore {
     }
 
     pub(super) fn emit(&self, e: H3Event) {
-        let _ = self.events.send(e);
+        // Counted before the application can take (and uncount) it; not
+        // counted if nobody listens any more.
+        self.shared.events_pending.fetch_add(1, Ordering::Relaxed);
+        if self.events.send(e).is_err() {
+            self.shared.events_pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the application has the most events it may have queued.
+    pub(super) fn backlogged(&self) -> bool {
+        self.shared.events_pending.load(Ordering::Relaxed) >= EVENT_BACKLOG
     }
 
     /// Sends GOAWAY carrying `id` unless one went out already; returns

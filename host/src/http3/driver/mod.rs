@@ -111,6 +111,12 @@ impl<H: DriverHooks> H3Driver<H> {
         self.core.streams.count()
     }
 
+    /// Entries in every per-stream map of the driver (tests).
+    #[cfg(test)]
+    pub(crate) fn stream_entries(&self) -> usize {
+        self.core.streams.entries()
+    }
+
     fn send_goaway(&mut self, qconn: &mut quiche::Connection) {
         if self.core.send_goaway(qconn, self.hooks.goaway_id()) {
             self.hooks.on_goaway_sent(qconn);
@@ -119,8 +125,17 @@ impl<H: DriverHooks> H3Driver<H> {
 
     /// Takes every event quiche has, then moves data into stream channels;
     /// repeats while that reading uncovered more (a stream's end, trailers).
+    /// While the application has `EVENT_BACKLOG` events queued, nothing
+    /// is read: the peer's new requests wait in quiche, within its flow
+    /// control and stream limits.
     fn pump(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
         loop {
+            if self.core.backlogged() {
+                return Ok(());
+            }
+            if H::IS_SERVER && self.core.settings.stream_stall_timeout.is_some() {
+                self.core.streams.note_unheaded(qconn, Instant::now());
+            }
             self.poll_events(qconn);
             let core = &mut self.core;
             let Some(h3) = core.h3.as_mut() else {
@@ -246,7 +261,7 @@ impl<H: DriverHooks> H3Driver<H> {
     /// [`FLUSH_LIMIT`] after only that was left.
     fn collect_streams(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
         let core = &mut self.core;
-        core.streams.collect(qconn);
+        core.streams.collect(core.h3.as_mut(), qconn);
         if !core.goaway.any()
             || !core.streams.is_empty()
             || !self.hooks.is_idle()

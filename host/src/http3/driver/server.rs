@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use quiche::h3::Header;
+use quiche::h3::{Header, NameValue};
 use tracing::{debug, trace};
 
 use super::core::{earliest, DriverCore};
@@ -60,6 +60,7 @@ impl DriverHooks for ServerHooks {
                 debug!(stream = id, "request after GOAWAY rejected");
                 let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, H3_REQUEST_REJECTED);
                 let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_REJECTED);
+                core.streams.forget_later(id);
                 return;
             }
         }
@@ -67,6 +68,10 @@ impl DriverHooks for ServerHooks {
         self.next_request_id = self.next_request_id.max(id.saturating_add(4));
         let (body, response) = core.streams.open(id, more_frames, true);
         let Some(response) = response else { return };
+        if list.iter().any(|h| h.name() == b":protocol") {
+            // A tunnel (RFC 9220): quiet for as long as its user is.
+            core.streams.never_stalls(id);
+        }
         trace!(stream = id, "request");
         core.emit(H3Event::IncomingRequest(IncomingRequest {
             stream_id: id,

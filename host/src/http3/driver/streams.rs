@@ -18,7 +18,9 @@ use quiche::h3::{self, Header, NameValue};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::super::error::{H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED};
+use super::super::error::{
+    H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED, H3_REQUEST_INCOMPLETE,
+};
 use super::super::frames::{BodyReceiver, InboundFrame, OutboundFrame, OutboundSender, Shared};
 use crate::quic::QuicResult;
 
@@ -37,6 +39,9 @@ pub(super) struct StreamCtx {
     send_done: bool,
     /// Since when the stream has waited on the peer without progress.
     stalled_since: Option<Instant>,
+    /// Never cut for stalling: an extended CONNECT tunnel (RFC 9220), quiet
+    /// in both directions by nature.
+    no_stall: bool,
     /// The stream's send capacity when quiche last refused a header
     /// section for want of room: it is not encoded again until the
     /// capacity grows (quiche encodes before it checks).
@@ -66,16 +71,39 @@ impl StreamCtx {
         }
     }
 
-    /// Whether only the peer can move the stream on: the application is
-    /// ready for body bytes that do not come, or has queued bytes quiche
-    /// cannot send (flow control: the peer does not read).
-    fn waits_on_peer(&self) -> bool {
-        let wants_body = !self.recv_done
+    /// Drops the application's queue of frames for the peer, giving back
+    /// the bytes still in it: they count against the connection's
+    /// outbound total, which writers wait on.
+    fn drop_outbound(&mut self, shared: &Shared) {
+        if let Some(mut rx) = self.outbound.take() {
+            rx.close();
+            while let Ok(f) = rx.try_recv() {
+                if let OutboundFrame::Body(b, _) = f {
+                    shared.sub_outbound(b.len());
+                }
+            }
+        }
+    }
+
+    /// Whether the application is ready for body bytes that do not come.
+    fn wants_body(&self) -> bool {
+        !self.recv_done
             && self.pending_in.is_empty()
             && !self.data_pending
-            && self.inbound.as_ref().is_some_and(|tx| tx.capacity() > 0);
-        let cannot_send = !self.send_done && self.pending_out.is_some();
-        wants_body || cannot_send
+            && self.inbound.as_ref().is_some_and(|tx| tx.capacity() > 0)
+    }
+
+    /// Whether the application has queued bytes quiche cannot take.
+    fn cannot_send(&self) -> bool {
+        !self.send_done && self.pending_out.is_some()
+    }
+
+    /// Whether we hold the peer's bytes back: quiche has body data the
+    /// application's full channel cannot take. It counts against the
+    /// connection's receive window, so the peer may be unable to send on
+    /// other streams through no fault of its own.
+    fn holds_back(&self) -> bool {
+        self.data_pending && self.inbound.as_ref().is_some_and(|tx| tx.capacity() == 0)
     }
 
     fn is_done(&self) -> bool {
@@ -94,6 +122,15 @@ pub(super) struct StreamTable {
     shared: Arc<Shared>,
     /// The read buffer for body chunks.
     buf: Vec<u8>,
+    /// Where the next turn's outbound delivery starts (round robin).
+    next_first: usize,
+    /// Request streams the peer has sent on but whose header section is
+    /// not complete yet, with when they were first seen: a client sending
+    /// its headers a byte at a time (slowloris) is cut like a stalled
+    /// body.
+    unheaded: HashMap<u64, Instant>,
+    /// Whether the last turn handed any stream's data to quiche.
+    sent_in_turn: bool,
 }
 
 impl StreamTable {
@@ -104,6 +141,9 @@ impl StreamTable {
             capacity: capacity.max(1),
             shared,
             buf: vec![0; chunk.max(1024)],
+            next_first: 0,
+            sent_in_turn: false,
+            unheaded: HashMap::new(),
         }
     }
 
@@ -119,6 +159,13 @@ impl StreamTable {
         self.streams.len()
     }
 
+    /// Every per-stream entry the table keeps, in all its maps (tests of
+    /// the stream lifecycle).
+    #[cfg(test)]
+    pub(super) fn entries(&self) -> usize {
+        self.streams.len() + self.unacked.len() + self.unheaded.len()
+    }
+
     /// The scratch buffer, for reads outside any stream (datagrams, drains).
     pub(super) fn buf(&mut self) -> &mut [u8] {
         &mut self.buf
@@ -132,6 +179,7 @@ impl StreamTable {
         outbound: bool,
     ) -> (Option<BodyReceiver>, Option<OutboundSender>) {
         let cap = self.capacity;
+        self.unheaded.remove(&id);
         let ctx = self.streams.entry(id).or_default();
         let rx = inbound.then(|| {
             let (tx, rx) = mpsc::channel(cap);
@@ -307,59 +355,57 @@ impl StreamTable {
         qconn: &mut quiche::Connection,
         is_server: bool,
     ) {
-        for (&id, ctx) in self.streams.iter_mut() {
-            loop {
-                if ctx.send_done {
-                    ctx.outbound = None;
-                    break;
-                }
-                if ctx.pending_out.is_none() {
-                    let Some(rx) = ctx.outbound.as_mut() else {
-                        break;
-                    };
-                    match rx.try_recv() {
-                        Ok(f) => ctx.pending_out = Some(f),
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => {
-                            debug!(stream = id, "sender dropped before fin; resetting stream");
-                            let _ = qconn.stream_shutdown(
-                                id,
-                                quiche::Shutdown::Write,
-                                H3_REQUEST_CANCELLED,
-                            );
-                            ctx.send_done = true;
-                            continue;
-                        }
-                    }
-                }
-                let Some(frame) = ctx.pending_out.take() else {
-                    break;
-                };
-                if !send_frame(h3, qconn, id, ctx, frame, is_server, &self.shared) {
-                    break;
+        // Each turn starts one stream further on: the first stream served
+        // takes what the congestion window allows, and must not always be
+        // the same one.
+        let n = self.streams.len().max(1);
+        let first = self.next_first % n;
+        self.next_first = self.next_first.wrapping_add(1);
+        let mut turn = Turn {
+            shared: &self.shared,
+            sent: false,
+        };
+        for pass in [true, false] {
+            for (i, (&id, ctx)) in self.streams.iter_mut().enumerate() {
+                if (i >= first) == pass {
+                    deliver_one(h3, qconn, id, ctx, is_server, &mut turn);
                 }
             }
         }
+        self.sent_in_turn = turn.sent;
     }
 
     /// Forgets streams finished in both directions whose frames were all
     /// delivered, and notes which of them quiche still holds.
-    pub(super) fn collect(&mut self, qconn: &mut quiche::Connection) {
+    pub(super) fn collect(
+        &mut self,
+        h3: Option<&mut h3::Connection>,
+        qconn: &mut quiche::Connection,
+    ) {
         let unacked = &mut self.unacked;
+        let shared = &self.shared;
         self.streams.retain(|&id, ctx| {
             let done = ctx.is_done();
             if done {
+                ctx.drop_outbound(shared);
                 unacked.push(id);
             }
             !done
         });
         // quiche drops a stream once everything sent on it was acknowledged
         // (and everything received was read); until then it still exists.
+        let mut h3 = h3;
         self.unacked.retain(|&id| {
-            !matches!(
+            let gone = matches!(
                 qconn.stream_capacity(id),
                 Err(quiche::Error::InvalidStreamState(_))
-            )
+            );
+            if gone {
+                if let Some(h3) = h3.as_deref_mut() {
+                    forget_in_h3(h3, qconn, id);
+                }
+            }
+            !gone
         });
         self.publish_len();
     }
@@ -375,12 +421,24 @@ impl StreamTable {
     ) -> (Vec<u64>, Option<Instant>) {
         let mut cut = Vec::new();
         let mut next: Option<Instant> = None;
+        // A stream waits on the peer only if the connection as a whole is
+        // not moving: while other streams' data goes out, one that waits
+        // for room waits its turn under the congestion window or the
+        // connection's flow control; while we hold back received data,
+        // the peer may have no connection window left to send with.
+        let sending = self.sent_in_turn;
+        let holding = self.streams.values().any(StreamCtx::holds_back);
         for (&id, ctx) in self.streams.iter_mut() {
-            if !ctx.waits_on_peer() {
+            let waits = !ctx.no_stall
+                && ((ctx.wants_body() && !holding) || (ctx.cannot_send() && !sending));
+            if !waits {
                 ctx.stalled_since = None;
                 continue;
             }
-            let due = *ctx.stalled_since.get_or_insert(now) + timeout;
+            // A timeout too large to add means no deadline.
+            let Some(due) = ctx.stalled_since.get_or_insert(now).checked_add(timeout) else {
+                continue;
+            };
             if now < due {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
@@ -399,7 +457,78 @@ impl StreamTable {
             ctx.end_outbound(&self.shared);
             cut.push(id);
         }
-        (cut, next)
+        let unheaded = self.cut_unheaded(qconn, now, timeout);
+        (cut, crate::http3::driver::core::earliest(next, unheaded))
+    }
+
+    /// Notes request streams with bytes from the peer but no complete
+    /// header section yet (servers; before quiche's HTTP/3 layer reads
+    /// them).
+    pub(super) fn note_unheaded(&mut self, qconn: &quiche::Connection, now: Instant) {
+        for id in qconn.readable() {
+            if id % 4 == 0 && !self.streams.contains_key(&id) {
+                self.unheaded.entry(id).or_insert(now);
+            }
+        }
+    }
+
+    /// Resets the request streams whose header section has not completed
+    /// within `timeout`, and forgets those quiche no longer has; returns
+    /// when the next one would be due.
+    fn cut_unheaded(
+        &mut self,
+        qconn: &mut quiche::Connection,
+        now: Instant,
+        timeout: Duration,
+    ) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let unacked = &mut self.unacked;
+        self.unheaded.retain(|&id, since| {
+            if matches!(
+                qconn.stream_capacity(id),
+                Err(quiche::Error::InvalidStreamState(_))
+            ) {
+                // quiche's HTTP/3 layer may still hold it: forgotten in the
+                // next `collect`.
+                unacked.push(id);
+                return false;
+            }
+            match since.checked_add(timeout) {
+                Some(due) if now >= due => {
+                    debug!(
+                        stream = id,
+                        ?timeout,
+                        "header section incomplete; resetting the stream"
+                    );
+                    let _ =
+                        qconn.stream_shutdown(id, quiche::Shutdown::Read, H3_REQUEST_INCOMPLETE);
+                    let _ =
+                        qconn.stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_INCOMPLETE);
+                    unacked.push(id);
+                    false
+                }
+                Some(due) => {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    true
+                }
+                None => true,
+            }
+        });
+        next
+    }
+
+    /// A stream that never got an entry (refused after GOAWAY) but that
+    /// quiche's HTTP/3 layer holds: forgotten there once quiche drops it.
+    pub(super) fn forget_later(&mut self, id: u64) {
+        self.unacked.push(id);
+    }
+
+    /// Exempts a stream from the stall timeout (an extended CONNECT
+    /// tunnel).
+    pub(super) fn never_stalls(&mut self, id: u64) {
+        if let Some(ctx) = self.streams.get_mut(&id) {
+            ctx.no_stall = true;
+        }
     }
 
     /// Whether every stream's data was acknowledged by the peer.
@@ -409,8 +538,59 @@ impl StreamTable {
 
     /// The connection ended: every receiver sees `None`.
     pub(super) fn clear(&mut self) {
+        for ctx in self.streams.values_mut() {
+            ctx.end_outbound(&self.shared);
+            ctx.drop_outbound(&self.shared);
+        }
         self.streams.clear();
         self.publish_len();
+    }
+}
+
+/// One turn of outbound delivery: the counters, and whether any stream's
+/// data went out.
+struct Turn<'a> {
+    shared: &'a Shared,
+    sent: bool,
+}
+
+/// Hands one stream's queued frames to quiche, as far as it takes them.
+fn deliver_one(
+    h3: &mut h3::Connection,
+    qconn: &mut quiche::Connection,
+    id: u64,
+    ctx: &mut StreamCtx,
+    is_server: bool,
+    turn: &mut Turn<'_>,
+) {
+    let shared = turn.shared;
+    loop {
+        if ctx.send_done {
+            ctx.drop_outbound(shared);
+            return;
+        }
+        if ctx.pending_out.is_none() {
+            let Some(rx) = ctx.outbound.as_mut() else {
+                return;
+            };
+            match rx.try_recv() {
+                Ok(f) => ctx.pending_out = Some(f),
+                Err(mpsc::error::TryRecvError::Empty) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    debug!(stream = id, "sender dropped before fin; resetting stream");
+                    let _ =
+                        qconn.stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_CANCELLED);
+                    ctx.send_done = true;
+                    continue;
+                }
+            }
+        }
+        let Some(frame) = ctx.pending_out.take() else {
+            return;
+        };
+        if !send_frame(h3, qconn, id, ctx, frame, is_server, turn) {
+            return;
+        }
     }
 }
 
@@ -423,8 +603,9 @@ fn send_frame(
     ctx: &mut StreamCtx,
     frame: OutboundFrame,
     is_server: bool,
-    shared: &Shared,
+    turn: &mut Turn<'_>,
 ) -> bool {
+    let shared = turn.shared;
     let blocked = |e: &h3::Error| matches!(e, h3::Error::StreamBlocked | h3::Error::Done);
     if let OutboundFrame::Headers { headers, .. } | OutboundFrame::Trailers(headers) = &frame {
         if let Some(at) = ctx.head_blocked_at {
@@ -460,6 +641,7 @@ fn send_frame(
             match r {
                 Ok(()) => {
                     ctx.stalled_since = None;
+                    turn.sent = true;
                     ctx.head_blocked_at = None;
                     ctx.heads_sent += 1;
                     ctx.send_done |= fin;
@@ -475,6 +657,7 @@ fn send_frame(
             Ok(n) => {
                 if n > 0 {
                     ctx.stalled_since = None;
+                    turn.sent = true;
                 }
                 shared.sub_outbound(n);
                 if n < bytes.len() {
@@ -499,6 +682,7 @@ fn send_frame(
             match h3.send_additional_headers(qconn, id, &headers, true, true) {
                 Ok(()) => {
                     ctx.head_blocked_at = None;
+                    turn.sent = true;
                     ctx.send_done = true;
                     true
                 }
@@ -516,6 +700,27 @@ fn send_frame(
             ctx.end_inbound();
             true
         }
+    }
+}
+
+/// Makes quiche's HTTP/3 layer drop its state for a stream quiche itself
+/// has forgotten. The layer frees a request stream only once our side was
+/// finished through it (a fin from `send_body` or a header section); a
+/// stream whose sending side we reset (a client's rapid reset, a cancelled
+/// response) would stay in its map for the connection's life, a leak of a
+/// few hundred bytes per reset request. Its only way out is a send attempt
+/// that finds the QUIC stream gone, so we make one: on a stream quiche no
+/// longer has nothing can be sent, and quiche removes the entry.
+fn forget_in_h3(h3: &mut h3::Connection, qconn: &mut quiche::Connection, id: u64) {
+    if !id.is_multiple_of(4) {
+        return;
+    }
+    let head = [Header::new(b":status", b"500")];
+    // No response sent yet (servers): the first head. Otherwise (or as a
+    // client) a trailer section.
+    if let Err(h3::Error::FrameUnexpected) = h3.send_response(qconn, id, &head, true) {
+        let trailer = [Header::new(b"x", b"")];
+        let _ = h3.send_additional_headers(qconn, id, &trailer, true, true);
     }
 }
 

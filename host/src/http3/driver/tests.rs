@@ -489,6 +489,182 @@ fn a_request_whose_body_never_comes_is_cut_but_a_slow_handler_is_not() {
     assert_eq!(p.table_sizes(), (0, 0));
 }
 
+#[test]
+fn an_application_that_falls_behind_holds_the_peer_back_instead_of_queueing_events() {
+    use crate::http3::controller::EVENT_BACKLOG;
+    let mut p = Pair::new(Http3Settings::default());
+    let handle = p.cc.handle();
+    // Requests opened and reset as fast as credit comes back, while the
+    // server's application takes no event.
+    let mut opened = 0;
+    let mut stalled = 0;
+    while opened < 3 * EVENT_BACKLOG && stalled < 3 {
+        let mut fut = std::pin::pin!(handle.send_request(
+            headers(&[
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":authority", "localhost"),
+                (":path", "/"),
+            ]),
+            true,
+        ));
+        let mut got = None;
+        for _ in 0..3 {
+            if let Poll::Ready(r) = poll_once(fut.as_mut()) {
+                got = Some(r);
+                break;
+            }
+            p.run();
+        }
+        match got {
+            Some(Ok(stream)) => {
+                stalled = 0;
+                opened += 1;
+                if let Some(body) = stream.body {
+                    let _ = body.try_send(OutboundFrame::Reset(H3_REQUEST_CANCELLED));
+                }
+                p.run();
+            }
+            _ => stalled += 1,
+        }
+    }
+    let queued = p.sc.events.len();
+    assert!(
+        queued <= EVENT_BACKLOG + 8,
+        "{queued} events queued for an application that takes none"
+    );
+    assert!(opened < 3 * EVENT_BACKLOG, "the peer was never held back");
+    // The application catches up: the driver reads again.
+    let mut taken = 0;
+    loop {
+        let mut next = std::pin::pin!(p.sc.next_event());
+        match poll_once(next.as_mut()) {
+            Poll::Ready(Some(_)) => taken += 1,
+            _ => break,
+        }
+    }
+    assert!(taken >= queued);
+    p.run();
+    assert!(
+        !p.sc.events.is_empty(),
+        "reading resumed once the events were taken"
+    );
+}
+
+#[test]
+fn frames_dropped_with_a_reset_stream_give_their_bytes_back() {
+    let mut p = Pair::new(Http3Settings::default());
+    let stream = p.request("GET", false).unwrap();
+    p.run();
+    let req = p.next_request();
+    req.response
+        .try_send(OutboundFrame::Headers {
+            headers: headers(&[(":status", "200")]),
+            fin: false,
+        })
+        .unwrap();
+    // Queued and never sent: the client resets first.
+    for _ in 0..10 {
+        req.response
+            .try_send(OutboundFrame::Body(
+                Bytes::from(vec![7u8; 64 * 1024]),
+                false,
+            ))
+            .unwrap();
+    }
+    let shared = p.sc.handle().shared.clone();
+    assert_eq!(
+        shared
+            .outbound_buffered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        640 * 1024
+    );
+    p.cc.handle()
+        .stop_sending(stream.stream_id, H3_REQUEST_CANCELLED);
+    p.run();
+    drop((req, stream));
+    p.run();
+    assert_eq!(
+        shared
+            .outbound_buffered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "bytes of dropped frames still counted"
+    );
+    assert_eq!(p.table_sizes(), (0, 0));
+}
+
+#[test]
+fn a_header_section_that_never_completes_is_cut() {
+    let mut p = Pair::new(Http3Settings {
+        stream_stall_timeout: Some(Duration::ZERO),
+        ..Default::default()
+    });
+    // HEADERS announcing 100 bytes, then only 5 of them, on a request
+    // stream the client's driver does not use.
+    p.client
+        .stream_send(40, &[0x01, 0x40, 100, 0, 0, 0xd1, 0xd7, 0x50], false)
+        .unwrap();
+    p.run();
+    // Reset by the server: gone on the client, or still showing the reset.
+    let mut buf = [0u8; 64];
+    let got = p.client.stream_recv(40, &mut buf).err();
+    assert!(
+        matches!(
+            got,
+            Some(quiche::Error::InvalidStreamState(_))
+                | Some(quiche::Error::StreamReset(
+                    crate::http3::H3_REQUEST_INCOMPLETE
+                ))
+        ),
+        "{got:?}"
+    );
+    assert!(!p.server.is_closed(), "only the stream is cut");
+    // Without the timeout the same stream stays open, waiting.
+    let mut q = Pair::new(Http3Settings {
+        stream_stall_timeout: None,
+        ..Default::default()
+    });
+    q.client
+        .stream_send(40, &[0x01, 0x40, 100, 0, 0, 0xd1, 0xd7, 0x50], false)
+        .unwrap();
+    q.run();
+    assert_eq!(
+        q.client.stream_recv(40, &mut buf).err(),
+        Some(quiche::Error::Done)
+    );
+}
+
+#[test]
+fn rapid_reset_leaves_no_entry_in_any_map() {
+    let mut p = Pair::new(Http3Settings::default());
+    for round in 0..20 {
+        for _ in 0..50 {
+            let stream = p.request("POST", true).unwrap();
+            let body = stream.body.unwrap();
+            body.try_send(OutboundFrame::Reset(H3_REQUEST_CANCELLED))
+                .unwrap();
+        }
+        p.run();
+        // The server's application takes its events (and so stops each
+        // reset request's work).
+        loop {
+            let mut next = std::pin::pin!(p.sc.next_event());
+            if !matches!(poll_once(next.as_mut()), Poll::Ready(Some(_))) {
+                break;
+            }
+        }
+        p.run();
+        let entries = (p.cd.stream_entries(), p.sd.stream_entries());
+        assert!(
+            entries.0 <= 60 && entries.1 <= 60,
+            "round {round}: {entries:?} entries left (client, server)"
+        );
+    }
+    p.run();
+    assert_eq!((p.cd.stream_entries(), p.sd.stream_entries()), (0, 0));
+}
+
 /// A peer that sends anything on any stream: frames of every type (valid,
 /// reserved, made up) with true or false lengths, on a fresh request
 /// stream, on its own control stream and on a new unidirectional stream
@@ -544,20 +720,24 @@ mod fuzz {
             let mut p = Pair::new(Http3Settings::default());
             let mut bytes = Vec::new();
             // Client streams the client's driver does not use: a request
-            // stream far up, and a fresh unidirectional one; or its own
-            // control stream (2), already carrying its SETTINGS.
+            // stream further up (within the stream limit), and a fresh
+            // unidirectional one; or its own control stream (2), already
+            // carrying its SETTINGS.
             let id = match target {
-                0 => 400,
+                0 => 40,
                 1 => 2,
+                // (quiche's own grease stream may have taken 14).
                 _ => {
                     let _ = varint::write(&mut bytes, uni_type);
-                    14
+                    30
                 }
             };
             for f in &frames {
                 bytes.extend_from_slice(f);
             }
-            let _ = p.client.stream_send(id, &bytes, fin);
+            // Accepted whole: the case reaches the server.
+            let sent = p.client.stream_send(id, &bytes, fin);
+            prop_assert!(bytes.is_empty() && !fin || sent == Ok(bytes.len()), "{sent:?}");
             p.run();
             // Whatever it did, the server holds at most the one stream.
             prop_assert!(p.server.is_closed() || p.sd.stream_count() <= 1);
