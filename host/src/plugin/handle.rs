@@ -387,7 +387,8 @@ impl Plugin {
         let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match &self.world
         {
             Linked::Quic(w) => {
-                let (app, session) = QuicPluginApp::new();
+                let (app, session) =
+                    QuicPluginApp::with_queue_limit(self.inner.sandbox.limits.queued_bytes);
                 incoming.start(app);
                 Box::pin(quic::serve(
                     self.inner.clone(),

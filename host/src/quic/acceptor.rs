@@ -98,15 +98,26 @@ impl<M: Metrics> Acceptor<M> {
         }
 
         let token = hdr.token.as_deref().unwrap_or_default();
-        let (scid, odcid) = if !token.is_empty() {
-            match self.tokens.validate(token, from, &hdr.dcid) {
-                Ok(odcid) => (hdr.dcid.clone().into_owned(), Some(odcid)),
-                Err(e) => {
+        let validated = match token.is_empty() {
+            true => None,
+            false => match self.tokens.validate(token, from, &hdr.dcid) {
+                Ok(odcid) => Some(odcid),
+                // With Retry on, only our Retry tokens are expected.
+                Err(e) if self.settings.enable_retry => {
                     debug!(%from, error = %e, "Retry token refused");
                     self.metrics.packet_dropped(PacketDropReason::InvalidToken);
                     return;
                 }
-            }
+                // With it off, a token we cannot use (another server's, an
+                // old one) counts as none (RFC 9000 §8.1.3).
+                Err(e) => {
+                    debug!(%from, error = %e, "token ignored");
+                    None
+                }
+            },
+        };
+        let (scid, odcid) = if let Some(odcid) = validated {
+            (hdr.dcid.clone().into_owned(), Some(odcid))
         } else if self.settings.enable_retry
             || self.unvalidated.count() >= self.settings.max_unvalidated_handshakes
         {

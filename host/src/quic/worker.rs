@@ -148,6 +148,11 @@ impl<M: Metrics> WorkerParts<M> {
                 stage.close();
             }
 
+            // The address is proven by the client's Finished (not by 0-RTT,
+            // which a client can replay from spoofed addresses).
+            if self.unvalidated.is_some() && self.conn.is_established() {
+                self.unvalidated = None;
+            }
             if stage.is_handshake() && (self.conn.is_established() || self.conn.is_in_early_data())
             {
                 if let Some(sig) = &self.unreachable {
@@ -155,7 +160,6 @@ impl<M: Metrics> WorkerParts<M> {
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 let info = self.handshake_info();
-                self.unvalidated = None;
                 debug!(alpn = %String::from_utf8_lossy(&info.alpn), elapsed = ?info.handshake_duration, "handshake complete");
                 self.state
                     .send_replace(ConnectionState::Established(info.clone()));

@@ -141,7 +141,10 @@ async fn run(
     let mut going_away = false;
     let mut requests = RequestGauge::new(&plugin.live);
     let handle = controller.handle();
-    let mut store = match new_store(&plugin.sandbox, H3Conn::new(handle.clone())) {
+    let mut store = match new_store(
+        &plugin.sandbox,
+        H3Conn::new(handle.clone(), plugin.sandbox.limits.queued_bytes),
+    ) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %format!("{e:#}"), "cannot set up the plugin; closing the connection");
@@ -289,6 +292,7 @@ async fn run(
 /// Starts a wait for room on every stream the plugin found full.
 fn arm_writable(store: &mut Store<PluginState<H3Conn>>, waits: &mut HashMap<u64, WritableWait>) {
     let s = &mut store.data_mut().conn;
+    let budget = s.budget;
     for id in std::mem::take(&mut s.want_writable) {
         if let Some(sender) = s.streams.get(&id) {
             let sender = sender.clone();
@@ -297,7 +301,7 @@ fn arm_writable(store: &mut Store<PluginState<H3Conn>>, waits: &mut HashMap<u64,
                     // Room in the stream's channel, and in the connection's
                     // byte budget.
                     sender.ready().await;
-                    sender.shared.below(host::CONNECTION_BUDGET).await;
+                    sender.shared.below(budget).await;
                 })
             });
         }
@@ -308,8 +312,11 @@ fn arm_writable(store: &mut Store<PluginState<H3Conn>>, waits: &mut HashMap<u64,
 /// runs its optional `init`.
 pub(super) async fn validate(version: &Version, pre: &Http3Pre) -> Result<(), String> {
     let (_driver, controller) = crate::http3::ServerH3Driver::new_server(Default::default());
-    let mut store = new_store(&version.sandbox, H3Conn::new(controller.handle()))
-        .map_err(|e| format!("{e:#}"))?;
+    let mut store = new_store(
+        &version.sandbox,
+        H3Conn::new(controller.handle(), version.sandbox.limits.queued_bytes),
+    )
+    .map_err(|e| format!("{e:#}"))?;
     let instance = instantiate(pre.instance_pre(), &mut store)
         .await
         .map_err(|e| format!("{e:#}"))?;
@@ -329,13 +336,19 @@ pub(super) async fn measure(
     let err = |e: wasmtime::Error| format!("{e:?}");
     let started = Instant::now();
     for _ in 0..n {
-        let mut store = new_store(&plugin.sandbox, H3Conn::new(handle.clone()))
-            .map_err(|e| format!("{e:#}"))?;
+        let mut store = new_store(
+            &plugin.sandbox,
+            H3Conn::new(handle.clone(), plugin.sandbox.limits.queued_bytes),
+        )
+        .map_err(|e| format!("{e:#}"))?;
         pre.instantiate_async(&mut store).await.map_err(err)?;
     }
     let instantiate = started.elapsed() / n;
-    let mut store =
-        new_store(&plugin.sandbox, H3Conn::new(handle)).map_err(|e| format!("{e:#}"))?;
+    let mut store = new_store(
+        &plugin.sandbox,
+        H3Conn::new(handle, plugin.sandbox.limits.queued_bytes),
+    )
+    .map_err(|e| format!("{e:#}"))?;
     let app = pre.instantiate_async(&mut store).await.map_err(err)?;
     let started = Instant::now();
     for _ in 0..n {

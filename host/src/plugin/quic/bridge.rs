@@ -37,10 +37,20 @@ use crate::quic::{
 /// Bytes a plugin may queue on one stream beyond what quiche has taken.
 pub(crate) const STREAM_BUDGET: usize = 256 << 10;
 /// Bytes a plugin may queue on all its streams together beyond what quiche
-/// has taken: with the per-stream budget alone, writing on many stream ids
-/// (made-up server streams past the client's limit wait for ever) pinned
-/// host memory outside the plugin's own cap.
+/// has taken, unless the plugin's limits say otherwise
+/// (`PluginLimits::queued_bytes`): with the per-stream budget alone,
+/// writing on many streams pinned host memory outside the plugin's own cap.
 pub(crate) const CONNECTION_BUDGET: usize = 4 << 20;
+
+/// The connection-wide budget in force ([`CONNECTION_BUDGET`] by default).
+#[derive(Debug, Clone, Copy)]
+struct Budget(usize);
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self(CONNECTION_BUDGET)
+    }
+}
 /// Streams with bytes queued at once. A write that would start one more is
 /// held back (0 accepted, `writable` later), like a full stream's.
 pub(crate) const MAX_QUEUED_STREAMS: usize = 1024;
@@ -159,6 +169,8 @@ pub(crate) struct Shared {
     out: HashMap<u64, Outgoing>,
     /// Bytes in all of `out`'s buffers.
     queued: usize,
+    /// The most `queued` may reach.
+    budget: Budget,
     ops: VecDeque<Op>,
     datagrams: usize,
     /// Streams whose last write was accepted only in part: not read until
@@ -222,7 +234,9 @@ impl Shared {
         fin: bool,
     ) -> Result<usize, Refused> {
         self.writable_stream(stream)?;
-        if is_local(stream) {
+        // Only a write that opens the stream (bytes or a fin) makes it
+        // used: empty writes must not walk the bound forward.
+        if is_local(stream) && (!data.is_empty() || fin) {
             let next = &mut self.next_local[usize::from(!is_bidi(stream))];
             *next = (*next).max((stream >> 2) + 1);
         }
@@ -236,7 +250,7 @@ impl Shared {
             self.notified.remove(&stream);
             return Ok(0);
         }
-        let conn_room = CONNECTION_BUDGET.saturating_sub(self.queued);
+        let conn_room = self.budget.0.saturating_sub(self.queued);
         let out = self.out.entry(stream).or_default();
         let room = STREAM_BUDGET.saturating_sub(out.buf.len()).min(conn_room);
         let n = data.len().min(room);
@@ -419,9 +433,19 @@ impl std::fmt::Debug for QuicPluginApp {
 }
 
 impl QuicPluginApp {
-    /// An application and the session its plugin task serves.
+    /// An application and the session its plugin task serves, with the
+    /// default limit on what the plugin may queue (4 MiB).
     pub fn new() -> (Self, QuicPluginSession) {
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        Self::with_queue_limit(CONNECTION_BUDGET)
+    }
+
+    /// As [`new`](Self::new), the plugin's writes held back once `bytes`
+    /// are queued on the connection (`PluginLimits::queued_bytes`).
+    pub fn with_queue_limit(bytes: usize) -> (Self, QuicPluginSession) {
+        let shared = Arc::new(Mutex::new(Shared {
+            budget: Budget(bytes.max(1)),
+            ..Shared::default()
+        }));
         let (to_plugin, from_worker) = mpsc::unbounded_channel();
         let (wake_tx, wake) = mpsc::channel(1);
         (
@@ -568,7 +592,7 @@ impl QuicPluginApp {
             .filter(|id| !sh.notified.contains(id))
             // Room on the connection too, or the plugin would be told to
             // write only to find it full again.
-            .filter(|_| sh.queued <= CONNECTION_BUDGET / 2 && sh.out.len() < MAX_QUEUED_STREAMS)
+            .filter(|_| sh.queued <= sh.budget.0 / 2 && sh.out.len() < MAX_QUEUED_STREAMS)
             .filter(|id| {
                 sh.out
                     .get(id)

@@ -37,6 +37,20 @@ pub struct PluginLimits {
     /// from one request to the next; reuse trades that for speed, as
     /// `wasmtime serve` can.
     pub reuse_instances: u32,
+    /// Response and stream bytes one connection's plugin may have queued in
+    /// host memory, not yet taken by QUIC (http3-app and raw QUIC plugins):
+    /// past it, writes are held back and the plugin gets `writable` once
+    /// the queue drains, as for a full stream. Outside the plugin's memory
+    /// cap, so bounded here. Default 4 MiB.
+    pub queued_bytes: usize,
+    /// wasi:http: outgoing requests one instance may have in flight; more
+    /// are refused with `connection-limit-reached`. Default 16.
+    pub outgoing_in_flight: usize,
+    /// wasi:http: the longest an outgoing request waits to connect, for
+    /// the first byte of the answer and between two of its frames; what a
+    /// guest asks for is capped at this. Default 30 s (wasmtime's own is
+    /// 10 minutes).
+    pub outgoing_timeout: Duration,
 }
 
 impl Default for PluginLimits {
@@ -49,6 +63,9 @@ impl Default for PluginLimits {
             max_instances: 1000,
             output_bytes: 64 << 10,
             reuse_instances: 0,
+            queued_bytes: 4 << 20,
+            outgoing_in_flight: 16,
+            outgoing_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -26,27 +26,26 @@ pub(crate) struct HttpConn {
 }
 
 impl HttpConn {
-    pub(crate) fn new(allowed: Arc<Vec<String>>, allow_private: bool) -> Self {
+    /// The outgoing policy: the operator's grants, and the limits on
+    /// concurrency (`in_flight`) and waiting (`timeout`).
+    pub(crate) fn new(
+        allowed: Arc<Vec<String>>,
+        allow_private: bool,
+        in_flight: usize,
+        timeout: std::time::Duration,
+    ) -> Self {
         Self {
             http: WasiHttpCtx::new(),
             hooks: OutboundPolicy {
                 allowed,
                 allow_private,
-                in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_OUTGOING)),
+                max_in_flight: in_flight,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(in_flight)),
+                timeout,
             },
         }
     }
 }
-
-/// Outgoing requests one instance may have in flight at once; more are
-/// refused with `connection-limit-reached`.
-const MAX_OUTGOING: usize = 16;
-
-/// The longest a guest's outgoing request may wait to connect, for the
-/// first byte of the answer, and between two of its frames: what a guest
-/// asks for is capped at this, and it is the default (wasmtime's own is
-/// 10 minutes).
-const OUTGOING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl WasiHttpView for PluginState<HttpConn> {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
@@ -66,7 +65,10 @@ pub(crate) struct OutboundPolicy {
     /// `--allow-http-private`: granted names may resolve to internal
     /// addresses.
     allow_private: bool,
+    max_in_flight: usize,
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// The cap on the guest's timeouts, and their default.
+    timeout: std::time::Duration,
 }
 
 impl OutboundPolicy {
@@ -121,11 +123,9 @@ pub(crate) fn grant_parts(grant: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-/// The guest's timeouts, none longer than [`OUTGOING_TIMEOUT`].
-fn capped(options: Option<RequestOptions>) -> RequestOptions {
-    let cap = |t: Option<std::time::Duration>| {
-        Some(t.map_or(OUTGOING_TIMEOUT, |t| t.min(OUTGOING_TIMEOUT)))
-    };
+/// The guest's timeouts, none longer than `limit` (the default too).
+fn capped(options: Option<RequestOptions>, limit: std::time::Duration) -> RequestOptions {
+    let cap = |t: Option<std::time::Duration>| Some(t.map_or(limit, |t| t.min(limit)));
     let o = options.unwrap_or_default();
     RequestOptions {
         connect_timeout: cap(o.connect_timeout),
@@ -157,11 +157,11 @@ impl WasiHttpHooks for OutboundPolicy {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         };
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            debug!(uri = %request.uri(), "outgoing request refused: {MAX_OUTGOING} already in flight");
+            debug!(uri = %request.uri(), max = self.max_in_flight, "outgoing request refused: as many already in flight");
             return Box::new(async { Err(HttpError::ConnectionLimitReached) });
         };
         debug!(uri = %request.uri(), ?grant, "outgoing request");
-        let options = capped(options);
+        let options = capped(options, self.timeout);
         Box::new(async move {
             let (res, io) = super::outbound::send_request(request, options, grant).await?;
             // The permit is held until the response body is done.
@@ -216,10 +216,15 @@ impl Pool {
 mod tests {
     use super::*;
 
+    const MAX_OUTGOING: usize = 16;
+    const OUTGOING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
     fn policy(grants: &[&str], allow_private: bool) -> OutboundPolicy {
         HttpConn::new(
             Arc::new(grants.iter().map(|g| g.to_string()).collect()),
             allow_private,
+            MAX_OUTGOING,
+            OUTGOING_TIMEOUT,
         )
         .hooks
     }
@@ -284,11 +289,14 @@ mod tests {
 
     #[test]
     fn guest_timeouts_are_capped() {
-        let o = capped(Some(RequestOptions {
-            connect_timeout: Some(std::time::Duration::from_secs(3600)),
-            first_byte_timeout: Some(std::time::Duration::from_secs(1)),
-            between_bytes_timeout: None,
-        }));
+        let o = capped(
+            Some(RequestOptions {
+                connect_timeout: Some(std::time::Duration::from_secs(3600)),
+                first_byte_timeout: Some(std::time::Duration::from_secs(1)),
+                between_bytes_timeout: None,
+            }),
+            OUTGOING_TIMEOUT,
+        );
         assert_eq!(o.connect_timeout, Some(OUTGOING_TIMEOUT));
         assert_eq!(
             o.first_byte_timeout,

@@ -149,6 +149,8 @@ async fn run_request(
             let conn = HttpConn::new(
                 Arc::new(plugin.sandbox.grants.http_hosts.clone()),
                 plugin.sandbox.grants.http_private,
+                plugin.sandbox.limits.outgoing_in_flight,
+                plugin.sandbox.limits.outgoing_timeout,
             );
             let store = new_store(&plugin.sandbox, conn).map_err(|e| fail(format!("{e:#}")))?;
             (store, None, 0)
@@ -258,7 +260,12 @@ async fn run_request(
 /// Instantiates the plugin once in a scratch store, checks its exports and
 /// runs its optional `init`.
 pub(super) async fn validate(version: &Version, pre: &ProxyPre) -> Result<(), String> {
-    let conn = HttpConn::new(Default::default(), false);
+    let conn = HttpConn::new(
+        Default::default(),
+        false,
+        version.sandbox.limits.outgoing_in_flight,
+        version.sandbox.limits.outgoing_timeout,
+    );
     let mut store = new_store(&version.sandbox, conn).map_err(|e| format!("{e:#}"))?;
     let instance = instantiate(pre.instance_pre(), &mut store)
         .await
