@@ -185,7 +185,14 @@ fn main() {
         .build()
         .expect("runtime");
     let failed = rt.block_on(async move {
-        let server = Arc::new(LiveServer::start("version_a", Duration::from_secs(1)).await);
+        // A short stall timeout, so the hostile client's never-finished
+        // bodies are cut within each round.
+        let h3 = tq_host::http3::Http3Settings {
+            stream_stall_timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let server =
+            Arc::new(LiveServer::start_with("version_a", Duration::from_secs(1), h3).await);
         let watcher = tokio::spawn(server.live.clone().watch_file(Duration::from_millis(200)));
         let t = Arc::new(Totals::default());
         let stop = Arc::new(AtomicBool::new(false));

@@ -100,12 +100,19 @@ async fn a_raw_plugin_that_writes_4_mib_then_closes_loses_nothing_through_loss()
             got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
             "seed {seed}: corrupted"
         );
-        let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        let closed = tokio::time::timeout(Duration::from_secs(40), conn.closed())
             .await
             .expect("the plugin closes");
         match closed {
             quinn::ConnectionError::ApplicationClosed(c) => {
                 assert_eq!(c.error_code.into_inner(), 0x42, "seed {seed}");
+            }
+            // The CONNECTION_CLOSE itself can be lost on the way (it is sent
+            // once, and again only in answer to later packets): the client
+            // then learns of the close from a stateless reset, or its idle
+            // timeout. Every byte arrived first, which is what is checked.
+            quinn::ConnectionError::Reset | quinn::ConnectionError::TimedOut => {
+                println!("seed {seed}: the close was lost; {closed}");
             }
             other => panic!("seed {seed}: closed otherwise: {other}"),
         }

@@ -442,17 +442,28 @@ async fn hostile_arguments_get_errors_and_nothing_else_is_disturbed() {
     // A plugin that asks to be woken at once, every time: one tick per
     // millisecond at most, and the others are served as before.
     let spinner = server.client().await;
+    let started = Instant::now();
     let r = spinner
         .request("GET", "/spin-timer", None)
         .await
         .expect("/spin-timer");
     assert_eq!(r.body, b"spinning");
-    let started = Instant::now();
     for _ in 0..50 {
         ok(bystander.request("GET", "/ok", None).await);
     }
-    let fifty = started.elapsed();
-    println!("50 bystander requests beside a spinning timer: {fifty:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = spinner
+        .request("GET", "/timer-count", None)
+        .await
+        .expect("/timer-count");
+    let elapsed = started.elapsed();
+    let ticks: u128 = text(r).parse().expect("a count");
+    println!("a spinning timer: {ticks} timer events in {elapsed:?}");
+    assert!(ticks > 0, "the timer never fired");
+    assert!(
+        ticks <= elapsed.as_millis() + 10,
+        "{ticks} timer events in {elapsed:?}: more than one per millisecond"
+    );
 
     // Sleeping in on-close: cut at the call timeout.
     let sleeper = server.client().await;

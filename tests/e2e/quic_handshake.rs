@@ -286,8 +286,9 @@ async fn retry_off_still_validates_addresses_once_unproven_handshakes_pile_up() 
     let settings = QuicSettings {
         enable_retry: false,
         max_unvalidated_handshakes: CAP,
-        // The abandoned handshakes end at the idle timeout.
-        max_idle_timeout: Duration::from_secs(2),
+        // The abandoned handshakes end at the idle timeout (long enough
+        // that they are still held when the real client arrives).
+        max_idle_timeout: Duration::from_secs(5),
         ..Default::default()
     };
     let server = TestServer::start(settings).await;

@@ -1,9 +1,10 @@
 //! Rapid reset (the CVE-2023-44487 pattern) against the plugin worlds: a
 //! client opens requests and resets them as fast as stream credit comes
 //! back. Each reset must end its request's work (instance, plugin state),
-//! so what is alive stays within the stream limit, memory stays flat, and
-//! a bystander connection keeps being served. (The native world's test is
-//! in `h3.rs`.)
+//! so what is alive stays within the stream limit and a bystander
+//! connection keeps being served. (The native world's test is in `h3.rs`;
+//! memory under rapid reset is checked in the memory test binary, where
+//! the process is the test's alone.)
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -102,7 +103,6 @@ async fn rapid_reset(plugin: &str) {
     // The default limit is 100 concurrent streams; allow for resets in
     // flight between the client's and the server's view.
     assert!(peak <= 200, "{peak} requests alive at once");
-    assert!(grown < 64 * 1024, "the process grew by {grown} KiB");
     // The attacking connection itself still works.
     let r = attacker
         .request("GET", "/", None)

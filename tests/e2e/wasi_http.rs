@@ -3,6 +3,8 @@
 //! and to h3 + h3-quinn), a trap answers 500 for its request only, and
 //! outgoing requests need a grant.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use tq_e2e::{init_tracing, payload, sha256, H3QuinnClient, PluginServer};
 use tq_host::plugin::{PluginGrants, PluginLimits};
@@ -86,6 +88,13 @@ async fn a_trap_answers_500_for_its_request_while_others_on_the_connection_succe
 
 /// A one-route HTTP/1.1 server on loopback: answers `hello` to anything.
 async fn http1_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    http1_server_after(Duration::ZERO).await
+}
+
+/// As [`http1_server`], answering each request only after `delay`.
+async fn http1_server_after(
+    delay: Duration,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -100,6 +109,7 @@ async fn http1_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
+                tokio::time::sleep(delay).await;
                 let _ = s
                     .write_all(
                         b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
@@ -151,6 +161,37 @@ async fn outgoing_requests_are_refused_without_a_grant_and_pass_with_one() {
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&r.body).starts_with("refused:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outgoing_fan_out_is_capped_at_16_in_flight_per_instance() {
+    init_tracing();
+    // Answers late, so every request the guest starts is still in flight
+    // when it starts the next.
+    let (target, _http) = http1_server_after(Duration::from_millis(500)).await;
+    let grants = PluginGrants {
+        http_hosts: vec![target.to_string()],
+        ..Default::default()
+    };
+    let server =
+        PluginServer::start_with_grants("wasi_fanout", PluginLimits::default(), grants).await;
+    let client = server.client().await;
+    let r = client
+        .request("GET", &format!("/fanout?100&{target}"), None)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.body), "ok 16 limited 84 other 0");
+    // The next request (a fresh instance) has its own 16.
+    let r = client
+        .request("GET", &format!("/fanout?20&{target}"), None)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.body), "ok 16 limited 4 other 0");
+    // Meanwhile other requests are served.
+    assert_eq!(
+        client.request("GET", "/fanout", None).await.unwrap().status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tq_host::builtin::EchoApplication;
+use tq_host::http3::Http3Settings;
 use tq_host::metrics::DefaultMetrics;
 use tq_host::quic::{self, ConnectionHandle, ConnectionParams, Listener, QuicSettings};
 use tq_host::server::{serve, PluginSource, ServeOptions, Service};
@@ -343,6 +344,11 @@ impl LiveServer {
     /// Serves a copy of plugin `name` (ALPN `h3`, or `tq-echo` for a raw
     /// QUIC plugin); replaced versions drain for `drain`.
     pub async fn start(name: &str, drain: Duration) -> Self {
+        Self::start_with(name, drain, Http3Settings::default()).await
+    }
+
+    /// As [`start`](Self::start), with these HTTP/3 settings.
+    pub async fn start_with(name: &str, drain: Duration, http3: Http3Settings) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("app.wasm");
         std::fs::copy(plugin_path(name), &file).expect("copy plugin");
@@ -361,7 +367,7 @@ impl LiveServer {
         let (cert, listener, addr) = loopback_listener(settings, DefaultMetrics::default()).await;
         let (shutdown, stop) = tokio::sync::watch::channel(false);
         let l = live.clone();
-        let task = serve_plugin(listener, PluginSource::Live(l), stop);
+        let task = serve_plugin_with(listener, PluginSource::Live(l), stop, http3);
         Self {
             _task: AbortOnDrop(task),
             addr,
@@ -400,7 +406,17 @@ impl LiveServer {
 fn serve_plugin(
     listener: Listener<DefaultMetrics>,
     source: PluginSource,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    serve_plugin_with(listener, source, stop, Http3Settings::default())
+}
+
+/// As [`serve_plugin`], with these HTTP/3 settings.
+fn serve_plugin_with(
+    listener: Listener<DefaultMetrics>,
+    source: PluginSource,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    http3: Http3Settings,
 ) -> tokio::task::JoinHandle<()> {
     let shutdown = async move {
         // A dropped sender means nobody will ever ask.
@@ -410,6 +426,10 @@ fn serve_plugin(
     };
     tokio::spawn(async move {
         let service = Service::<tq_host::builtin::WelcomePage>::Plugin(source);
-        serve(listener, service, ServeOptions::default(), shutdown).await;
+        let options = ServeOptions {
+            http3,
+            ..ServeOptions::default()
+        };
+        serve(listener, service, options, shutdown).await;
     })
 }

@@ -16,6 +16,7 @@
 //! | `GET /big-body` | sends a 64 MiB body chunk in one call, then ends the body with `accepted N` |
 //! | `GET /close-max` | closes the connection with code `u64::MAX` and a 1 MiB reason |
 //! | `GET /spin-timer` | asks to be woken at once, every time, from now on (and answers) |
+//! | `GET /timer-count` | answers how many timer events this connection has had |
 //! | `GET /sleep-on-close` | answers, and sleeps for an hour when the connection closes |
 
 use tq_sdk::bindings::tq::plugin::h3_connection as host;
@@ -26,6 +27,7 @@ use tq_sdk::http3::{App, Conn, Request};
 struct Misbehave {
     hoard: Vec<Vec<u8>>,
     spin: bool,
+    timers: u64,
     sleep_on_close: bool,
 }
 
@@ -127,6 +129,9 @@ impl App for Misbehave {
                 self.spin = true;
                 conn.respond(req.stream, 200, &[], b"spinning");
             }
+            "/timer-count" => {
+                conn.respond(req.stream, 200, &[], self.timers.to_string().as_bytes())
+            }
             "/sleep-on-close" => {
                 self.sleep_on_close = true;
                 conn.respond(req.stream, 200, &[], b"will sleep");
@@ -137,6 +142,10 @@ impl App for Misbehave {
 
     fn next_deadline(&self) -> Option<u64> {
         self.spin.then_some(0)
+    }
+
+    fn on_timer(&mut self, _conn: &mut Conn) {
+        self.timers += 1;
     }
 
     fn on_close(&mut self) {
