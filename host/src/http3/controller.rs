@@ -142,6 +142,10 @@ pub struct H3Handle {
 impl H3Controller {
     /// The next event; `None` after the connection is gone.
     ///
+    /// Take events as they come, independently of reading bodies: while a
+    /// server's application leaves 1,024 of them queued, its driver reads
+    /// nothing more from the peer (bodies included) until some are taken.
+    ///
     /// # Cancel safety
     /// Cancel-safe.
     pub async fn next_event(&mut self) -> Option<H3Event> {

@@ -107,8 +107,11 @@ impl DriverCore {
     }
 
     /// Whether the application has the most events it may have queued.
+    /// (An application that dropped its controller takes no more events,
+    /// and holds nothing back.)
     pub(super) fn backlogged(&self) -> bool {
         self.shared.events_pending.load(Ordering::Relaxed) >= EVENT_BACKLOG
+            && !self.events.is_closed()
     }
 
     /// Sends GOAWAY carrying `id` unless one went out already; returns

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::controller::{Command, H3Controller, H3Event, H3Handle};
-use super::error::{H3_NO_ERROR, H3_REQUEST_CANCELLED};
+use super::error::{H3_NO_ERROR, H3_REQUEST_CANCELLED, H3_REQUEST_INCOMPLETE};
 use super::frames::Shared;
 use super::settings::Http3Settings;
 use crate::metrics::Metrics;
@@ -117,6 +117,12 @@ impl<H: DriverHooks> H3Driver<H> {
         self.core.streams.entries()
     }
 
+    /// The peer's unidirectional streams the driver tracks (tests).
+    #[cfg(test)]
+    pub(crate) fn peer_uni_count(&self) -> usize {
+        self.core.streams.peer_uni_count()
+    }
+
     fn send_goaway(&mut self, qconn: &mut quiche::Connection) {
         if self.core.send_goaway(qconn, self.hooks.goaway_id()) {
             self.hooks.on_goaway_sent(qconn);
@@ -130,12 +136,13 @@ impl<H: DriverHooks> H3Driver<H> {
     /// control and stream limits.
     fn pump(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
         loop {
-            if self.core.backlogged() {
+            // Servers only: a client paces its own requests.
+            if H::IS_SERVER && self.core.backlogged() {
                 return Ok(());
             }
-            if H::IS_SERVER && self.core.settings.stream_stall_timeout.is_some() {
-                self.core.streams.note_unheaded(qconn, Instant::now());
-            }
+            self.core
+                .streams
+                .note_unseen(qconn, Instant::now(), H::IS_SERVER);
             self.poll_events(qconn);
             let core = &mut self.core;
             let Some(h3) = core.h3.as_mut() else {
@@ -181,11 +188,23 @@ impl<H: DriverHooks> H3Driver<H> {
                     }
                 }
                 h3::Event::Finished => {
-                    core.streams.finished(id);
+                    if core.streams.contains(id) {
+                        core.streams.finished(id);
+                    } else if H::IS_SERVER {
+                        // A request stream that ended before a full header
+                        // section (RFC 9114 §4.1.2).
+                        core.streams.orphan(qconn, id, H3_REQUEST_INCOMPLETE);
+                    }
                     core.emit(H3Event::StreamFinished { stream_id: id });
                 }
                 h3::Event::Reset(code) => {
-                    core.streams.reset(qconn, id, code);
+                    if core.streams.contains(id) {
+                        core.streams.reset(qconn, id, code);
+                    } else if H::IS_SERVER {
+                        // Reset before its header section was read: our
+                        // side is closed too, so quiche can free it.
+                        core.streams.orphan(qconn, id, H3_REQUEST_CANCELLED);
+                    }
                     core.emit(H3Event::StreamReset {
                         stream_id: id,
                         code,
@@ -292,7 +311,10 @@ impl<H: DriverHooks> H3Driver<H> {
         let Some(timeout) = core.settings.stream_stall_timeout.filter(|_| H::IS_SERVER) else {
             return;
         };
-        let (cut, next) = core.streams.cut_stalled(qconn, Instant::now(), timeout);
+        let backlogged = core.backlogged();
+        let (cut, next) = core
+            .streams
+            .cut_stalled(qconn, Instant::now(), timeout, backlogged);
         core.stall_due = next;
         for stream_id in cut {
             core.emit(H3Event::StreamReset {

@@ -68,7 +68,13 @@ impl DriverHooks for ServerHooks {
         self.next_request_id = self.next_request_id.max(id.saturating_add(4));
         let (body, response) = core.streams.open(id, more_frames, true);
         let Some(response) = response else { return };
-        if list.iter().any(|h| h.name() == b":protocol") {
+        let is_connect = list
+            .iter()
+            .any(|h| h.name() == b":method" && h.value() == b"CONNECT");
+        if core.settings.enable_extended_connect
+            && is_connect
+            && list.iter().any(|h| h.name() == b":protocol")
+        {
             // A tunnel (RFC 9220): quiet for as long as its user is.
             core.streams.never_stalls(id);
         }

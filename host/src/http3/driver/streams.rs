@@ -129,6 +129,9 @@ pub(super) struct StreamTable {
     /// its headers a byte at a time (slowloris) is cut like a stalled
     /// body.
     unheaded: HashMap<u64, Instant>,
+    /// The peer's unidirectional streams quiche's HTTP/3 layer has read:
+    /// its state for them is freed once quiche drops them.
+    peer_uni: std::collections::HashSet<u64>,
     /// Whether the last turn handed any stream's data to quiche.
     sent_in_turn: bool,
 }
@@ -144,6 +147,7 @@ impl StreamTable {
             next_first: 0,
             sent_in_turn: false,
             unheaded: HashMap::new(),
+            peer_uni: std::collections::HashSet::new(),
         }
     }
 
@@ -164,6 +168,12 @@ impl StreamTable {
     #[cfg(test)]
     pub(super) fn entries(&self) -> usize {
         self.streams.len() + self.unacked.len() + self.unheaded.len()
+    }
+
+    /// The peer's unidirectional streams still tracked (tests).
+    #[cfg(test)]
+    pub(super) fn peer_uni_count(&self) -> usize {
+        self.peer_uni.len()
     }
 
     /// The scratch buffer, for reads outside any stream (datagrams, drains).
@@ -407,6 +417,18 @@ impl StreamTable {
             }
             !gone
         });
+        self.peer_uni.retain(|&id| {
+            let gone = matches!(
+                qconn.stream_capacity(id),
+                Err(quiche::Error::InvalidStreamState(_))
+            );
+            if gone {
+                if let Some(h3) = h3.as_deref_mut() {
+                    forget_in_h3(h3, qconn, id);
+                }
+            }
+            !gone
+        });
         self.publish_len();
     }
 
@@ -418,6 +440,7 @@ impl StreamTable {
         qconn: &mut quiche::Connection,
         now: Instant,
         timeout: Duration,
+        backlogged: bool,
     ) -> (Vec<u64>, Option<Instant>) {
         let mut cut = Vec::new();
         let mut next: Option<Instant> = None;
@@ -426,8 +449,10 @@ impl StreamTable {
         // for room waits its turn under the congestion window or the
         // connection's flow control; while we hold back received data,
         // the peer may have no connection window left to send with.
+        // While the application has not taken its events, the driver reads
+        // nothing: the peer may well have sent what is waited for.
         let sending = self.sent_in_turn;
-        let holding = self.streams.values().any(StreamCtx::holds_back);
+        let holding = backlogged || self.streams.values().any(StreamCtx::holds_back);
         for (&id, ctx) in self.streams.iter_mut() {
             let waits = !ctx.no_stall
                 && ((ctx.wants_body() && !holding) || (ctx.cannot_send() && !sending));
@@ -457,19 +482,46 @@ impl StreamTable {
             ctx.end_outbound(&self.shared);
             cut.push(id);
         }
-        let unheaded = self.cut_unheaded(qconn, now, timeout);
+        let unheaded = match backlogged {
+            true => None,
+            false => self.cut_unheaded(qconn, now, timeout),
+        };
         (cut, crate::http3::driver::core::earliest(next, unheaded))
     }
 
-    /// Notes request streams with bytes from the peer but no complete
-    /// header section yet (servers; before quiche's HTTP/3 layer reads
-    /// them).
-    pub(super) fn note_unheaded(&mut self, qconn: &quiche::Connection, now: Instant) {
+    /// Notes the peer's streams that quiche's HTTP/3 layer is about to
+    /// read for the first time: request streams without a complete header
+    /// section yet (servers), cut if it never completes; and the peer's
+    /// unidirectional streams, whose HTTP/3 state is freed once quiche
+    /// drops them (a reset one would otherwise stay there for good).
+    pub(super) fn note_unseen(
+        &mut self,
+        qconn: &quiche::Connection,
+        now: Instant,
+        is_server: bool,
+    ) {
+        let peer_uni = if is_server { 2 } else { 3 };
         for id in qconn.readable() {
-            if id % 4 == 0 && !self.streams.contains_key(&id) {
+            if id % 4 == peer_uni {
+                self.peer_uni.insert(id);
+            } else if is_server && id % 4 == 0 && !self.streams.contains_key(&id) {
                 self.unheaded.entry(id).or_insert(now);
             }
         }
+    }
+
+    /// A request stream the application never saw ended (reset, or
+    /// finished without a full header section): close our side with
+    /// `code` so quiche can free it, and free it in quiche's HTTP/3 layer
+    /// once it has.
+    pub(super) fn orphan(&mut self, qconn: &mut quiche::Connection, id: u64, code: u64) {
+        if !id.is_multiple_of(4) {
+            return;
+        }
+        let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, code);
+        let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, code);
+        self.unheaded.remove(&id);
+        self.unacked.push(id);
     }
 
     /// Resets the request streams whose header section has not completed
@@ -712,9 +764,6 @@ fn send_frame(
 /// that finds the QUIC stream gone, so we make one: on a stream quiche no
 /// longer has nothing can be sent, and quiche removes the entry.
 fn forget_in_h3(h3: &mut h3::Connection, qconn: &mut quiche::Connection, id: u64) {
-    if !id.is_multiple_of(4) {
-        return;
-    }
     let head = [Header::new(b":status", b"500")];
     // No response sent yet (servers): the first head. Otherwise (or as a
     // client) a trailer section.

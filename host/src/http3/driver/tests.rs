@@ -665,6 +665,57 @@ fn rapid_reset_leaves_no_entry_in_any_map() {
     assert_eq!((p.cd.stream_entries(), p.sd.stream_entries()), (0, 0));
 }
 
+#[test]
+fn requests_reset_before_their_headers_give_their_stream_credit_back() {
+    // Credit for 100 concurrent requests; 300 opened and reset at once,
+    // with nothing sent on them (as a client cancelling in the same turn):
+    // the server must close its side of each, or the credit never returns.
+    let mut p = Pair::new(Http3Settings {
+        stream_stall_timeout: None,
+        ..Default::default()
+    });
+    for k in 0..300u64 {
+        let id = 4 * k;
+        let mut opened = false;
+        for _ in 0..5 {
+            if p.client.stream_send(id, b"", false).is_ok() {
+                opened = true;
+                break;
+            }
+            p.run();
+        }
+        assert!(opened, "request stream {id} never got credit");
+        p.client
+            .stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_CANCELLED)
+            .unwrap();
+        p.run();
+    }
+    assert!(!p.server.is_closed());
+    assert_eq!(p.sd.stream_entries(), 0);
+}
+
+#[test]
+fn the_peers_reset_unidirectional_streams_are_forgotten() {
+    let mut p = Pair::new(Http3Settings::default());
+    let before = p.sd.peer_uni_count();
+    for k in 0..50u64 {
+        // Client unidirectional ids past its own control and QPACK streams.
+        let id = 4 * (k + 8) + 2;
+        p.client.stream_send(id, &[0x21], false).unwrap();
+        p.client
+            .stream_shutdown(id, quiche::Shutdown::Write, 0x10c)
+            .unwrap();
+        p.run();
+    }
+    p.run();
+    assert!(!p.server.is_closed());
+    assert!(
+        p.sd.peer_uni_count() <= before + 1,
+        "{} of the peer's unidirectional streams still tracked",
+        p.sd.peer_uni_count()
+    );
+}
+
 /// A peer that sends anything on any stream: frames of every type (valid,
 /// reserved, made up) with true or false lengths, on a fresh request
 /// stream, on its own control stream and on a new unidirectional stream

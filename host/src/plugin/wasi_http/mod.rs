@@ -239,12 +239,14 @@ async fn run_request(
     drop(body);
     match (ended, guest_result((&mut guest.0).await)) {
         (Ok(end), Ok(idle)) => {
-            send_end(&out, end).await.map_err(|_| gone())?;
             // The instance goes back to the pool only after a request that
-            // went well from start to end.
+            // went well from start to end: the guest has finished, so it is
+            // idle before the end goes out (and a request the client sends
+            // once it sees the end finds it pooled).
             if idle.served <= reuse {
                 pool.give_back(idle);
             }
+            send_end(&out, end).await.map_err(|_| gone())?;
             Ok(())
         }
         (Err(PipeError::Gone), _) => Err(gone()),
