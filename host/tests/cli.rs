@@ -338,3 +338,28 @@ fn a_file_that_is_not_a_plugin_is_refused_at_start() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sigterm_stops_gracefully_and_exits_0() {
+    let (mut server, addr) = serve(&[]);
+    assert!(get(&addr).contains("HTTP/3"));
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = server.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Killed by the signal, it would have no exit code.
+    assert_eq!(status.code(), Some(0), "{status}");
+}

@@ -78,6 +78,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime_serde::re::humantime::parse_duration)]
     drain_timeout: Duration,
 
+    /// On SIGTERM or SIGINT (what systemd, Kubernetes and Ctrl-C send):
+    /// stop accepting, send every live connection GOAWAY (raw QUIC plugins:
+    /// `shutdown`), wait this long for them to finish, close the rest, and
+    /// exit 0. A second signal exits at once. Default: 30s.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    shutdown_timeout: Duration,
+
     /// Plugins: serve the admin endpoint (HTTP/1.1) here: `GET /versions`
     /// lists loaded versions, `POST /reload` reloads. Without a value it
     /// binds 127.0.0.1:9901. Bound to any other than a loopback address it

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{info, warn};
 
 use std::sync::Arc;
 
@@ -22,9 +22,6 @@ use crate::tls::SelfSignedCertificate;
 
 /// How often the plugin file is checked for changes.
 const WATCH_POLL: Duration = Duration::from_millis(200);
-
-/// How long live connections may take to finish after Ctrl-C.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let file = match &args.config {
@@ -169,17 +166,47 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None if args.app == App::Echo => Service::Echo,
         None => Service::Http3(Arc::new(WelcomePage)),
     };
+    let grace = args.shutdown_timeout;
     let options = ServeOptions {
         http3: h3_settings,
-        grace: SHUTDOWN_GRACE,
+        grace,
     };
+    // SIGTERM or SIGINT starts a graceful stop; a second one ends the
+    // process at once.
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let (first, first_signal) = tokio::sync::oneshot::channel();
+    let signals = tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        let _ = first.send(name);
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        warn!("second stop signal: exiting now, without waiting for connections");
+        std::process::exit(130);
+    });
     // Reload triggers stop with the signal, so no version is swapped in
     // while connections drain.
-    let ctrl_c = async move {
-        let _ = tokio::signal::ctrl_c().await;
+    let stop = async move {
+        match first_signal.await {
+            Ok(name) => info!(
+                signal = name,
+                timeout = ?grace,
+                "stopping: no new connections; live ones get GOAWAY and up to the shutdown timeout to finish"
+            ),
+            Err(_) => std::future::pending().await,
+        }
         triggers.abort_all();
     };
-    serve(listener, service, options, ctrl_c).await;
+    let stopped = serve(listener, service, options, stop).await;
+    signals.abort();
+    if !stopped.drained {
+        warn!(timeout = ?grace, "connections still open at the shutdown timeout were closed");
+    }
     info!(metrics = ?metrics.snapshot(), "stopped");
     Ok(())
 }
