@@ -814,44 +814,14 @@ async fn rapid_reset_stops_each_handler_so_live_ones_stay_within_the_stream_limi
     .await;
     // A bystander on its own connection, before and during the attack.
     let bystander = server.client().await;
-    async fn latencies(c: &tq_host::http3::H3Client, n: usize) -> Vec<Duration> {
-        let mut took = Vec::with_capacity(n);
-        for _ in 0..n {
-            let asked = std::time::Instant::now();
-            let r = c
-                .request("GET", "/ok", None)
-                .await
-                .expect("bystander answered");
-            assert_eq!(r.status, 200);
-            took.push(asked.elapsed());
-        }
-        took.sort();
-        took
-    }
-    let p99 = |t: &[Duration]| t[t.len() * 99 / 100];
-    let before = latencies(&bystander, 300).await;
+    let before = tq_e2e::latencies(&bystander, "/ok", 300).await;
     let rss_before = tq_e2e::rss_kib();
     let client = server.client().await;
     // HEADERS then RESET_STREAM (and STOP_SENDING), as fast as stream
     // credit allows: each reset gives the credit back at once.
     const PAIRS: usize = 10_000;
-    let attack = tokio::spawn(async move {
-        for _ in 0..PAIRS {
-            let stream = tokio::time::timeout(
-                Duration::from_secs(10),
-                client
-                    .handle()
-                    .send_request(tq_e2e::request_head("POST", "/"), true),
-            )
-            .await
-            .expect("stream credit comes back after each reset")
-            .expect("request");
-            let body = stream.body.expect("body sender");
-            body.send(OutboundFrame::Reset(0x10c)).await.unwrap();
-            drop(stream.response);
-        }
-    });
-    let during = latencies(&bystander, 300).await;
+    let attack = tokio::spawn(async move { tq_e2e::reset_pairs(&client, "/", PAIRS).await });
+    let during = tq_e2e::latencies(&bystander, "/ok", 300).await;
     attack.await.unwrap();
     // Every handler ends once its reset arrives.
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -871,8 +841,8 @@ async fn rapid_reset_stops_each_handler_so_live_ones_stay_within_the_stream_limi
     println!(
         "rapid reset vs native: {PAIRS} pairs, at most {peak} handlers alive at once; \
          RSS +{grown} KiB; bystander p99 {:?} before, {:?} during",
-        p99(&before),
-        p99(&during)
+        tq_e2e::percentile(&before, 99),
+        tq_e2e::percentile(&during, 99)
     );
     // The default limit is 100 concurrent streams; allow for resets in
     // flight between the client's and the server's view.

@@ -8,39 +8,18 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tq_e2e::{init_tracing, rss_kib, PluginServer};
-use tq_host::http3::{H3Client, OutboundFrame};
+use tq_e2e::{init_tracing, latencies, percentile, reset_pairs, rss_kib, PluginServer};
 use tq_host::plugin::PluginLimits;
 
 const PAIRS: usize = 10_000;
-
-/// A bystander's latencies over `n` GETs, sorted.
-async fn latencies(client: &H3Client, n: usize) -> Vec<Duration> {
-    let mut took = Vec::with_capacity(n);
-    for _ in 0..n {
-        let asked = Instant::now();
-        let r = tokio::time::timeout(Duration::from_secs(10), client.request("GET", "/", None))
-            .await
-            .expect("the bystander is answered within 10 s")
-            .expect("the bystander is answered");
-        assert_eq!(r.status, 200);
-        took.push(asked.elapsed());
-    }
-    took.sort();
-    took
-}
-
-fn pct(sorted: &[Duration], p: usize) -> Duration {
-    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
-}
 
 async fn rapid_reset(plugin: &str) {
     init_tracing();
     let server = PluginServer::start(plugin, PluginLimits::default()).await;
     let bystander = server.client().await;
-    let baseline = latencies(&bystander, 300).await;
+    let baseline = latencies(&bystander, "/", 300).await;
 
     // Sample what is alive while the attack runs.
     let peak = Arc::new(AtomicUsize::new(0));
@@ -57,23 +36,10 @@ async fn rapid_reset(plugin: &str) {
     let rss_before = rss_kib();
     let attacker = server.client().await;
     let attack = tokio::spawn(async move {
-        for _ in 0..PAIRS {
-            let stream = tokio::time::timeout(
-                Duration::from_secs(10),
-                attacker
-                    .handle()
-                    .send_request(tq_e2e::request_head("POST", "/echo"), true),
-            )
-            .await
-            .expect("stream credit comes back after each reset")
-            .expect("request");
-            let body = stream.body.expect("body sender");
-            body.send(OutboundFrame::Reset(0x10c)).await.unwrap();
-            drop(stream.response);
-        }
+        reset_pairs(&attacker, "/echo", PAIRS).await;
         attacker
     });
-    let during = latencies(&bystander, 300).await;
+    let during = latencies(&bystander, "/", 300).await;
     let attacker = attack.await.unwrap();
     // Whatever the last resets started ends too.
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -95,10 +61,10 @@ async fn rapid_reset(plugin: &str) {
     println!(
         "rapid reset vs {plugin}: {PAIRS} pairs, at most {peak} requests alive; \
          RSS +{grown} KiB; bystander p50/p99 {:?}/{:?} before, {:?}/{:?} during",
-        pct(&baseline, 50),
-        pct(&baseline, 99),
-        pct(&during, 50),
-        pct(&during, 99),
+        percentile(&baseline, 50),
+        percentile(&baseline, 99),
+        percentile(&during, 50),
+        percentile(&during, 99),
     );
     // The default limit is 100 concurrent streams; allow for resets in
     // flight between the client's and the server's view.

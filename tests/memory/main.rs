@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tq_e2e::{init_tracing, request_head, rss_kib, H3App, H3TestServer, PluginServer};
+use tq_e2e::{init_tracing, request_head, reset_pairs, rss_kib, H3App, H3TestServer, PluginServer};
 use tq_host::builtin::WelcomePage;
 use tq_host::http3::{Http3Settings, InboundFrame};
 use tq_host::plugin::PluginLimits;
@@ -225,25 +225,6 @@ async fn a_hundred_thousand_requests_on_one_connection_leave_no_stream_state_beh
     assert!(baseline > 0, "rss_kib() read nothing");
 }
 
-/// Opens `n` requests on `client` and resets each at once (rapid reset).
-async fn reset_pairs(client: &tq_host::http3::H3Client, n: usize) {
-    for _ in 0..n {
-        let stream = tokio::time::timeout(
-            Duration::from_secs(10),
-            client
-                .handle()
-                .send_request(request_head("POST", "/echo"), true),
-        )
-        .await
-        .expect("stream credit comes back after each reset")
-        .expect("request");
-        let body = stream.body.expect("body sender");
-        body.send(tq_host::http3::OutboundFrame::Reset(0x10c))
-            .await
-            .expect("reset sent");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_in_every_world_leaves_memory_flat() {
     init_tracing();
@@ -265,11 +246,11 @@ async fn rapid_reset_in_every_world_leaves_memory_flat() {
         ("http3-app", http3_app.client().await),
         ("wasi:http", wasi.client().await),
     ] {
-        reset_pairs(&client, 2_000).await;
+        reset_pairs(&client, "/echo", 2_000).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = rss_kib();
         for round in 0..3 {
-            reset_pairs(&client, 20_000).await;
+            reset_pairs(&client, "/echo", 20_000).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             println!(
                 "  {world}, after {} pairs: +{} KiB",

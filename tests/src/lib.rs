@@ -23,6 +23,7 @@ pub use peers::{
     echo_with_our_client, h3_client, quinn_client, quinn_connect, quinn_echo, run_echo_client,
     EchoClient, H3QuinnClient, StreamResult,
 };
+pub use peers::{latencies, percentile, reset_pairs};
 pub use relay::{Impairment, LossyRelay};
 pub use servers::{
     echo_alpn, loopback, H3App, H3TestServer, LiveServer, PluginServer, QuicPluginServer,

@@ -357,3 +357,46 @@ impl H3QuinnClient {
         Ok(r)
     }
 }
+
+/// Opens `n` requests `POST path` on `client` and resets each at once
+/// (HEADERS then RESET_STREAM: the rapid-reset pattern), as fast as stream
+/// credit comes back.
+pub async fn reset_pairs(client: &tq_host::http3::H3Client, path: &str, n: usize) {
+    for _ in 0..n {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(10),
+            client
+                .handle()
+                .send_request(crate::data::request_head("POST", path), true),
+        )
+        .await
+        .expect("stream credit comes back after each reset")
+        .expect("request");
+        let body = stream.body.expect("body sender");
+        body.send(tq_host::http3::OutboundFrame::Reset(0x10c))
+            .await
+            .expect("reset sent");
+    }
+}
+
+/// `n` GETs of `path` on `client`, one after another, each answered 200
+/// within 10 s: their latencies, sorted.
+pub async fn latencies(client: &tq_host::http3::H3Client, path: &str, n: usize) -> Vec<Duration> {
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let asked = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), client.request("GET", path, None))
+            .await
+            .expect("answered within 10 s")
+            .expect("answered");
+        assert_eq!(r.status, 200);
+        took.push(asked.elapsed());
+    }
+    took.sort();
+    took
+}
+
+/// The `p`th percentile of sorted latencies.
+pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}

@@ -405,30 +405,17 @@ impl StreamTable {
         // quiche drops a stream once everything sent on it was acknowledged
         // (and everything received was read); until then it still exists.
         let mut h3 = h3;
-        self.unacked.retain(|&id| {
-            let gone = matches!(
-                qconn.stream_capacity(id),
-                Err(quiche::Error::InvalidStreamState(_))
-            );
+        let mut still_held = |id: u64| {
+            let gone = dropped_by_quiche(qconn, id);
             if gone {
                 if let Some(h3) = h3.as_deref_mut() {
                     forget_in_h3(h3, qconn, id);
                 }
             }
             !gone
-        });
-        self.peer_uni.retain(|&id| {
-            let gone = matches!(
-                qconn.stream_capacity(id),
-                Err(quiche::Error::InvalidStreamState(_))
-            );
-            if gone {
-                if let Some(h3) = h3.as_deref_mut() {
-                    forget_in_h3(h3, qconn, id);
-                }
-            }
-            !gone
-        });
+        };
+        self.unacked.retain(|&id| still_held(id));
+        self.peer_uni.retain(|&id| still_held(id));
         self.publish_len();
     }
 
@@ -536,10 +523,7 @@ impl StreamTable {
         let mut next: Option<Instant> = None;
         let unacked = &mut self.unacked;
         self.unheaded.retain(|&id, since| {
-            if matches!(
-                qconn.stream_capacity(id),
-                Err(quiche::Error::InvalidStreamState(_))
-            ) {
+            if dropped_by_quiche(qconn, id) {
                 // quiche's HTTP/3 layer may still hold it: forgotten in the
                 // next `collect`.
                 unacked.push(id);
@@ -753,6 +737,15 @@ fn send_frame(
             true
         }
     }
+}
+
+/// Whether quiche no longer has stream `id` (it drops a stream once
+/// everything sent on it was acknowledged and everything received read).
+fn dropped_by_quiche(qconn: &mut quiche::Connection, id: u64) -> bool {
+    matches!(
+        qconn.stream_capacity(id),
+        Err(quiche::Error::InvalidStreamState(_))
+    )
 }
 
 /// Makes quiche's HTTP/3 layer drop its state for a stream quiche itself
