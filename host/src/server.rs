@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::builtin::{EchoApplication, WelcomePage};
 use crate::http3::{serve_connection_until, Http3Settings, RequestHandler, ServerH3Driver};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NoMetrics, ServiceMetrics};
 use crate::plugin::{LivePlugin, Plugin};
 use crate::quic::Listener;
 
@@ -49,13 +49,16 @@ impl PluginSource {
 }
 
 /// How [`serve`] runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// HTTP/3 settings of every connection.
     pub http3: Http3Settings,
     /// How long live connections may take to finish once asked. Default
     /// 10 s.
     pub grace: Duration,
+    /// Where native HTTP/3 requests are reported (plugins report to the
+    /// sink they were loaded with). Default: nowhere.
+    pub metrics: Arc<dyn ServiceMetrics>,
 }
 
 impl Default for ServeOptions {
@@ -63,7 +66,17 @@ impl Default for ServeOptions {
         Self {
             http3: Http3Settings::default(),
             grace: Duration::from_secs(10),
+            metrics: Arc::new(NoMetrics),
         }
+    }
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("http3", &self.http3)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,7 +116,24 @@ pub async fn serve<M: Metrics, H: RequestHandler>(
         tokio::select! {
             incoming = listener.accept() => {
                 let Some(c) = incoming else { break };
-                info!(peer = %c.peer_addr(), "connection accepted");
+                // A plugin connection is pinned to the version current now.
+                let pinned = match &service {
+                    Service::Plugin(source) => Some(source.current()),
+                    _ => None,
+                };
+                let app = pinned
+                    .as_ref()
+                    .map_or_else(String::new, |p| format!("plugin@{}", p.version_label()));
+                // The application's task logs under the same span as the
+                // connection's IO worker.
+                let span = tracing::info_span!(
+                    "conn",
+                    id = %c.trace_id(),
+                    peer = %c.peer_addr(),
+                    side = "server",
+                    app = %app,
+                );
+                info!(peer = %c.peer_addr(), socket = c.socket_index(), id = %c.trace_id(), "connection accepted");
                 let mut stop = stop_signal.clone();
                 let asked_to_finish = async move {
                     // A dropped sender means nobody will ever ask.
@@ -117,12 +147,13 @@ pub async fn serve<M: Metrics, H: RequestHandler>(
                     }
                     Service::Http3(handler) => {
                         let (driver, controller) = ServerH3Driver::new_server(options.http3.clone());
+                        let driver = driver.with_request_metrics(options.metrics.clone(), "native", None);
                         c.start(driver);
-                        conns.spawn(serve_connection_until(controller, handler.clone(), asked_to_finish));
+                        conns.spawn(serve_connection_until(controller, handler.clone(), asked_to_finish).instrument(span));
                     }
                     Service::Plugin(source) => {
-                        // Pinned to the version current now.
-                        conns.spawn(source.current().start_connection(c, &options.http3, asked_to_finish));
+                        let plugin = pinned.unwrap_or_else(|| source.current());
+                        conns.spawn(plugin.start_connection(c, &options.http3, asked_to_finish).instrument(span));
                     }
                 }
             }

@@ -1,92 +1,12 @@
 //! The `tq-host` binary end to end: serve the built-in site, fetch it with
 //! `tq-host get`, and refuse bad input with clear messages.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tq-host");
-
-/// A running server; killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `tq-host` on an ephemeral port and returns it with its address,
-/// read from its "listening" log line.
-fn serve(extra: &[&str]) -> (Server, String) {
-    let (server, addr, _) = serve_logging(extra);
-    (server, addr)
-}
-
-/// As [`serve`], also returning the log lines up to the listening one.
-fn serve_logging(extra: &[&str]) -> (Server, String, Vec<String>) {
-    let mut seen = Vec::new();
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("TQ_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start tq-host");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        assert!(Instant::now() < deadline, "no listening line");
-        let line = lines.next().expect("server exited").expect("read stderr");
-        seen.push(line.clone());
-        if let Some(i) = line.find("addr=") {
-            let rest = &line[i + 5..];
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Server(child), addr, seen)
-}
-
-/// One HTTP/1.1 request to the admin endpoint: (status, body).
-fn admin(addr: &str, method: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect admin");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read admin answer");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn get(addr: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["get", "-k", &format!("https://{addr}/")])
-        .output()
-        .expect("run get");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::*;
 
 #[test]
 fn serves_the_built_in_site_and_get_fetches_it() {
@@ -156,7 +76,7 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("invalid config file") && err.contains("idle_timout"),
+        err.contains("bad.toml:2") && err.contains("idle_timout"),
         "{err}"
     );
 
@@ -174,7 +94,25 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cannot load certificate chain /nonexistent/cert.pem"),
+        err.contains("--cert: cannot read /nonexistent/cert.pem"),
+        "{err}"
+    );
+    // A file that exists but is no certificate.
+    let out = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            cfg.to_str().unwrap(),
+            "--key",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--cert: ") && err.contains("cannot load certificate chain"),
         "{err}"
     );
 
@@ -188,20 +126,16 @@ fn bad_configuration_is_refused_with_a_clear_message() {
         "--app",
         "--plugin",
         "--alpn",
+        "--workers",
+        "--server-id",
+        "--stateless-reset-key-file",
+        "--log-format",
+        "--no-access-log",
+        "--shutdown-timeout",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn plugin_wasm(name: &str) -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../target/wasm/wasm32-wasip2/release/{name}.wasm"));
-    assert!(
-        p.exists(),
-        "build the plugins first: bash scripts/build-plugins.sh"
-    );
-    p
 }
 
 #[test]
@@ -250,7 +184,9 @@ fn reloads_through_the_admin_endpoint_and_sighup() {
     let dir = tempfile_dir("reload");
     let file = dir.join("app.wasm");
     std::fs::copy(plugin_wasm("version_a"), &file).unwrap();
-    let (server, addr, lines) = serve_logging(&[
+    let mut l = Logged::start(&[
+        "--listen",
+        "127.0.0.1:0",
         "--plugin",
         file.to_str().unwrap(),
         "--no-watch",
@@ -259,12 +195,11 @@ fn reloads_through_the_admin_endpoint_and_sighup() {
         "--drain-timeout",
         "200ms",
     ]);
-    let admin_addr = lines
-        .iter()
-        .find_map(|l| l.split("admin=").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .expect("admin address logged")
-        .to_owned();
+    let line = l.find("naming the admin endpoint", |s| s.contains("admin="));
+    let admin_addr = Logged::field(&line, "admin").expect("admin address logged");
+    let line = l.find("saying where it listens", |s| s.contains("addr="));
+    let addr = Logged::field(&line, "addr").expect("address logged");
+    let server = &l.server;
     assert!(get(&addr).starts_with("version a "));
     let (status, body) = admin(&admin_addr, "GET", "/versions");
     assert_eq!(status, 200, "{body}");
@@ -310,12 +245,6 @@ fn reloads_through_the_admin_endpoint_and_sighup() {
     let (status, _) = admin(&admin_addr, "GET", "/nope");
     assert_eq!(status, 404);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tq-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

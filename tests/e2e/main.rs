@@ -3,6 +3,7 @@
 
 mod h3;
 mod lossy;
+mod operations;
 mod plugins;
 mod quic_echo;
 mod quic_handshake;

@@ -1,18 +1,25 @@
 //! The admin endpoint (`--admin`, on 127.0.0.1:9901 unless told otherwise):
-//! plain HTTP/1.1 for operators and scripts.
+//! plain HTTP/1.1 for operators, probes and scrapers.
 //!
-//! - `GET /versions`: the loaded versions (file, SHA-256, loaded at,
-//!   connections and requests in flight each, compile time) and the last
-//!   reload error, as JSON.
-//! - `POST /reload`: reload the plugin file now; 200 with `reloaded` or
-//!   `unchanged`, 422 with the error when the new file is refused.
+//! - `GET /healthz`: 200 while the process runs (liveness).
+//! - `GET /readyz`: 200 while it accepts connections; 503 once draining
+//!   after SIGTERM (readiness). It binds only once every listener is bound,
+//!   so a probe that cannot connect means "starting".
+//! - `GET /metrics`: every metric in the Prometheus text format.
+//! - `GET /versions`: each plugin's loaded versions (file, SHA-256, loaded
+//!   at, connections and requests in flight each, compile time) and its
+//!   last reload error, as JSON.
+//! - `POST /reload`: reload every plugin file and certificate now; 200 with
+//!   `reloaded` or `unchanged`, 422 with the error when a new file is
+//!   refused.
 //!
 //! It binds to localhost by default because it can change what the server
 //! runs. Bound anywhere else it needs a token, and with a token every
-//! request must carry it (`Authorization: Bearer TOKEN`). It refuses what a
-//! web page could send it: any request with an `Origin` (a browser's
-//! cross-site request; scripts send none) and, without a token, a `Host`
-//! that is not an IP address or `localhost` (DNS rebinding).
+//! request but the probes and `/metrics` (read-only, and what kubelets and
+//! Prometheus ask for) must carry it (`Authorization: Bearer TOKEN`). It
+//! refuses what a web page could send it: any request with an `Origin` (a
+//! browser's cross-site request; scripts send none) and, without a token, a
+//! `Host` that is not an IP address or `localhost` (DNS rebinding).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,33 +37,61 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::metrics::PrometheusMetrics;
 use crate::plugin::{LivePlugin, Reloaded};
+
+/// Admin connections open at once; more are closed as they come (the
+/// endpoint may face the network, for kubelets and Prometheus).
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request head.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long one admin connection may stay open (a reload takes seconds).
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What the endpoint reports on and acts on.
+pub(super) struct AdminState {
+    /// Each listener's plugin, by listener name.
+    pub(super) plugins: Vec<(String, LivePlugin)>,
+    pub(super) reloader: super::serve::Reloader,
+    pub(super) metrics: PrometheusMetrics,
+    /// Whether the server accepts connections.
+    pub(super) ready: Arc<AtomicBool>,
+    pub(super) token: Option<Arc<str>>,
+}
 
 /// Serves the endpoint until dropped; each client connection is a task of
 /// this one.
-pub(super) async fn serve(listener: TcpListener, live: LivePlugin, token: Option<Arc<str>>) {
+pub(super) async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((_, peer)) if conns.len() >= MAX_CONNECTIONS => {
+                    debug!(%peer, "admin endpoint at its connection cap; closing the newcomer");
+                }
                 Ok((stream, peer)) => {
-                    let live = live.clone();
-                    let token = token.clone();
+                    let state = state.clone();
                     conns.spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
-                            let live = live.clone();
-                            let token = token.clone();
+                            let state = state.clone();
                             async move {
-                                let resp = match refusal(&req, token.as_deref()) {
-                                    None => route(req, &live).await,
+                                let resp = match refusal(&req, state.token.as_deref()) {
+                                    None => route(req, &state).await,
                                     Some(refused) => refused,
                                 };
                                 Ok::<_, Infallible>(resp)
                             }
                         });
-                        if let Err(e) = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
+                            .serve_connection(TokioIo::new(stream), service);
+                        // An idle keep-alive connection ends too.
+                        if let Err(e) = tokio::time::timeout(CONNECTION_TIMEOUT, conn)
                             .await
+                            .unwrap_or_else(|_| Ok(()))
                         {
                             debug!(%peer, error = %e, "admin connection ended with an error");
                         }
@@ -120,7 +155,9 @@ fn refusal<B>(req: &Request<B>, token: Option<&str>) -> Option<Response<Full<Byt
             "Host must be an IP address or localhost\n",
         ));
     }
-    if let Some(token) = token {
+    let read_only_open = req.method() == Method::GET
+        && matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if let (Some(token), false) = (token, read_only_open) {
         let given = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
@@ -163,39 +200,114 @@ fn host_is_local_name(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
-async fn route(req: Request<Incoming>, live: &LivePlugin) -> Response<Full<Bytes>> {
+const ROUTES: &str =
+    "routes: GET /healthz, GET /readyz, GET /metrics, GET /versions, POST /reload\n";
+
+async fn route(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/versions") => json(StatusCode::OK, versions(live)),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => match state.ready.load(Ordering::Relaxed) {
+            true => text(StatusCode::OK, "ready\n"),
+            false => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n"),
+        },
+        (&Method::GET, "/metrics") => {
+            state.metrics.set_plugin_versions(
+                state
+                    .plugins
+                    .iter()
+                    .flat_map(|(_, live)| live.versions())
+                    .map(|v| {
+                        (
+                            crate::plugin::version_label(&v.sha256).to_string(),
+                            v.connections as u64,
+                        )
+                    }),
+            );
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.metrics.render().into_bytes(),
+            )
+        }
+        (&Method::GET, "/versions") => json(StatusCode::OK, versions_all(&state.plugins)),
         (&Method::POST, "/reload") => {
             info!("reload asked for through the admin endpoint");
-            match live.reload().await {
-                Ok(Reloaded::New(p)) => json(
-                    StatusCode::OK,
-                    serde_json::json!({
-                        "result": "reloaded",
-                        "sha256": p.hash(),
-                        "compile_ms": p.compile_time().as_secs_f64() * 1e3,
-                    }),
-                ),
-                Ok(Reloaded::Unchanged) => json(
-                    StatusCode::OK,
-                    serde_json::json!({ "result": "unchanged", "sha256": live.current().hash() }),
-                ),
-                Err(e) => json(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    serde_json::json!({ "result": "refused", "error": format!("{e:#}") }),
-                ),
-            }
+            reload(state).await
         }
-        (_, "/versions" | "/reload") => text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "use GET /versions or POST /reload\n",
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "routes: GET /versions, POST /reload\n",
-        ),
+        (_, "/versions" | "/reload" | "/healthz" | "/readyz" | "/metrics") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, ROUTES)
+        }
+        _ => text(StatusCode::NOT_FOUND, ROUTES),
     }
+}
+
+/// Reloads certificates and every plugin. With one plugin the answer
+/// describes it alone (`result`, `sha256`); with several, `result` is the
+/// worst of theirs and `listeners` has each one's.
+async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
+    let tls_error = state.reloader.reload_certificates();
+    let mut results = Vec::new();
+    let mut refused = false;
+    let mut any_new = false;
+    for (name, live) in &state.plugins {
+        let v = match live.reload().await {
+            Ok(Reloaded::New(p)) => {
+                any_new = true;
+                serde_json::json!({
+                    "listener": name,
+                    "result": "reloaded",
+                    "sha256": p.hash(),
+                    "compile_ms": p.compile_time().as_secs_f64() * 1e3,
+                })
+            }
+            Ok(Reloaded::Unchanged) => serde_json::json!({
+                "listener": name, "result": "unchanged", "sha256": live.current().hash()
+            }),
+            Err(e) => {
+                refused = true;
+                serde_json::json!({ "listener": name, "result": "refused", "error": format!("{e:#}") })
+            }
+        };
+        results.push(v);
+    }
+    let status = if refused || tls_error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let mut body = match results.len() {
+        1 => results.remove(0),
+        _ => serde_json::json!({
+            "result": if refused { "refused" } else if any_new { "reloaded" } else { "unchanged" },
+            "listeners": results,
+        }),
+    };
+    if let Some(e) = tls_error {
+        body["certificate_error"] = serde_json::Value::String(e);
+        if results.is_empty() && !refused {
+            body["result"] = serde_json::Value::String("refused".into());
+        }
+    }
+    json(status, body)
+}
+
+/// The first plugin's versions at the top level (what a single-plugin
+/// server has always answered), and every plugin's under `plugins`.
+fn versions_all(plugins: &[(String, LivePlugin)]) -> serde_json::Value {
+    let mut top = plugins
+        .first()
+        .map_or_else(|| serde_json::json!({}), |(_, l)| versions(l));
+    top["plugins"] = serde_json::Value::Array(
+        plugins
+            .iter()
+            .map(|(name, l)| {
+                let mut v = versions(l);
+                v["listener"] = serde_json::Value::String(name.clone());
+                v
+            })
+            .collect(),
+    );
+    top
 }
 
 fn versions(live: &LivePlugin) -> serde_json::Value {

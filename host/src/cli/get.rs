@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 
-use crate::http3::{H3Client, Http3Settings, NameValue};
+use crate::http3::{H3Client, Header, Http3Settings, InboundFrame, NameValue};
 use crate::quic::{ConnectionParams, QuicSettings};
 
 /// Flags of `tq-host get`.
@@ -39,7 +39,9 @@ pub(super) struct GetArgs {
     #[arg(long, short = 'k')]
     insecure: bool,
 
-    /// Give up after this long, e.g. `10s`.
+    /// Give up when connecting, or waiting for the response head, or any
+    /// silence on the connection, lasts this long, e.g. `10s`. The body is
+    /// streamed to standard output as it arrives, however long it takes.
     #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
     timeout: Duration,
 }
@@ -94,39 +96,114 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
     if let Some(ca) = &args.ca {
         params = params.ca_file(ca);
     }
-    let work = async {
-        let client = H3Client::connect(addr, host, &params, Http3Settings::default()).await?;
-        let resp = client
-            .request(&method, path, body)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        client.handle().close(crate::http3::H3_NO_ERROR, "");
-        // Let the CONNECTION_CLOSE go out before the process exits.
-        let _ = tokio::time::timeout(Duration::from_secs(1), client.connection().closed()).await;
-        anyhow::Ok(resp)
-    };
-    let resp = tokio::time::timeout(args.timeout, work)
+    // The timeout bounds connecting and waiting for the response head,
+    // and is the connection's idle timeout; a body that keeps flowing may
+    // take as long as it takes (a 10 GiB download is not cut at 10 s).
+    let client = tokio::time::timeout(
+        args.timeout,
+        H3Client::connect(addr, host, &params, Http3Settings::default()),
+    )
+    .await
+    .context("timed out connecting")??;
+    let mut h = vec![
+        Header::new(b":method", method.as_bytes()),
+        Header::new(b":scheme", b"https"),
+        Header::new(b":authority", authority(&url).as_bytes()),
+        Header::new(b":path", path.as_bytes()),
+    ];
+    if let Some(b) = &body {
+        h.push(Header::new(
+            b"content-length",
+            b.len().to_string().as_bytes(),
+        ));
+    }
+    let stream = client
+        .handle()
+        .send_request(h, body.is_some())
         .await
-        .context("timed out")??;
-    if args.include {
-        eprintln!("HTTP/3 {}", resp.status);
-        for h in &resp.headers {
-            if h.name() != b":status" {
-                eprintln!(
-                    "{}: {}",
-                    String::from_utf8_lossy(h.name()),
-                    String::from_utf8_lossy(h.value())
-                );
+        .map_err(anyhow::Error::msg)?;
+    let mut rx = stream.response;
+    // The upload runs on its own task, ended once the response is: a
+    // server may answer (or fail) without reading the whole body.
+    let body_tx = stream.body;
+    let send = tokio::spawn(async move {
+        if let (Some(tx), Some(mut rest)) = (body_tx, body) {
+            // 64 KiB at a time: the driver's channel bounds what waits.
+            while rest.len() > 64 * 1024 {
+                if tx.send_body(rest.split_to(64 * 1024), false).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send_body(rest, true).await;
+        }
+    });
+    let recv = async {
+        use tokio::io::AsyncWriteExt;
+        let mut out = tokio::io::stdout();
+        let mut status = None;
+        loop {
+            let frame = if status.is_none() {
+                tokio::time::timeout(args.timeout, rx.recv())
+                    .await
+                    .context("timed out waiting for the response")?
+            } else {
+                rx.recv().await
+            };
+            match frame {
+                Some(InboundFrame::Headers(h)) if status.is_none() => {
+                    let s = h
+                        .iter()
+                        .find(|f| f.name() == b":status")
+                        .and_then(|f| std::str::from_utf8(f.value()).ok())
+                        .and_then(|v| v.parse::<u16>().ok())
+                        .context("response without :status")?;
+                    if (100..200).contains(&s) {
+                        continue;
+                    }
+                    status = Some(s);
+                    if args.include {
+                        eprintln!("HTTP/3 {s}");
+                        for f in h.iter().filter(|f| f.name() != b":status") {
+                            eprintln!(
+                                "{}: {}",
+                                String::from_utf8_lossy(f.name()),
+                                String::from_utf8_lossy(f.value())
+                            );
+                        }
+                        eprintln!();
+                    }
+                }
+                Some(InboundFrame::Headers(_)) => {} // trailers
+                Some(InboundFrame::Body(b)) => out
+                    .write_all(&b)
+                    .await
+                    .context("cannot write to standard output")?,
+                Some(InboundFrame::Finished) => break,
+                Some(InboundFrame::Reset(code)) => {
+                    bail!("the server reset the response (code {code:#x})")
+                }
+                None => bail!("the connection closed before the response ended"),
             }
         }
-        eprintln!();
-    }
-    use std::io::Write;
-    std::io::stdout()
-        .write_all(&resp.body)
-        .context("cannot write to standard output")?;
-    if !(200..400).contains(&resp.status) {
-        bail!("server answered {}", resp.status);
+        out.flush()
+            .await
+            .context("cannot write to standard output")?;
+        status.context("response without headers")
+    };
+    let status = recv.await;
+    send.abort();
+    client.handle().close(crate::http3::H3_NO_ERROR, "");
+    // Let the CONNECTION_CLOSE go out before the process exits.
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.connection().closed()).await;
+    let status = status?;
+    if !(200..400).contains(&status) {
+        bail!("server answered {status}");
     }
     Ok(())
+}
+
+/// `host[:port]` as the URL gave it.
+fn authority(url: &http::Uri) -> String {
+    url.authority()
+        .map_or_else(String::new, |a| a.as_str().to_owned())
 }

@@ -3,9 +3,11 @@
 //! knows every layer.
 
 mod admin;
+mod check;
 mod config;
 mod echo_client;
 mod get;
+mod plan;
 mod serve;
 
 use std::net::SocketAddr;
@@ -41,10 +43,27 @@ enum Command {
     Echo(echo_client::EchoArgs),
     /// Fetch a URL over HTTP/3 and print the body.
     Get(get::GetArgs),
+    /// Check a config file without serving: parse it, read every
+    /// certificate, load every plugin (compile, link, `init`), bind
+    /// nothing. Exits 0 if all is well; otherwise prints each problem with
+    /// the file, line and key, and exits 1.
+    Check(check::CheckArgs),
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: one line each, colours on a terminal.
+    #[default]
+    Human,
+    /// For log shippers: one JSON object per line, with the fields of
+    /// every enclosing span (a connection's id, peer and plugin version).
+    Json,
 }
 
 /// The built-in applications.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum App {
     /// The built-in HTTP/3 site (ALPN `h3`).
     Page,
@@ -75,8 +94,8 @@ pub struct ServeArgs {
     /// Plugins: after a reload, how long connections may stay on the old
     /// version before they are asked to close gracefully (GOAWAY, or
     /// `shutdown` for raw QUIC plugins), e.g. `60s`. Default: 60s.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime_serde::re::humantime::parse_duration)]
-    drain_timeout: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = humantime_serde::re::humantime::parse_duration)]
+    drain_timeout: Option<Duration>,
 
     /// On SIGTERM or SIGINT (what systemd, Kubernetes and Ctrl-C send):
     /// stop accepting, send every live connection GOAWAY (raw QUIC plugins:
@@ -85,11 +104,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime_serde::re::humantime::parse_duration)]
     shutdown_timeout: Duration,
 
-    /// Plugins: serve the admin endpoint (HTTP/1.1) here: `GET /versions`
-    /// lists loaded versions, `POST /reload` reloads. Without a value it
-    /// binds 127.0.0.1:9901. Bound to any other than a loopback address it
-    /// needs a token (`--admin-token-file` or `TQ_ADMIN_TOKEN`), sent as
-    /// `Authorization: Bearer TOKEN`. Default: off.
+    /// Serve the admin endpoint (HTTP/1.1) here: `GET /healthz` (200 while
+    /// the process runs), `GET /readyz` (200 while it accepts connections,
+    /// 503 while draining; the endpoint opens once every listener is bound), `GET /metrics` (Prometheus text),
+    /// and for plugins `GET /versions` (loaded versions) and `POST
+    /// /reload`. Without a value it binds 127.0.0.1:9901. Bound to any
+    /// other than a loopback address it needs a token (`--admin-token-file`
+    /// or `TQ_ADMIN_TOKEN`), sent as `Authorization: Bearer TOKEN`; the
+    /// probes and `/metrics` answer without it. Default: off.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9901")]
     admin: Option<SocketAddr>,
 
@@ -106,24 +128,24 @@ pub struct ServeArgs {
 
     /// Plugins: linear memory per instance (one instance per connection),
     /// in MiB. Default: 64.
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
-    plugin_memory: usize,
+    #[arg(long, value_name = "MIB")]
+    plugin_memory: Option<usize>,
 
     /// Plugins: CPU time one hook call may take before the connection is
     /// closed, e.g. `1s`, `200ms`. Default: 1s.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime_serde::re::humantime::parse_duration)]
-    plugin_deadline: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = humantime_serde::re::humantime::parse_duration)]
+    plugin_deadline: Option<Duration>,
 
     /// Plugins: wall-clock time one call into a plugin may take (a hook,
     /// instantiation, `init`, `on-close`), whatever it waits on; past it
     /// the connection is closed, or a reload refused. Default: 10s.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
-    plugin_call_timeout: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = humantime_serde::re::humantime::parse_duration)]
+    plugin_call_timeout: Option<Duration>,
 
     /// Plugins (wasi:http): wall-clock time one request may take, body
     /// included; past it the request is answered 500 (or reset). Default: 60s.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime_serde::re::humantime::parse_duration)]
-    plugin_request_timeout: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = humantime_serde::re::humantime::parse_duration)]
+    plugin_request_timeout: Option<Duration>,
 
     /// Plugins: let them read this host directory, as `HOST` or
     /// `HOST::GUEST` (where the plugin sees it). Read-only; repeatable.
@@ -140,8 +162,8 @@ pub struct ServeArgs {
     /// after its first, one after another, instead of a fresh instance per
     /// request: faster, but state left by one request is seen by the next.
     /// Default: 0 (fresh every time).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    reuse_instances: u32,
+    #[arg(long, value_name = "N")]
+    reuse_instances: Option<u32>,
 
     /// Plugins (wasi:http): let them send requests to this destination:
     /// `HOST:PORT`, or `HOST` for its scheme's default port (443 for https,
@@ -159,17 +181,14 @@ pub struct ServeArgs {
     #[arg(long = "allow-http-private")]
     allow_http_private: bool,
 
-    /// What to serve: `page` (built-in HTTP/3 site) or `echo` (raw-QUIC echo).
-    #[arg(long, value_enum, default_value_t = App::Page)]
-    app: App,
+    /// What to serve: `page` (built-in HTTP/3 site) or `echo` (raw-QUIC
+    /// echo). Default: page.
+    #[arg(long, value_enum)]
+    app: Option<App>,
 
-    /// Address to listen on; repeat for several sockets.
-    #[arg(
-        long,
-        short = 'l',
-        value_name = "ADDR",
-        default_value = "127.0.0.1:4433"
-    )]
+    /// Address to listen on; repeat for several sockets. Default:
+    /// 127.0.0.1:4433.
+    #[arg(long, short = 'l', value_name = "ADDR")]
     listen: Vec<SocketAddr>,
 
     /// Certificate chain (PEM). Without it a self-signed certificate is made.
@@ -180,10 +199,51 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PEM", requires = "cert")]
     key: Option<PathBuf>,
 
-    /// TOML file with transport settings under `[quic]` (see README). Flags
-    /// given on the command line win over the file.
-    #[arg(long, value_name = "FILE")]
+    /// TOML file: transport settings under `[quic]`, HTTP/3 ones under
+    /// `[http3]`, and one `[[listener]]` per service (address, certificate,
+    /// ALPN, plugin, limits, grants; see README). Flags given on the
+    /// command line win over the file. Check one with `tq-host check FILE`.
+    #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Sockets per listening address, each read by its own router on its
+    /// own thread (SO_REUSEPORT): the kernel spreads clients over them by
+    /// address. A connection stays on its socket; a packet of it that
+    /// reaches another one (after the client's address changed) is handed
+    /// over. Default: the number of CPUs.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+
+    /// Issue connection ids that carry this server id in the plaintext
+    /// form of QUIC-LB (draft-ietf-quic-load-balancers): 1 to 15 bytes in
+    /// hex, e.g. `0a01`, unique per host behind one address, so a
+    /// QUIC-aware load balancer routes every packet of a connection,
+    /// migrated ones too, to the host that owns it. Default: random ids.
+    #[arg(long, value_name = "HEX")]
+    server_id: Option<String>,
+
+    /// A file of at least 32 random bytes (or 64 hex digits) from which
+    /// stateless reset tokens are derived, the same on every restart: a
+    /// restarted host (or one of a fleet that shares the file) then answers
+    /// packets of connections it no longer knows with a stateless reset,
+    /// and clients give up at once instead of at their idle timeout.
+    /// Share a key between hosts only with a distinct --server-id each (a
+    /// host then answers only ids that carry its own): behind a balancer
+    /// that hashes addresses, a host would hand out the token of another
+    /// host's connection. Default: random tokens, and no resets sent.
+    #[arg(long, value_name = "FILE")]
+    stateless_reset_key_file: Option<PathBuf>,
+
+    /// How log lines look on stderr: `human` or `json` (one object per
+    /// line, with the connection's id, peer and plugin version). Filter
+    /// with TQ_LOG, e.g. `TQ_LOG=info,tq_host::access=off`. Default: human.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+
+    /// Do not log a line per HTTP/3 request (target `tq_host::access`:
+    /// method, path, status, bytes, duration, plugin version).
+    #[arg(long)]
+    no_access_log: bool,
 
     /// Turn off stateless Retry (address validation) for new connections,
     /// saving new clients a round trip. Once 512 handshakes from unproven
@@ -213,9 +273,53 @@ impl Cli {
         match self.command {
             // quinn-udp warns of every refused send; the connection itself
             // reports that once, clearly.
-            Some(Command::Echo(_)) | Some(Command::Get(_)) => "warn,quinn_udp=error",
+            Some(Command::Echo(_)) | Some(Command::Get(_)) | Some(Command::Check(_)) => {
+                "warn,quinn_udp=error"
+            }
             _ => "info,quinn_udp=error",
         }
+    }
+
+    /// The log format asked for (`--log-format`).
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Some(Command::Serve(a)) => a.log_format.unwrap_or_default(),
+            None => self.serve.log_format.unwrap_or_default(),
+            _ => LogFormat::Human,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The first listener flag given on the command line, if any.
+    fn listener_flag_given(&self) -> Option<&'static str> {
+        [
+            (self.plugin.is_some(), "--plugin"),
+            (!self.listen.is_empty(), "--listen"),
+            (self.cert.is_some(), "--cert"),
+            (!self.alpn.is_empty(), "--alpn"),
+            (self.app.is_some(), "--app"),
+            (self.drain_timeout.is_some(), "--drain-timeout"),
+            (self.plugin_memory.is_some(), "--plugin-memory"),
+            (self.plugin_deadline.is_some(), "--plugin-deadline"),
+            (self.plugin_call_timeout.is_some(), "--plugin-call-timeout"),
+            (
+                self.plugin_request_timeout.is_some(),
+                "--plugin-request-timeout",
+            ),
+            (self.reuse_instances.is_some(), "--reuse-instances"),
+            (!self.plugin_dirs.is_empty(), "--dir"),
+            (!self.plugin_env.is_empty(), "--env"),
+            (!self.allow_http.is_empty(), "--allow-http"),
+            (self.allow_http_private, "--allow-http-private"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
+    /// `--alpn`, if given.
+    fn alpn_given(&self) -> Option<Vec<String>> {
+        (!self.alpn.is_empty()).then(|| self.alpn.clone())
     }
 }
 
@@ -235,6 +339,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve::run(*args).await,
         Some(Command::Echo(args)) => echo_client::run(args).await,
         Some(Command::Get(args)) => get::run(args).await,
+        Some(Command::Check(args)) => check::run(args).await,
         None => serve::run(cli.serve).await,
     }
 }

@@ -1,22 +1,26 @@
-//! `tq-host serve`: binds the sockets and serves the built-in application.
+//! `tq-host serve`: binds every listener's sockets (one per worker), serves
+//! them, reloads on SIGHUP, and stops gracefully on SIGTERM or SIGINT.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
-use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use std::sync::Arc;
-
-use super::config::ConfigFile;
+use super::plan::{self, ListenerPlan};
 use super::{App, ServeArgs};
 use crate::builtin::WelcomePage;
-use crate::metrics::DefaultMetrics;
-use crate::plugin::{LivePlugin, PluginGrants, PluginLimits, World};
-use crate::quic::{self, ConnectionParams, TlsCertificatePaths};
+use crate::metrics::{AccessLog, PrometheusMetrics, ServiceMetrics, Tee};
+use crate::plugin::{LivePlugin, World};
+use crate::quic::{
+    self, ConnectionIdGenerator, ServerIdConnectionIdGenerator, SimpleConnectionIdGenerator,
+    StatelessResetKey, TlsCertificatePaths, TlsReloader,
+};
 use crate::server::{serve, PluginSource, ServeOptions, Service};
 use crate::tls::SelfSignedCertificate;
 
@@ -24,164 +28,116 @@ use crate::tls::SelfSignedCertificate;
 const WATCH_POLL: Duration = Duration::from_millis(200);
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(p) => ConfigFile::load(p)?,
-        None => ConfigFile::default(),
+    // Signals are taken over first: SIGHUP's default action would end the
+    // process while plugins compile (and systemd would not restart it),
+    // and a SIGTERM then should still stop it cleanly.
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let metrics = PrometheusMetrics::new();
+    let sink: Arc<dyn ServiceMetrics> = if args.no_access_log {
+        Arc::new(metrics.clone())
+    } else {
+        Arc::new(Tee(vec![Arc::new(metrics.clone()), Arc::new(AccessLog)]))
     };
-    let mut settings = file.quic;
-    let h3_settings = file.http3;
-    if args.plugin.is_none()
-        && args.app == App::Echo
-        && settings.alpn == crate::quic::QuicSettings::default().alpn
-    {
-        settings.alpn = vec!["tq-echo".into()];
-    }
-    if !args.alpn.is_empty() {
-        settings.alpn = args.alpn.clone();
-    }
-    if args.no_retry {
-        settings.enable_retry = false;
-    }
-    if let Some(t) = args.idle_timeout {
-        settings.max_idle_timeout = t;
-    }
-    if let Some(d) = &args.qlog_dir {
-        std::fs::create_dir_all(d)
-            .with_context(|| format!("cannot create qlog directory {}", d.display()))?;
-        settings.qlog_dir = Some(d.clone());
-    }
-    if let Some(f) = &args.keylog_file {
-        settings.keylog_file = Some(f.clone());
-    }
-
     let admin_token = match &args.admin {
         Some(addr) => super::admin::token(*addr, args.admin_token_file.as_deref())?,
         None => None,
     };
+    let workers = args.workers.unwrap_or_else(quic::default_workers);
+    if workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let cids = cid_generator(&args)?;
 
-    // Load and validate the plugin before binding anything.
-    let plugin = match &args.plugin {
-        Some(path) => {
-            let limits = PluginLimits {
-                memory_bytes: args.plugin_memory << 20,
-                call_deadline: args.plugin_deadline,
-                call_timeout: args.plugin_call_timeout,
-                request_timeout: args.plugin_request_timeout,
-                reuse_instances: args.reuse_instances,
-                ..PluginLimits::default()
-            };
-            let grants = PluginGrants {
-                dirs: args.plugin_dirs.clone(),
-                env: args.plugin_env.clone(),
-                http_hosts: args.allow_http.clone(),
-                http_private: args.allow_http_private,
-            };
-            let live = LivePlugin::load(path, limits, grants, args.drain_timeout)
-                .await
-                .context("cannot load the plugin")?;
-            let p = live.current();
-            info!(plugin = %path.display(), world = %p.world(), sha256 = %p.hash(), "plugin loaded");
-            if p.world() == World::QuicApp
-                && args.alpn.is_empty()
-                && settings.alpn == crate::quic::QuicSettings::default().alpn
-            {
-                bail!(
-                    "{} is a raw QUIC plugin ({}): say which application protocol its \
-                     clients offer with --alpn NAME (e.g. --alpn tq-echo), or `alpn` under \
-                     [quic] in --config",
-                    path.display(),
-                    World::QuicApp
-                );
-            }
-            Some(live)
+    // Check everything (certificates, plugins) before binding anything.
+    let plan = plan::build(&args, sink.clone(), plan::Mode::Serve).await?;
+
+    // Bind every listener's sockets.
+    let mut bound = Vec::new();
+    for l in plan.listeners {
+        let mut sockets = Vec::new();
+        for addr in &l.listen {
+            sockets.extend(quic::bind_workers(*addr, workers)?);
         }
-        None => None,
+        let listener =
+            quic::listen_with_generator(sockets, l.params.clone(), cids.clone(), metrics.clone())
+                .with_context(|| format!("cannot start the QUIC listener {}", l.name))?;
+        announce(&l, &listener, workers);
+        bound.push((l, listener));
+    }
+
+    let reloader = Reloader {
+        plugins: bound
+            .iter()
+            .filter_map(|(l, _)| l.plugin.as_ref().map(|p| (l.name.clone(), p.live.clone())))
+            .collect(),
+        certificates: bound
+            .iter()
+            .filter(|(l, _)| l.params.tls.is_some())
+            .map(|(l, listener)| (l.name.clone(), listener.tls_reloader()))
+            .collect(),
     };
-    // Reload triggers: SIGHUP, the file changing, the admin endpoint. They
-    // live as long as the server.
+    // Every listener is bound and its routers run: connections are
+    // accepted from here on (they wait in the backlog until served).
+    let ready = Arc::new(AtomicBool::new(true));
+
+    // Reload triggers (SIGHUP, the files changing, the admin endpoint) and
+    // the admin endpoint live as long as the server.
     let mut triggers = JoinSet::new();
-    if let Some(live) = &plugin {
-        let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-        let l = live.clone();
-        triggers.spawn(async move {
-            while hup.recv().await.is_some() {
-                info!("SIGHUP: reloading the plugin");
-                // Errors are logged by `reload`.
-                let _ = l.reload().await;
-            }
-        });
-        if !args.no_watch {
-            triggers.spawn(live.clone().watch_file(WATCH_POLL));
-            info!(file = %live.path().display(), "watching the plugin file for changes");
+    let r = reloader.clone();
+    triggers.spawn(async move {
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading certificates and plugins");
+            // Errors are logged where they happen.
+            r.reload_all().await;
         }
-        if let Some(addr) = args.admin {
-            let l = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot bind the admin endpoint to {addr}"))?;
-            info!(admin = %l.local_addr().unwrap_or(addr), token = admin_token.is_some(), "admin endpoint: GET /versions, POST /reload");
-            triggers.spawn(super::admin::serve(l, live.clone(), admin_token.clone()));
+    });
+    for (l, _) in &bound {
+        if let Some(p) = l.plugin.as_ref().filter(|p| p.watch) {
+            triggers.spawn(p.live.clone().watch_file(WATCH_POLL));
+            info!(listener = %l.name, file = %p.live.path().display(), "watching the plugin file for changes");
         }
-    } else if args.admin.is_some() {
-        bail!("--admin needs --plugin: it manages the plugin's versions");
     }
-
-    let tls = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => TlsCertificatePaths {
-            cert: cert.clone(),
-            key: key.clone(),
-        },
-        _ => self_signed()?,
-    };
-    let params = ConnectionParams::new_server(settings, tls);
-    // Validate the whole configuration before binding anything.
-    params.settings.alpn.first().context("no ALPN configured")?;
-
-    let mut sockets = Vec::new();
-    for addr in &args.listen {
-        let s = UdpSocket::bind(addr)
+    // The admin endpoint outlives the reload triggers: it answers
+    // /readyz with 503 while connections drain.
+    let mut admin_task = JoinSet::new();
+    if let Some(addr) = args.admin {
+        let l = TcpListener::bind(addr)
             .await
-            .with_context(|| format!("cannot bind UDP {addr}"))?;
-        sockets.push(s);
+            .with_context(|| format!("cannot bind the admin endpoint to {addr}"))?;
+        info!(
+            admin = %l.local_addr().unwrap_or(addr),
+            token = admin_token.is_some(),
+            "admin endpoint: GET /healthz, /readyz, /metrics, /versions; POST /reload"
+        );
+        let state = Arc::new(super::admin::AdminState {
+            plugins: reloader.plugins.clone(),
+            reloader: reloader.clone(),
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            token: admin_token.clone(),
+        });
+        admin_task.spawn(super::admin::serve(l, state));
     }
-    let metrics = DefaultMetrics::default();
-    let listener = quic::listen(sockets, params.clone(), metrics.clone())
-        .context("cannot start the QUIC listener")?;
-    for a in listener.local_addrs() {
-        info!(addr = %a, app = %args.plugin.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| format!("{:?}", args.app)), alpn = ?params.settings.alpn, retry = params.settings.enable_retry, "listening");
-    }
-    if let Some(a) = listener.local_addrs().first() {
-        match plugin.as_ref().map(|l| l.current().world()) {
-            Some(World::QuicApp) => info!(
-                "try: tq-host echo -k --alpn {} {a}",
-                params.settings.alpn.first().map_or("", String::as_str)
-            ),
-            _ if args.app == App::Page || plugin.is_some() => {
-                info!("try: tq-host get -k https://{a}/")
-            }
-            _ => info!("try: tq-host echo -k {a}"),
-        }
-    }
-    let service = match plugin {
-        Some(live) => Service::Plugin(PluginSource::Live(live)),
-        None if args.app == App::Echo => Service::Echo,
-        None => Service::Http3(Arc::new(WelcomePage)),
-    };
+
     let grace = args.shutdown_timeout;
-    let options = ServeOptions {
-        http3: h3_settings,
-        grace,
-    };
     // SIGTERM or SIGINT starts a graceful stop; a second one ends the
     // process at once.
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let (first, first_signal) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let not_ready = ready.clone();
     let signals = tokio::spawn(async move {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        let _ = first.send(name);
+        not_ready.store(false, Ordering::Relaxed);
+        info!(
+            signal = name,
+            timeout = ?grace,
+            "stopping: no new connections; live ones get GOAWAY and up to the shutdown timeout to finish"
+        );
+        stop_tx.send_replace(true);
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
@@ -189,29 +145,155 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         warn!("second stop signal: exiting now, without waiting for connections");
         std::process::exit(130);
     });
+
+    let mut servers = JoinSet::new();
+    for (l, listener) in bound {
+        let service = match l.plugin {
+            Some(p) => Service::Plugin(PluginSource::Live(p.live)),
+            None if l.app == App::Echo => Service::Echo,
+            None => Service::Http3(Arc::new(WelcomePage)),
+        };
+        let options = ServeOptions {
+            http3: plan.http3.clone(),
+            grace,
+            metrics: sink.clone(),
+        };
+        let mut stop = stop_rx.clone();
+        let name = l.name;
+        servers.spawn(async move {
+            let stopped = serve(listener, service, options, async move {
+                // A dropped sender means no stop will come.
+                if stop.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            })
+            .await;
+            (name, stopped)
+        });
+    }
     // Reload triggers stop with the signal, so no version is swapped in
     // while connections drain.
-    let stop = async move {
-        match first_signal.await {
-            Ok(name) => info!(
-                signal = name,
-                timeout = ?grace,
-                "stopping: no new connections; live ones get GOAWAY and up to the shutdown timeout to finish"
-            ),
-            Err(_) => std::future::pending().await,
-        }
-        triggers.abort_all();
+    let mut stop = stop_rx.clone();
+    let started_stop = async move {
+        let _ = stop.wait_for(|s| *s).await;
     };
-    let stopped = serve(listener, service, options, stop).await;
-    signals.abort();
-    if !stopped.drained {
-        warn!(timeout = ?grace, "connections still open at the shutdown timeout were closed");
+    tokio::pin!(started_stop);
+    let mut stopped_at = None;
+    loop {
+        tokio::select! {
+            () = &mut started_stop, if stopped_at.is_none() => {
+                stopped_at = Some(Instant::now());
+                triggers.abort_all();
+            }
+            done = servers.join_next() => match done {
+                Some(Ok((name, stopped))) => {
+                    if !stopped.drained {
+                        warn!(listener = %name, timeout = ?grace, "connections still open at the shutdown timeout were closed");
+                    }
+                }
+                Some(Err(e)) => warn!(error = %e, "a listener's task failed"),
+                None => break,
+            },
+        }
     }
-    info!(metrics = ?metrics.snapshot(), "stopped");
+    signals.abort();
+    info!(
+        drained_in = ?stopped_at.map(|t| t.elapsed()),
+        "stopped"
+    );
     Ok(())
 }
 
-fn self_signed() -> anyhow::Result<TlsCertificatePaths> {
+/// Logs where a listener listens and how to try it.
+fn announce<M: crate::metrics::Metrics>(
+    l: &ListenerPlan,
+    listener: &quic::Listener<M>,
+    workers: usize,
+) {
+    let app = l.plugin.as_ref().map_or_else(
+        || format!("{:?}", l.app),
+        |p| p.live.path().display().to_string(),
+    );
+    let mut addrs: Vec<_> = listener.local_addrs().to_vec();
+    addrs.dedup();
+    for a in &addrs {
+        info!(listener = %l.name, addr = %a, app = %app, alpn = ?l.params.settings.alpn, retry = l.params.settings.enable_retry, workers, "listening");
+    }
+    if let Some(a) = addrs.first() {
+        match l.plugin.as_ref().map(|p| p.live.current().world()) {
+            Some(World::QuicApp) => info!(
+                "try: tq-host echo -k --alpn {} {a}",
+                l.params.settings.alpn.first().map_or("", String::as_str)
+            ),
+            _ if l.app == App::Page || l.plugin.is_some() => {
+                info!("try: tq-host get -k https://{a}/")
+            }
+            _ => info!("try: tq-host echo -k {a}"),
+        }
+    }
+}
+
+/// The connection-id generator `--server-id` and
+/// `--stateless-reset-key-file` ask for.
+fn cid_generator(args: &ServeArgs) -> anyhow::Result<Arc<dyn ConnectionIdGenerator>> {
+    let key = match &args.stateless_reset_key_file {
+        Some(f) => Some(StatelessResetKey::from_file(f).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    Ok(match &args.server_id {
+        Some(hex) => {
+            let id = crate::quic::decode_hex(hex.trim()).with_context(|| {
+                format!("--server-id {hex}: expected 1 to 15 bytes in hex, e.g. 0a01")
+            })?;
+            let g = ServerIdConnectionIdGenerator::new(id, 0)
+                .map_err(|e| anyhow::anyhow!("--server-id {hex}: {e}"))?;
+            info!(server_id = %hex, len = g.connection_id_len(), "connection ids carry the server id (QUIC-LB plaintext)");
+            match key {
+                Some(k) => Arc::new(g.with_reset_key(k)),
+                None => Arc::new(g),
+            }
+        }
+        None => match key {
+            Some(k) => Arc::new(SimpleConnectionIdGenerator::default().with_reset_key(k)),
+            None => Arc::new(SimpleConnectionIdGenerator::default()),
+        },
+    })
+}
+
+/// What SIGHUP and `POST /reload` reload: every listener's certificate
+/// and plugin.
+#[derive(Clone)]
+pub(super) struct Reloader {
+    pub(super) plugins: Vec<(String, LivePlugin)>,
+    certificates: Vec<(String, TlsReloader)>,
+}
+
+impl Reloader {
+    /// Reloads every certificate; the errors, if any, as one message.
+    pub(super) fn reload_certificates(&self) -> Option<String> {
+        let mut errors = Vec::new();
+        for (name, tls) in &self.certificates {
+            match tls.reload() {
+                Ok(()) => info!(listener = %name, "certificate reloaded for new connections"),
+                Err(e) => {
+                    warn!(listener = %name, error = %e, "certificate reload refused; the running one stays");
+                    errors.push(format!("{name}: {e}"));
+                }
+            }
+        }
+        (!errors.is_empty()).then(|| errors.join("; "))
+    }
+
+    /// Reloads certificates and plugins (errors are logged).
+    async fn reload_all(&self) {
+        let _ = self.reload_certificates();
+        for (_, live) in &self.plugins {
+            let _ = live.reload().await;
+        }
+    }
+}
+
+pub(super) fn self_signed() -> anyhow::Result<TlsCertificatePaths> {
     let cert = SelfSignedCertificate::generate(&["localhost", "127.0.0.1", "::1"])?;
     let dir = private_temp_dir()?;
     let paths = cert

@@ -20,6 +20,7 @@ use super::world::{ConnectionMeta, World, INIT_EXPORT, MIGRATE_EXPORT};
 use super::{http3, quic, wasi_http};
 use crate::http3::{H3Controller, Http3Settings, ServerH3Driver};
 use crate::metrics::Metrics;
+use crate::metrics::{NoMetrics, ServiceMetrics};
 use crate::quic::IncomingConnection;
 
 /// A loaded, validated plugin version, ready to run on connections. Cheap
@@ -107,6 +108,20 @@ impl Plugin {
         limits: PluginLimits,
         grants: PluginGrants,
     ) -> Result<Self, PluginError> {
+        Self::load_with_metrics(path, limits, grants, Arc::new(NoMetrics))
+    }
+
+    /// As [`load_with_grants`](Self::load_with_grants), reporting plugin
+    /// calls, instances and requests to `metrics`.
+    ///
+    /// # Errors
+    /// As [`load_with_grants`](Self::load_with_grants).
+    pub fn load_with_metrics(
+        path: &Path,
+        limits: PluginLimits,
+        grants: PluginGrants,
+        metrics: Arc<dyn ServiceMetrics>,
+    ) -> Result<Self, PluginError> {
         for d in &grants.dirs {
             if !d.host.is_dir() {
                 return Err(PluginError::Grant {
@@ -126,7 +141,7 @@ impl Plugin {
             path: path.to_owned(),
             source,
         })?;
-        Self::build(path, &bytes, limits, grants)
+        Self::build(path, &bytes, limits, grants, metrics)
     }
 
     /// As [`load`](Self::load), from bytes already read.
@@ -138,7 +153,13 @@ impl Plugin {
         bytes: &[u8],
         limits: PluginLimits,
     ) -> Result<Self, PluginError> {
-        Self::build(path, bytes, limits, PluginGrants::default())
+        Self::build(
+            path,
+            bytes,
+            limits,
+            PluginGrants::default(),
+            Arc::new(NoMetrics),
+        )
     }
 
     pub(crate) fn build(
@@ -146,6 +167,7 @@ impl Plugin {
         bytes: &[u8],
         limits: PluginLimits,
         grants: PluginGrants,
+        metrics: Arc<dyn ServiceMetrics>,
     ) -> Result<Self, PluginError> {
         let started = std::time::Instant::now();
         let path_buf = || path.to_owned();
@@ -159,8 +181,10 @@ impl Plugin {
                 worlds: World::describe_all(),
             });
         }
-        let sandbox =
-            Sandbox::new(limits, grants).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let hash = hex(&boring::sha::sha256(bytes));
+        let label = super::version::version_label(&hash);
+        let sandbox = Sandbox::new(limits, grants, metrics, label)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let engine = &sandbox.engine;
         let component = Component::new(engine, bytes).map_err(|e| PluginError::Invalid {
             path: path_buf(),
@@ -212,7 +236,7 @@ impl Plugin {
                 path: path.to_owned(),
                 sandbox,
                 world,
-                hash: hex(&boring::sha::sha256(bytes)),
+                hash,
                 loaded_at: SystemTime::now(),
                 compile_time: started.elapsed(),
                 has_init: exports.iter().any(|e| e == INIT_EXPORT),
@@ -230,6 +254,12 @@ impl Plugin {
     /// SHA-256 of the component's bytes, in hex.
     pub fn hash(&self) -> &str {
         &self.inner.hash
+    }
+
+    /// How logs and metrics name this version: the first 12 hex digits of
+    /// its SHA-256.
+    pub fn version_label(&self) -> &str {
+        &self.inner.sandbox.version_label
     }
 
     /// When it was loaded.
@@ -383,6 +413,8 @@ impl Plugin {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let plugin = self.clone();
+        let mut incoming = incoming;
+        incoming.set_label(format!("plugin@{}", self.version_label()));
         let peer = incoming.peer_addr().to_string();
         let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match &self.world
         {
@@ -398,7 +430,17 @@ impl Plugin {
                 ))
             }
             Linked::Http3(_) | Linked::WasiHttp { .. } => {
+                let world = match &self.world {
+                    Linked::Http3(_) => "http3-app",
+                    _ => "wasi-http",
+                };
+                let sandbox = &self.inner.sandbox;
                 let (driver, controller) = ServerH3Driver::new_server(h3.clone());
+                let driver = driver.with_request_metrics(
+                    sandbox.metrics.clone(),
+                    world,
+                    Some(sandbox.version_label.to_string()),
+                );
                 let conn = incoming.start(driver);
                 Box::pin(async move {
                     let Ok(hs) = conn.established().await else {

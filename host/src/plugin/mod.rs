@@ -45,4 +45,5 @@ pub use handle::Plugin;
 pub use quic::{QuicPluginApp, QuicPluginSession};
 pub use reload::{LivePlugin, Reloaded, VersionInfo};
 pub use sandbox::{DirGrant, PluginGrants, PluginLimits};
+pub(crate) use version::version_label;
 pub use world::{ConnectionMeta, World};

@@ -42,6 +42,7 @@ use super::error::PluginError;
 use super::handle::{hex, Plugin, WeakPlugin};
 use super::sandbox::{PluginGrants, PluginLimits};
 use super::version::Version;
+use crate::metrics::{NoMetrics, ReloadOutcome, ServiceMetrics};
 
 /// A plugin whose version can be replaced while it serves. Cheap to clone.
 #[derive(Clone)]
@@ -54,6 +55,7 @@ struct LiveInner {
     limits: PluginLimits,
     grants: PluginGrants,
     drain_timeout: Duration,
+    metrics: Arc<dyn ServiceMetrics>,
     current: RwLock<Current>,
     /// Every version loaded before the current one that is still alive.
     old: Mutex<Vec<(u64, WeakPlugin)>>,
@@ -124,7 +126,23 @@ impl LivePlugin {
         grants: PluginGrants,
         drain_timeout: Duration,
     ) -> Result<Self, PluginError> {
-        let plugin = Plugin::load_with_grants(path, limits.clone(), grants.clone())?;
+        Self::load_with_metrics(path, limits, grants, drain_timeout, Arc::new(NoMetrics)).await
+    }
+
+    /// As [`load`](Self::load), reporting every version's plugin calls,
+    /// instances and requests, and every reload, to `metrics`.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub async fn load_with_metrics(
+        path: &Path,
+        limits: PluginLimits,
+        grants: PluginGrants,
+        drain_timeout: Duration,
+        metrics: Arc<dyn ServiceMetrics>,
+    ) -> Result<Self, PluginError> {
+        let plugin =
+            Plugin::load_with_metrics(path, limits.clone(), grants.clone(), metrics.clone())?;
         plugin.validate().await?;
         Ok(Self {
             inner: Arc::new(LiveInner {
@@ -132,6 +150,7 @@ impl LivePlugin {
                 limits,
                 grants,
                 drain_timeout,
+                metrics,
                 current: RwLock::new(Current { id: 1, plugin }),
                 old: Mutex::new(Vec::new()),
                 last_error: Mutex::new(None),
@@ -162,7 +181,14 @@ impl LivePlugin {
     pub async fn reload(&self) -> Result<Reloaded, PluginError> {
         let mut last_id = self.inner.reloading.lock().await;
         let started = Instant::now();
-        match self.try_reload(*last_id + 1).await {
+        let result = self.try_reload(*last_id + 1).await;
+        let outcome = match &result {
+            Ok(Reloaded::New(_)) => ReloadOutcome::Reloaded,
+            Ok(Reloaded::Unchanged) => ReloadOutcome::Unchanged,
+            Err(_) => ReloadOutcome::Refused,
+        };
+        self.inner.metrics.reload(outcome, started.elapsed());
+        match result {
             Ok(Reloaded::New(plugin)) => {
                 *last_id += 1;
                 *lock(&self.inner.last_error) = None;
@@ -193,6 +219,7 @@ impl LivePlugin {
             &self.inner.limits,
             &self.inner.grants,
             running.hash(),
+            self.inner.metrics.clone(),
         )
         .await?
         else {
@@ -347,6 +374,7 @@ async fn compile(
     limits: &PluginLimits,
     grants: &PluginGrants,
     running: &str,
+    metrics: Arc<dyn ServiceMetrics>,
 ) -> Result<Option<Plugin>, PluginError> {
     let (path, limits, grants) = (path.to_owned(), limits.clone(), grants.clone());
     let running = running.to_owned();
@@ -358,7 +386,7 @@ async fn compile(
         if hex(&boring::sha::sha256(&bytes)) == running {
             return Ok(None);
         }
-        Plugin::build(&path, &bytes, limits, grants).map(Some)
+        Plugin::build(&path, &bytes, limits, grants, metrics).map(Some)
     })
     .await
     .map_err(|e| PluginError::Task(e.to_string()))?

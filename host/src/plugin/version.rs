@@ -17,6 +17,12 @@ use wasmtime::Store;
 use super::sandbox::{call_export, PluginState, Sandbox};
 use super::world::{World, INIT_EXPORT};
 
+/// How metrics and logs name a version: the first 12 hex digits of its
+/// SHA-256 (what `GET /versions` shows in full).
+pub(crate) fn version_label(hash: &str) -> std::sync::Arc<str> {
+    std::sync::Arc::from(&hash[..hash.len().min(12)])
+}
+
 /// One loaded version.
 pub(crate) struct Version {
     pub(crate) path: PathBuf,

@@ -27,6 +27,9 @@ use super::socket::QuicSocket;
 use super::worker::WorkerParts;
 use crate::metrics::{Metrics, PacketDropReason};
 
+/// Stateless resets one socket sends per second at most.
+const MAX_RESETS_PER_SEC: u32 = 1000;
+
 /// Accepts new connections on one server socket.
 pub(crate) struct Acceptor<M: Metrics> {
     pub(crate) config: quiche::Config,
@@ -42,6 +45,14 @@ pub(crate) struct Acceptor<M: Metrics> {
     pub(crate) metrics: M,
     /// The caps on connections in total and per client address.
     pub(crate) admission: Arc<Admission>,
+    /// Which of the listener's sockets this is.
+    pub(crate) socket_index: usize,
+    /// Certificate reloads: a new generation means a new configuration
+    /// waits in `tls_slots`.
+    pub(crate) tls_updates: watch::Receiver<u64>,
+    pub(crate) tls_slots: Arc<super::TlsSlots>,
+    /// Stateless resets sent in the current second: (since, count).
+    pub(crate) resets: (Instant, u32),
 }
 
 impl<M: Metrics> Acceptor<M> {
@@ -87,9 +98,14 @@ impl<M: Metrics> Acceptor<M> {
             }
             Unrouted::Drop(reason) => {
                 self.metrics.packet_dropped(reason);
+                if reason == PacketDropReason::UnknownConnection && hdr.ty == quiche::Type::Short {
+                    self.send_stateless_reset(&hdr.dcid, buf.len(), from, to)
+                        .await;
+                }
                 return;
             }
         }
+        self.apply_tls_update();
         if self.backlog.capacity() == 0 {
             warn!(%from, "accept backlog full; dropping new connection attempt");
             self.metrics
@@ -145,6 +161,10 @@ impl<M: Metrics> Acceptor<M> {
             }
         };
 
+        // The token the client learns for our first id: keyed when the
+        // generator has a key, so a restarted server's reset is believed.
+        self.config
+            .set_stateless_reset_token(self.cid_generator.reset_token_for(&scid));
         let mut conn = match quiche::accept(&scid, odcid.as_ref(), to, from, &mut self.config) {
             Ok(c) => c,
             Err(e) => {
@@ -193,10 +213,13 @@ impl<M: Metrics> Acceptor<M> {
                 max_spare_cids: self.settings.active_connection_id_limit as usize,
                 unreachable: None,
                 _admitted: Some(admitted),
+                label: None,
+                shared_routes: routes.shared_arc().map(|t| (t, inbox_tx.downgrade())),
                 unvalidated,
             }),
             handle,
             tracker: self.tracker.clone(),
+            socket_index: self.socket_index,
         };
         if self.backlog.try_send(incoming).is_err() {
             // Raced with a full backlog or a closed listener: the dropped
@@ -204,6 +227,56 @@ impl<M: Metrics> Acceptor<M> {
             self.metrics
                 .packet_dropped(PacketDropReason::AcceptBacklogFull);
         }
+    }
+
+    /// Picks up a certificate reload ([`TlsReloader`](super::TlsReloader)):
+    /// new connections get the new certificate.
+    fn apply_tls_update(&mut self) {
+        if !self.tls_updates.has_changed().unwrap_or(false) {
+            return;
+        }
+        self.tls_updates.borrow_and_update();
+        if let Some(c) = self.tls_slots.take(self.socket_index) {
+            self.config = c;
+            debug!("certificate reloaded for new connections");
+        }
+    }
+
+    /// Answers a short-header packet for an id no connection has with a
+    /// stateless reset (RFC 9000 §10.3), if reset tokens are keyed (else
+    /// the client could not recognise it). The reset is shorter than the
+    /// packet, so two endpoints cannot loop, and a spoofed source gets
+    /// less than it sent; at most [`MAX_RESETS_PER_SEC`] go out per socket.
+    async fn send_stateless_reset(
+        &mut self,
+        dcid: &quiche::ConnectionId<'_>,
+        trigger_len: usize,
+        from: SocketAddr,
+        to: SocketAddr,
+    ) {
+        let Some(token) = self.cid_generator.reset_token_for(dcid) else {
+            return;
+        };
+        if trigger_len <= 21 {
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.resets.0) >= std::time::Duration::from_secs(1) {
+            self.resets = (now, 0);
+        }
+        if self.resets.1 >= MAX_RESETS_PER_SEC {
+            return;
+        }
+        self.resets.1 += 1;
+        let len = (trigger_len - 1).min(43);
+        let mut pkt = vec![0u8; len];
+        super::cid::fill_random(&mut pkt[..len - 16]);
+        // Short header form, fixed bit set; the rest unpredictable.
+        pkt[0] = 0x40 | (pkt[0] & 0x3f);
+        pkt[len - 16..].copy_from_slice(&token.to_be_bytes());
+        trace!(%from, "stateless reset");
+        self.send(&pkt, from, to).await;
+        self.metrics.stateless_reset_sent();
     }
 
     async fn send(&self, pkt: &[u8], to: SocketAddr, from: SocketAddr) {
@@ -255,6 +328,7 @@ pub struct IncomingConnection<M: Metrics> {
     parts: Option<WorkerParts<M>>,
     handle: ConnectionHandle,
     tracker: TaskTracker,
+    socket_index: usize,
 }
 
 impl<M: Metrics> IncomingConnection<M> {
@@ -266,6 +340,27 @@ impl<M: Metrics> IncomingConnection<M> {
     /// The local address the client reached.
     pub fn local_addr(&self) -> SocketAddr {
         self.handle.local_addr()
+    }
+
+    /// The connection's id in logs and qlog files.
+    pub fn trace_id(&self) -> &str {
+        self.handle.trace_id()
+    }
+
+    /// Which of the listener's sockets (in the order given to
+    /// [`listen`](super::listen)) the connection arrived on and stays on:
+    /// with `--workers N`, its worker.
+    pub fn socket_index(&self) -> usize {
+        self.socket_index
+    }
+
+    /// Names the application in the connection's log span (field `app`;
+    /// the server names a plugin version here), so every line the
+    /// connection logs says what served it.
+    pub fn set_label(&mut self, label: impl Into<String>) {
+        if let Some(p) = self.parts.as_mut() {
+            p.label = Some(label.into());
+        }
     }
 
     /// Starts the connection's IO worker with `app` and returns a handle.

@@ -39,6 +39,7 @@
 
 mod acceptor;
 mod admission;
+mod bind;
 mod cid;
 mod connection;
 mod error;
@@ -65,7 +66,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use acceptor::IncomingConnection;
-pub use cid::{ConnectionIdGenerator, SimpleConnectionIdGenerator};
+pub use bind::{bind_workers, default_workers};
+pub(crate) use cid::decode_hex;
+pub use cid::{
+    ConnectionIdGenerator, ServerIdConnectionIdGenerator, SimpleConnectionIdGenerator,
+    StatelessResetKey,
+};
 pub use connection::{
     ApplicationClose, ApplicationOverQuic, CloseReason, ConnectionHandle, ConnectionOutcome,
     ConnectionStats, HandshakeInfo, INTERNAL_ERROR_CODE,
@@ -131,7 +137,13 @@ pub fn listen_with_generator<M: Metrics>(
     );
     let mut routers = Vec::new();
     let mut local_addrs = Vec::new();
-    for s in sockets {
+    let sockets: Vec<UdpSocket> = sockets.into_iter().collect();
+    let tls_slots = Arc::new(TlsSlots::default());
+    let (tls_tx, tls_updates) = watch::channel(0u64);
+    // With several sockets, a packet may reach another socket than its
+    // connection's: the routers share their ids.
+    let shared = (sockets.len() > 1).then(|| Arc::new(route::SharedRoutes::default()));
+    for (index, s) in sockets.into_iter().enumerate() {
         let socket = Arc::new(
             QuicSocket::new(
                 s,
@@ -154,10 +166,14 @@ pub fn listen_with_generator<M: Metrics>(
             tracker: tracker.clone(),
             metrics: metrics.clone(),
             admission: admission.clone(),
+            socket_index: index,
+            tls_updates: tls_updates.clone(),
+            tls_slots: tls_slots.clone(),
+            resets: (Instant::now(), 0),
         };
         routers.push(Router {
             socket,
-            routes: Routes::new(),
+            routes: Routes::with_shared(shared.clone()),
             commands,
             acceptor: Some(acceptor),
             stop_accepting: stop_accepting.clone(),
@@ -174,12 +190,73 @@ pub fn listen_with_generator<M: Metrics>(
     for r in routers {
         tracker.spawn(r.run());
     }
+    let local_addrs_len = local_addrs.len();
     Ok(Listener {
         incoming,
         stop_accepting,
         tracker,
         local_addrs,
+        tls: TlsReloader {
+            params: Arc::new(params),
+            updates: Arc::new(tls_tx),
+            slots: tls_slots,
+            sockets: local_addrs_len,
+        },
     })
+}
+
+/// Reloads a listener's certificate and key from their files, for new
+/// connections (live ones keep theirs). Cheap to clone; get one with
+/// [`Listener::tls_reloader`].
+#[derive(Clone)]
+pub struct TlsReloader {
+    params: Arc<ConnectionParams>,
+    /// Bumped once the slots hold the new configurations.
+    updates: Arc<watch::Sender<u64>>,
+    slots: Arc<TlsSlots>,
+    sockets: usize,
+}
+
+impl std::fmt::Debug for TlsReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsReloader")
+            .field("sockets", &self.sockets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One freshly built TLS configuration per socket, for each socket's
+/// acceptor to take. Built (files read) when the reload is asked for, so
+/// every socket gets the same certificate, and a file broken later
+/// changes nothing.
+#[derive(Default)]
+pub(crate) struct TlsSlots(std::sync::Mutex<std::collections::HashMap<usize, quiche::Config>>);
+
+impl TlsSlots {
+    pub(crate) fn take(&self, socket: usize) -> Option<quiche::Config> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&socket)
+    }
+}
+
+impl TlsReloader {
+    /// Reads the certificate and key files again and, if they load, makes
+    /// every socket of the listener use them for new connections.
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed, or a key that does not match
+    /// the certificate: the running certificate stays.
+    pub fn reload(&self) -> Result<(), QuicError> {
+        let mut fresh = std::collections::HashMap::new();
+        for i in 0..self.sockets {
+            fresh.insert(i, self.params.to_quiche_config(true)?);
+        }
+        *self.slots.0.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.updates.send_modify(|g| *g += 1);
+        Ok(())
+    }
 }
 
 /// Incoming connections from [`listen`]. Also a `Stream` of them.
@@ -192,9 +269,15 @@ pub struct Listener<M: Metrics> {
     stop_accepting: CancellationToken,
     tracker: TaskTracker,
     local_addrs: Vec<std::net::SocketAddr>,
+    tls: TlsReloader,
 }
 
 impl<M: Metrics> Listener<M> {
+    /// A handle that reloads the certificate (e.g. on SIGHUP).
+    pub fn tls_reloader(&self) -> TlsReloader {
+        self.tls.clone()
+    }
+
     /// The next accepted connection, or `None` once the listener stopped.
     ///
     /// # Cancel safety
@@ -419,6 +502,8 @@ impl<M: Metrics> Connector<M> {
             max_spare_cids: s.active_connection_id_limit as usize,
             unreachable: Some(signals),
             _admitted: None,
+            label: None,
+            shared_routes: None,
             unvalidated: None,
         };
         self.metrics.connection_opened();

@@ -51,10 +51,64 @@ pub(crate) struct Route {
     pub(crate) cids: Vec<Box<[u8]>>,
 }
 
+/// The ids of every connection of a listener with several sockets, for
+/// packets that reach another socket than their connection's: with
+/// SO_REUSEPORT the kernel picks a socket by the client's address, so a
+/// client whose address changed (NAT rebinding, migration) lands on
+/// another router, which hands the packet over. Each router writes the
+/// ids of its own connections; any reads on a miss.
+#[derive(Default)]
+pub(crate) struct SharedRoutes {
+    map: std::sync::RwLock<SharedMap>,
+}
+
+/// Connection id → (owning connection, its inbox).
+type SharedMap = HashMap<Box<[u8]>, (u64, mpsc::Sender<Datagram>)>;
+
+impl SharedRoutes {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SharedMap> {
+        self.map.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn add(&self, cid: &[u8], conn_id: u64, inbox: &mpsc::Sender<Datagram>) {
+        self.write().insert(cid.into(), (conn_id, inbox.clone()));
+    }
+
+    pub(crate) fn remove(&self, cid: &[u8], conn_id: u64) {
+        let mut map = self.write();
+        if map.get(cid).is_some_and(|(c, _)| *c == conn_id) {
+            map.remove(cid);
+        }
+    }
+
+    /// The inbox of the connection that owns `cid`, on whichever socket.
+    pub(crate) fn get(&self, cid: &[u8]) -> Option<mpsc::Sender<Datagram>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(cid).map(|(_, inbox)| inbox.clone())
+    }
+}
+
 /// Routing state of one socket. Owned by its router task.
 pub(crate) struct Routes {
     by_cid: HashMap<Box<[u8]>, u64>,
     conns: HashMap<u64, Route>,
+    /// The listener's table across sockets, when it has several.
+    shared: Option<std::sync::Arc<SharedRoutes>>,
+}
+
+impl Drop for Routes {
+    /// A router that ends (its socket failed, its listener stopped) takes
+    /// its connections out of the shared table: their inboxes close, and
+    /// no other router hands them packets they cannot answer.
+    fn drop(&mut self) {
+        if let Some(s) = &self.shared {
+            for (conn_id, route) in &self.conns {
+                for cid in &route.cids {
+                    s.remove(cid, *conn_id);
+                }
+            }
+        }
+    }
 }
 
 impl Routes {
@@ -62,7 +116,28 @@ impl Routes {
         Self {
             by_cid: HashMap::new(),
             conns: HashMap::new(),
+            shared: None,
         }
+    }
+
+    /// A table that also publishes its ids in `shared`.
+    pub(crate) fn with_shared(shared: Option<std::sync::Arc<SharedRoutes>>) -> Self {
+        Self {
+            by_cid: HashMap::new(),
+            conns: HashMap::new(),
+            shared,
+        }
+    }
+
+    /// The listener's table across sockets, if any.
+    pub(crate) fn shared(&self) -> Option<&SharedRoutes> {
+        self.shared.as_deref()
+    }
+
+    /// The same, to hand to a new connection's worker (which publishes the
+    /// ids it issues itself, before the peer can use them).
+    pub(crate) fn shared_arc(&self) -> Option<std::sync::Arc<SharedRoutes>> {
+        self.shared.clone()
     }
 
     pub(crate) fn insert(
@@ -73,6 +148,9 @@ impl Routes {
     ) {
         for cid in &cids {
             self.by_cid.insert(cid.clone(), conn_id);
+            if let Some(s) = &self.shared {
+                s.add(cid, conn_id, &inbox);
+            }
         }
         self.conns.insert(conn_id, Route { inbox, cids });
     }
@@ -81,6 +159,9 @@ impl Routes {
         match cmd {
             RouterCommand::Map { cid, conn_id } => {
                 if let Some(route) = self.conns.get_mut(&conn_id) {
+                    if let Some(s) = &self.shared {
+                        s.add(&cid, conn_id, &route.inbox);
+                    }
                     route.cids.push(cid.clone());
                     self.by_cid.insert(cid, conn_id);
                 }
@@ -89,6 +170,9 @@ impl Routes {
                 if let Some(route) = self.conns.get_mut(&conn_id) {
                     route.cids.retain(|c| *c != cid);
                 }
+                if let Some(s) = &self.shared {
+                    s.remove(&cid, conn_id);
+                }
                 if self.by_cid.get(&cid) == Some(&conn_id) {
                     self.by_cid.remove(&cid);
                 }
@@ -96,6 +180,9 @@ impl Routes {
             RouterCommand::Closed { conn_id } => {
                 if let Some(route) = self.conns.remove(&conn_id) {
                     for cid in route.cids {
+                        if let Some(s) = &self.shared {
+                            s.remove(&cid, conn_id);
+                        }
                         // Another connection may have taken over this id since.
                         if self.by_cid.get(&cid) == Some(&conn_id) {
                             self.by_cid.remove(&cid);
@@ -189,7 +276,8 @@ mod fuzz {
         #[test]
         fn every_id_routes_to_a_live_connection_that_holds_it(ops in proptest::collection::vec(op(), 0..40)) {
             let (tx, _rx) = mpsc::channel(1);
-            let mut routes = Routes::new();
+            let shared = std::sync::Arc::new(SharedRoutes::default());
+            let mut routes = Routes::with_shared(Some(shared.clone()));
             for op in ops {
                 match op {
                     Op::Insert(c, ids) => {
@@ -208,6 +296,15 @@ mod fuzz {
                     let route = routes.conns.get(conn);
                     prop_assert!(route.is_some_and(|r| r.cids.contains(cid)), "{cid:?} -> {conn}");
                 }
+                // The shared table is the local one: same ids, same owners.
+                let shared_map: HashMap<Box<[u8]>, u64> = shared
+                    .map
+                    .read()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, (c, _))| (k.clone(), *c))
+                    .collect();
+                prop_assert_eq!(&shared_map, &routes.by_cid);
             }
         }
     }

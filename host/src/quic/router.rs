@@ -149,6 +149,23 @@ impl<M: Metrics> Router<M> {
             }
             return;
         }
+        if hdr.ty != quiche::Type::Initial {
+            if let Some(inbox) = self.routes.shared().and_then(|s| s.get(hdr.dcid.as_ref())) {
+                // Another socket's connection: its client's address changed
+                // and the kernel hashed it here.
+                trace!(%from, dcid = ?hdr.dcid, "handing a datagram to another socket's connection");
+                self.metrics.packet_handed_over();
+                let d = Datagram {
+                    buf: buf.to_vec(),
+                    from,
+                    to,
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) = inbox.try_send(d) {
+                    self.metrics.packet_dropped(PacketDropReason::QueueFull);
+                }
+                return;
+            }
+        }
         match &mut self.acceptor {
             Some(acceptor) => {
                 acceptor

@@ -58,6 +58,15 @@ pub(crate) struct WorkerParts<M: Metrics> {
     /// Server connections accepted without Retry: counted as unvalidated
     /// until the handshake completes.
     pub(crate) unvalidated: Option<super::admission::UnvalidatedGuard>,
+    /// What the application calls itself in the connection's log span
+    /// (`app`), e.g. a plugin version.
+    pub(crate) label: Option<String>,
+    /// Listeners with several sockets: the table they share, and this
+    /// connection's inbox (weakly: the worker must not keep its own inbox
+    /// open). Ids are published here before the peer learns them, so a
+    /// packet that reaches another socket with a new id is never taken for
+    /// an unknown connection (and answered with a stateless reset).
+    pub(crate) shared_routes: Option<(Arc<super::route::SharedRoutes>, mpsc::WeakSender<Datagram>)>,
 }
 
 /// Where the connection is in its life, as the worker's loop sees it.
@@ -109,6 +118,7 @@ impl<M: Metrics> WorkerParts<M> {
             id = %self.conn.trace_id(),
             peer = %self.peer_addr,
             side = if self.conn.is_server() { "server" } else { "client" },
+            app = self.label.as_deref().unwrap_or(""),
         );
         self.run_inner(app).instrument(span).await
     }
@@ -160,6 +170,7 @@ impl<M: Metrics> WorkerParts<M> {
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 let info = self.handshake_info();
+                self.metrics.handshake_completed(info.handshake_duration);
                 debug!(alpn = %String::from_utf8_lossy(&info.alpn), elapsed = ?info.handshake_duration, "handshake complete");
                 self.state
                     .send_replace(ConnectionState::Established(info.clone()));
@@ -273,7 +284,7 @@ impl<M: Metrics> WorkerParts<M> {
         let _ = self.router.send(RouterCommand::Closed {
             conn_id: self.conn_id,
         });
-        self.metrics.connection_closed();
+        self.metrics.connection_closed(close_cause(&outcome));
         self.state
             .send_replace(ConnectionState::Closed(Arc::new(outcome)));
     }
@@ -400,6 +411,11 @@ impl<M: Metrics> WorkerParts<M> {
         while self.conn.scids_left() > 0 && self.conn.active_scids() < self.max_spare_cids + 1 {
             let cid = self.cid_generator.new_connection_id();
             let token = self.cid_generator.new_reset_token(&cid);
+            let published = self.shared_routes.as_ref().and_then(|(table, inbox)| {
+                let inbox = inbox.upgrade()?;
+                table.add(cid.as_ref(), self.conn_id, &inbox);
+                Some(table)
+            });
             match self.conn.new_scid(&cid, token, false) {
                 Ok(_) => {
                     let _ = self.router.send(RouterCommand::Map {
@@ -409,6 +425,9 @@ impl<M: Metrics> WorkerParts<M> {
                     issued += 1;
                 }
                 Err(e) => {
+                    if let Some(table) = published {
+                        table.remove(cid.as_ref(), self.conn_id);
+                    }
                     debug!(error = %e, "cannot issue connection id");
                     break;
                 }
@@ -537,4 +556,35 @@ fn classify_handshake_failure(o: &ConnectionOutcome) -> HandshakeFailure {
     } else {
         HandshakeFailure::Other
     }
+}
+
+/// How a connection ended, for the metrics.
+fn close_cause(o: &ConnectionOutcome) -> crate::metrics::CloseCause {
+    use crate::metrics::CloseCause;
+    if o.handshake.is_none() {
+        CloseCause::HandshakeFailed
+    } else if o.timed_out {
+        CloseCause::IdleTimeout
+    } else if let Some(p) = &o.peer_close {
+        if is_clean(p) {
+            CloseCause::PeerClosed
+        } else {
+            CloseCause::PeerError
+        }
+    } else if let Some(l) = &o.local_close {
+        if is_clean(l) {
+            CloseCause::LocalClosed
+        } else {
+            CloseCause::LocalError
+        }
+    } else {
+        CloseCause::Other
+    }
+}
+
+/// Whether a close carried no error: code 0, or for an application close
+/// also 0x100, HTTP/3's H3_NO_ERROR (RFC 9114 §8.1), how every HTTP/3
+/// connection ends; counting those as errors would drown real ones.
+fn is_clean(c: &CloseReason) -> bool {
+    c.code == 0 || (c.is_app && c.code == 0x100)
 }

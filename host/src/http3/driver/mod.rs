@@ -76,6 +76,33 @@ impl H3Driver<ServerHooks> {
     pub fn new_server(settings: Http3Settings) -> (Self, H3Controller) {
         Self::new(settings)
     }
+
+    /// Reports every request to `sink` when it ends (finished, reset, or
+    /// cut by the connection's end), labelled with who answers it
+    /// (`world`: `native`, `http3-app`, `wasi-http`) and the plugin
+    /// `version`, if any. This is what feeds request metrics and the
+    /// access log.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tq_host::http3::{Http3Settings, ServerH3Driver};
+    /// use tq_host::metrics::AccessLog;
+    /// let (driver, _controller) = ServerH3Driver::new_server(Http3Settings::default());
+    /// let _driver = driver.with_request_metrics(Arc::new(AccessLog), "native", None);
+    /// ```
+    pub fn with_request_metrics(
+        mut self,
+        sink: Arc<dyn crate::metrics::ServiceMetrics>,
+        world: &'static str,
+        version: Option<String>,
+    ) -> Self {
+        self.core.streams.requests = Some(streams::RequestSink {
+            sink,
+            world,
+            version,
+        });
+        self
+    }
 }
 
 impl H3Driver<ClientHooks> {

@@ -58,6 +58,7 @@ impl DriverHooks for ServerHooks {
         if let Some(limit) = core.goaway.sent {
             if id >= limit {
                 debug!(stream = id, "request after GOAWAY rejected");
+                core.streams.report_refused(&list);
                 let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, H3_REQUEST_REJECTED);
                 let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_REJECTED);
                 core.streams.forget_later(id);
@@ -68,6 +69,7 @@ impl DriverHooks for ServerHooks {
         self.next_request_id = self.next_request_id.max(id.saturating_add(4));
         let (body, response) = core.streams.open(id, more_frames, true);
         let Some(response) = response else { return };
+        core.streams.track_request(id, &list);
         let is_connect = list
             .iter()
             .any(|h| h.name() == b":method" && h.value() == b"CONNECT");

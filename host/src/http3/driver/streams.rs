@@ -22,6 +22,7 @@ use super::super::error::{
     H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED, H3_REQUEST_INCOMPLETE,
 };
 use super::super::frames::{BodyReceiver, InboundFrame, OutboundFrame, OutboundSender, Shared};
+use crate::metrics::{RequestRecord, ServiceMetrics};
 use crate::quic::QuicResult;
 
 /// One stream's state.
@@ -46,6 +47,82 @@ pub(super) struct StreamCtx {
     /// section for want of room: it is not encoded again until the
     /// capacity grows (quiche encodes before it checks).
     head_blocked_at: Option<usize>,
+    /// A server's request, while something listens for request records.
+    req: Option<Box<RequestLog>>,
+}
+
+/// What a request record needs, gathered as the request goes.
+struct RequestLog {
+    started: Instant,
+    method: String,
+    path: String,
+    status: Option<u16>,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Our side ended with a fin (not a reset).
+    fin_sent: bool,
+    /// The peer reset its side.
+    peer_reset: bool,
+}
+
+/// Where request records go, and how they are labelled.
+pub(crate) struct RequestSink {
+    pub(crate) sink: Arc<dyn ServiceMetrics>,
+    pub(crate) world: &'static str,
+    pub(crate) version: Option<String>,
+}
+
+impl RequestSink {
+    fn report(&self, log: &RequestLog) {
+        self.sink.request_finished(&RequestRecord {
+            world: self.world,
+            version: self.version.as_deref(),
+            method: &log.method,
+            path: &log.path,
+            status: log.status,
+            bytes_in: log.bytes_in,
+            bytes_out: log.bytes_out,
+            duration: log.started.elapsed(),
+            completed: log.fin_sent && !log.peer_reset,
+        });
+    }
+}
+
+impl RequestLog {
+    fn new(headers: &[Header]) -> Self {
+        let field = |name: &[u8], max| {
+            headers
+                .iter()
+                .find(|h| h.name() == name)
+                .map_or_else(String::new, |h| truncated(h.value(), max))
+        };
+        // The query is left out: it often carries tokens that do not
+        // belong in logs.
+        let mut path = field(b":path", MAX_LOGGED_PATH);
+        if let Some(q) = path.find('?') {
+            path.truncate(q);
+        }
+        Self {
+            started: Instant::now(),
+            method: field(b":method", MAX_LOGGED_METHOD),
+            path,
+            status: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            fin_sent: false,
+            peer_reset: false,
+        }
+    }
+}
+
+/// At most this much of a request's method and path is kept for its
+/// record: a client's 16 KiB path must not become a 16 KiB log line.
+const MAX_LOGGED_METHOD: usize = 32;
+const MAX_LOGGED_PATH: usize = 256;
+
+fn truncated(v: &[u8], max: usize) -> String {
+    let v = &v[..v.len().min(max)];
+    String::from_utf8_lossy(v).into_owned()
 }
 
 impl StreamCtx {
@@ -134,6 +211,8 @@ pub(super) struct StreamTable {
     peer_uni: std::collections::HashSet<u64>,
     /// Whether the last turn handed any stream's data to quiche.
     sent_in_turn: bool,
+    /// Where request records go (servers, when asked for).
+    pub(super) requests: Option<RequestSink>,
 }
 
 impl StreamTable {
@@ -148,6 +227,26 @@ impl StreamTable {
             sent_in_turn: false,
             unheaded: HashMap::new(),
             peer_uni: std::collections::HashSet::new(),
+            requests: None,
+        }
+    }
+
+    /// Starts a request's record, if records are wanted.
+    pub(super) fn track_request(&mut self, id: u64, headers: &[Header]) {
+        if self.requests.is_none() {
+            return;
+        }
+        let Some(ctx) = self.streams.get_mut(&id) else {
+            return;
+        };
+        ctx.req = Some(Box::new(RequestLog::new(headers)));
+    }
+
+    /// Reports a request refused before it had a stream entry (after our
+    /// GOAWAY): no response, not completed.
+    pub(super) fn report_refused(&self, headers: &[Header]) {
+        if let Some(sink) = &self.requests {
+            sink.report(&RequestLog::new(headers));
         }
     }
 
@@ -252,6 +351,9 @@ impl StreamTable {
     /// The peer reset its side: tell the application, and stop answering.
     pub(super) fn reset(&mut self, qconn: &mut quiche::Connection, id: u64, code: u64) {
         if let Some(ctx) = self.streams.get_mut(&id) {
+            if let Some(r) = ctx.req.as_mut() {
+                r.peer_reset = true;
+            }
             ctx.push_in(InboundFrame::Reset(code));
             ctx.recv_done = true;
             ctx.data_pending = false;
@@ -343,6 +445,9 @@ impl StreamTable {
                             read_any = true;
                             ctx.stalled_since = None;
                             self.shared.add_inbound(n);
+                            if let Some(r) = ctx.req.as_mut() {
+                                r.bytes_in += n as u64;
+                            }
                             permit.send(InboundFrame::Body(Bytes::copy_from_slice(&self.buf[..n])));
                         }
                         Err(h3::Error::Done) => {
@@ -394,11 +499,15 @@ impl StreamTable {
     ) {
         let unacked = &mut self.unacked;
         let shared = &self.shared;
+        let requests = &self.requests;
         self.streams.retain(|&id, ctx| {
             let done = ctx.is_done();
             if done {
                 ctx.drop_outbound(shared);
                 unacked.push(id);
+                if let (Some(sink), Some(log)) = (requests, ctx.req.take()) {
+                    sink.report(&log);
+                }
             }
             !done
         });
@@ -577,6 +686,9 @@ impl StreamTable {
         for ctx in self.streams.values_mut() {
             ctx.end_outbound(&self.shared);
             ctx.drop_outbound(&self.shared);
+            if let (Some(sink), Some(log)) = (&self.requests, ctx.req.take()) {
+                sink.report(&log);
+            }
         }
         self.streams.clear();
         self.publish_len();
@@ -676,6 +788,19 @@ fn send_frame(
             };
             match r {
                 Ok(()) => {
+                    if let Some(r) = ctx.req.as_mut() {
+                        // The final status: informational heads (103
+                        // Early Hints) come first and are replaced.
+                        if r.status.is_none_or(|s| (100..200).contains(&s)) {
+                            let status = headers
+                                .iter()
+                                .find(|h| h.name() == b":status")
+                                .and_then(|h| std::str::from_utf8(h.value()).ok())
+                                .and_then(|v| v.parse().ok());
+                            r.status = status.or(r.status);
+                        }
+                        r.fin_sent |= fin;
+                    }
                     ctx.stalled_since = None;
                     turn.sent = true;
                     ctx.head_blocked_at = None;
@@ -696,6 +821,10 @@ fn send_frame(
                     turn.sent = true;
                 }
                 shared.sub_outbound(n);
+                if let Some(r) = ctx.req.as_mut() {
+                    r.bytes_out += n as u64;
+                    r.fin_sent |= fin && n == bytes.len();
+                }
                 if n < bytes.len() {
                     let _ = bytes.split_to(n);
                     ctx.pending_out = Some(OutboundFrame::Body(bytes, fin));
@@ -717,6 +846,9 @@ fn send_frame(
         OutboundFrame::Trailers(headers) => {
             match h3.send_additional_headers(qconn, id, &headers, true, true) {
                 Ok(()) => {
+                    if let Some(r) = ctx.req.as_mut() {
+                        r.fin_sent = true;
+                    }
                     ctx.head_blocked_at = None;
                     turn.sent = true;
                     ctx.send_done = true;

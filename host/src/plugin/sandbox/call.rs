@@ -15,6 +15,7 @@ use wasmtime::component::{ComponentNamedList, Instance, InstancePre, Lift, Lower
 
 use super::engine::Sandbox;
 use super::state::PluginState;
+use crate::metrics::CallOutcome;
 
 /// A store for one instance, with its limits, deadline callback and WASI
 /// context (nothing granted but the operator's grants).
@@ -45,8 +46,11 @@ pub(crate) fn new_store<C: Send>(
         call_deadline: plugin.limits.call_deadline,
         call_timeout: plugin.limits.call_timeout,
         output,
+        metrics: plugin.metrics.clone(),
+        version: plugin.version_label.clone(),
         conn,
     };
+    state.metrics.plugin_instances(&state.version, 1);
     let mut store = Store::new(&plugin.engine, state);
     store.limiter(|s| &mut s.limits);
     // Each tick that finds guest code running counts against the call's
@@ -101,15 +105,39 @@ pub(crate) async fn bounded<C: Send, W: ?Sized, R>(
 ) -> Result<R, String> {
     store.data_mut().start_call();
     store.set_epoch_deadline(1);
+    let started = Instant::now();
     let res = tokio::time::timeout(limit, f(store, with)).await;
     log_output(store);
-    match res {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(failure(store.data(), &e)),
-        Err(_) => Err(format!(
-            "exceeded its wall-clock limit of {limit:?} for {what}"
-        )),
+    let (out, outcome) = match res {
+        Ok(Ok(r)) => (Ok(r), CallOutcome::Ok),
+        Ok(Err(e)) => (Err(failure(store.data(), &e)), classify(store.data(), &e)),
+        Err(_) => (
+            Err(format!(
+                "exceeded its wall-clock limit of {limit:?} for {what}"
+            )),
+            CallOutcome::Timeout,
+        ),
+    };
+    let s = store.data();
+    s.metrics
+        .plugin_call(&s.version, started.elapsed(), outcome);
+    out
+}
+
+/// What kind of failure ended a call, for the metrics.
+fn classify<C>(s: &PluginState<C>, e: &wasmtime::Error) -> CallOutcome {
+    if s.past_deadline() {
+        return CallOutcome::Deadline;
     }
+    // The store's limiter turns a refused memory.grow into this error
+    // (`trap_on_grow_failure`).
+    let root = e.root_cause().to_string();
+    if root.contains("growing memory")
+        || root.contains("memory") && e.downcast_ref::<wasmtime::Trap>().is_none()
+    {
+        return CallOutcome::Memory;
+    }
+    CallOutcome::Trap
 }
 
 /// Why a call failed, knowing whether its CPU deadline passed.

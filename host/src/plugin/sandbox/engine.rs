@@ -10,6 +10,7 @@ use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::limits::{PluginGrants, PluginLimits};
+use crate::metrics::ServiceMetrics;
 
 /// How often the epoch advances. A call's deadline is checked at each tick,
 /// and a running call yields to the async runtime at each tick, so this is
@@ -81,18 +82,37 @@ pub(crate) struct Sandbox {
     pub(crate) engine: Engine,
     pub(crate) limits: PluginLimits,
     pub(crate) grants: PluginGrants,
+    /// Where calls, instances and requests are reported, and the version's
+    /// name there.
+    pub(crate) metrics: Arc<dyn ServiceMetrics>,
+    pub(crate) version_label: Arc<str>,
     _ticker: EpochTicker,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.metrics.version_unloaded(&self.version_label);
+    }
 }
 
 impl Sandbox {
     /// An engine sized by `limits`, with its epoch ticker running.
-    pub(crate) fn new(limits: PluginLimits, grants: PluginGrants) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        limits: PluginLimits,
+        grants: PluginGrants,
+        metrics: Arc<dyn ServiceMetrics>,
+        version_label: Arc<str>,
+    ) -> anyhow::Result<Self> {
         let engine = build_engine(&limits)?;
         let ticker = EpochTicker::start(engine.clone());
+        // Paired with `version_unloaded` when the sandbox drops.
+        metrics.version_loaded(&version_label);
         Ok(Self {
             engine,
             limits,
             grants,
+            metrics,
+            version_label,
             _ticker: ticker,
         })
     }

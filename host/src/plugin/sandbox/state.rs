@@ -24,8 +24,17 @@ pub(crate) struct PluginState<C> {
     pub(crate) call_timeout: Duration,
     /// What the plugin printed and was not logged yet.
     pub(crate) output: super::output::OutputCapture,
+    /// Where calls and instances are reported, and the version's name.
+    pub(crate) metrics: std::sync::Arc<dyn crate::metrics::ServiceMetrics>,
+    pub(crate) version: std::sync::Arc<str>,
     /// The world's side of the connection (host-function state).
     pub(crate) conn: C,
+}
+
+impl<C> Drop for PluginState<C> {
+    fn drop(&mut self) {
+        self.metrics.plugin_instances(&self.version, -1);
+    }
 }
 
 impl<C: Send> WasiView for PluginState<C> {
