@@ -99,6 +99,16 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / 100.0)
 }
 
+/// The process's resident memory from /proc, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 /// Small GETs on `conns` connections, 16 in flight each, for `secs`.
 async fn load(addr: SocketAddr, conns: usize, secs: u64) -> (u64, f64) {
     let params = ConnectionParams::new_client(QuicSettings::default()).verify_peer(false);
@@ -164,8 +174,9 @@ fn main() {
             let used = cpu_time(server.child.id()) - cpu0;
             let us = used.as_secs_f64() * 1e6 / n.max(1) as f64;
             println!(
-                "round {round}: --workers {workers}: {rate:.0} requests/s, server CPU {us:.1} us/request ({:.2} cores)",
-                used.as_secs_f64() / secs as f64
+                "round {round}: --workers {workers}: {rate:.0} requests/s, server CPU {us:.1} us/request ({:.2} cores), server RSS {:.1} MiB after {n} requests",
+                used.as_secs_f64() / secs as f64,
+                rss_mib(server.child.id())
             );
             rates.push(rate);
             cpu.push(us);
