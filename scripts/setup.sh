@@ -7,6 +7,10 @@ need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)           # BoringSSL's build
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev) # bindgen for boring-sys
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# The test components from other toolchains (scripts/build-components.sh):
+# componentize-py in a venv, ComponentizeJS through npm.
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   sudo_cmd=""

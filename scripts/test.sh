@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Plugins first: the tests load them from target/wasm.
 bash scripts/build-plugins.sh
+# Components from the Python and JavaScript toolchains (tests/e2e/toolchains.rs).
+bash scripts/build-components.sh
 cargo fmt --all -- --check
 for ws in plugins tests/plugins; do
   cargo fmt --manifest-path "$ws/Cargo.toml" --all -- --check

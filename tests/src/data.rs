@@ -49,6 +49,20 @@ pub fn plugin_path(name: &str) -> std::path::PathBuf {
     p
 }
 
+/// A test component built by another language's toolchain
+/// (`target/components/<name>.wasm`, made by scripts/build-components.sh).
+pub fn component_path(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/components")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: build the components first (bash scripts/build-components.sh, which scripts/test.sh runs)",
+        p.display()
+    );
+    p
+}
+
 /// Installs a tracing subscriber once (honours `RUST_LOG`).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

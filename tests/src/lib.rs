@@ -18,7 +18,9 @@ pub mod servers;
 mod task;
 
 pub use certs::TestCert;
-pub use data::{bench_arg, init_tracing, payload, plugin_path, request_head, rss_kib, sha256};
+pub use data::{
+    bench_arg, component_path, init_tracing, payload, plugin_path, request_head, rss_kib, sha256,
+};
 pub use peers::{
     echo_with_our_client, h3_client, quinn_client, quinn_connect, quinn_echo, run_echo_client,
     EchoClient, H3QuinnClient, StreamResult,

@@ -232,8 +232,17 @@ impl PluginServer {
         limits: tq_host::plugin::PluginLimits,
         grants: tq_host::plugin::PluginGrants,
     ) -> Self {
-        let plugin = tq_host::plugin::Plugin::load_with_grants(&plugin_path(name), limits, grants)
-            .expect("plugin loads");
+        Self::start_file(&plugin_path(name), limits, grants).await
+    }
+
+    /// Loads the component at `path` and serves it.
+    pub async fn start_file(
+        path: &std::path::Path,
+        limits: tq_host::plugin::PluginLimits,
+        grants: tq_host::plugin::PluginGrants,
+    ) -> Self {
+        let plugin = tq_host::plugin::Plugin::load_with_grants(path, limits, grants)
+            .unwrap_or_else(|e| panic!("{} loads: {e}", path.display()));
         let (cert, listener, addr) =
             loopback_listener(QuicSettings::default(), DefaultMetrics::default()).await;
         let (stop, stopping) = tokio::sync::watch::channel(false);

@@ -48,6 +48,11 @@ enum Command {
     /// nothing. Exits 0 if all is well; otherwise prints each problem with
     /// the file, line and key, and exits 1.
     Check(check::CheckArgs),
+    /// Compile plugins into the compilation cache ahead of deployment, so
+    /// the first start serves at once: `tq-host compile app.wasm`, or with
+    /// the flags or `--config` the server will run with (limits shape the
+    /// code: compile with the same ones). Binds nothing.
+    Compile(check::CompileArgs),
 }
 
 /// How log lines are written.
@@ -130,6 +135,24 @@ pub struct ServeArgs {
     /// in MiB. Default: 64.
     #[arg(long, value_name = "MIB")]
     plugin_memory: Option<usize>,
+
+    /// Plugins: core module instances one component may contain (the
+    /// pooling allocator's slots are sized by it). Default: 32; a
+    /// componentize-py component has 14, a Rust one 1 to 4.
+    #[arg(long, value_name = "N")]
+    plugin_core_instances: Option<u32>,
+
+    /// Plugins: linear memories one component may define. Default: 4.
+    #[arg(long, value_name = "N")]
+    plugin_memories: Option<u32>,
+
+    /// Plugins: tables one component may define. Default: 32.
+    #[arg(long, value_name = "N")]
+    plugin_tables: Option<u32>,
+
+    /// Plugins: elements one table may hold. Default: 100000.
+    #[arg(long, value_name = "N")]
+    plugin_table_elements: Option<usize>,
 
     /// Plugins: CPU time one hook call may take before the connection is
     /// closed, e.g. `1s`, `200ms`. Default: 1s.
@@ -240,6 +263,19 @@ pub struct ServeArgs {
     #[arg(long, value_enum, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
 
+    /// Plugins: keep compiled code here, so a restart or a reload of bytes
+    /// already compiled skips compiling (seconds for a large JavaScript or
+    /// Python component). Entries are checked before use (owner, nobody
+    /// else may write, checksum, wasmtime's own header) and the 16 least
+    /// recently used are kept. Default: $TQ_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/tq-host, else ~/.cache/tq-host.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+
+    /// Plugins: compile every start and reload; keep nothing on disk.
+    #[arg(long)]
+    no_cache: bool,
+
     /// Do not log a line per HTTP/3 request (target `tq_host::access`:
     /// method, path, status, bytes, duration, plugin version).
     #[arg(long)]
@@ -273,9 +309,10 @@ impl Cli {
         match self.command {
             // quinn-udp warns of every refused send; the connection itself
             // reports that once, clearly.
-            Some(Command::Echo(_)) | Some(Command::Get(_)) | Some(Command::Check(_)) => {
-                "warn,quinn_udp=error"
-            }
+            Some(Command::Echo(_))
+            | Some(Command::Get(_))
+            | Some(Command::Check(_))
+            | Some(Command::Compile(_)) => "warn,quinn_udp=error",
             _ => "info,quinn_udp=error",
         }
     }
@@ -291,6 +328,17 @@ impl Cli {
 }
 
 impl ServeArgs {
+    /// The compilation cache to use, if any.
+    fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(crate::plugin::default_cache_dir)
+        }
+    }
+
     /// The first listener flag given on the command line, if any.
     fn listener_flag_given(&self) -> Option<&'static str> {
         [
@@ -301,6 +349,16 @@ impl ServeArgs {
             (self.app.is_some(), "--app"),
             (self.drain_timeout.is_some(), "--drain-timeout"),
             (self.plugin_memory.is_some(), "--plugin-memory"),
+            (
+                self.plugin_core_instances.is_some(),
+                "--plugin-core-instances",
+            ),
+            (self.plugin_memories.is_some(), "--plugin-memories"),
+            (self.plugin_tables.is_some(), "--plugin-tables"),
+            (
+                self.plugin_table_elements.is_some(),
+                "--plugin-table-elements",
+            ),
             (self.plugin_deadline.is_some(), "--plugin-deadline"),
             (self.plugin_call_timeout.is_some(), "--plugin-call-timeout"),
             (
@@ -340,6 +398,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Echo(args)) => echo_client::run(args).await,
         Some(Command::Get(args)) => get::run(args).await,
         Some(Command::Check(args)) => check::run(args).await,
+        Some(Command::Compile(args)) => check::compile(args).await,
         None => serve::run(cli.serve).await,
     }
 }

@@ -233,6 +233,25 @@ async fn listener(
                     .reuse_instances
                     .or(l.reuse_instances)
                     .unwrap_or(d.reuse_instances),
+                component: crate::plugin::ComponentLimits {
+                    core_instances: args
+                        .plugin_core_instances
+                        .or(l.core_instances)
+                        .unwrap_or(d.component.core_instances),
+                    memories: args
+                        .plugin_memories
+                        .or(l.memories)
+                        .unwrap_or(d.component.memories),
+                    tables: args
+                        .plugin_tables
+                        .or(l.tables)
+                        .unwrap_or(d.component.tables),
+                    table_elements: args
+                        .plugin_table_elements
+                        .or(l.table_elements)
+                        .unwrap_or(d.component.table_elements),
+                },
+                cache_dir: args.cache_dir(),
                 ..d
             };
             let g = &cfg.grants;
@@ -274,7 +293,15 @@ async fn listener(
                     )
                 })?;
             let p = live.current();
-            info!(listener = %name, plugin = %path.display(), world = %p.world(), sha256 = %p.hash(), "plugin loaded");
+            info!(
+                listener = %name,
+                plugin = %path.display(),
+                world = %p.world(),
+                sha256 = %p.hash(),
+                compile_ms = p.compile_time().as_millis() as u64,
+                from_cache = p.compiled() == crate::plugin::Compiled::Cached,
+                "plugin loaded"
+            );
             if p.world() == World::QuicApp && !alpn_given {
                 bail!(origin.say(format!(
                     "{} is a raw QUIC plugin ({}): say which application protocol its \

@@ -48,6 +48,18 @@ pub enum PluginError {
         /// The worlds tq-host serves, described.
         worlds: String,
     },
+    /// It does not fit the sandbox's per-component limits (see
+    /// [`ComponentLimits`](super::ComponentLimits)); the message names the
+    /// limit, the component's need and the flag that raises it.
+    #[error("{} does not fit the plugin sandbox: {explanation} (wasmtime: {reason})", path.display())]
+    Limits {
+        /// The plugin file.
+        path: PathBuf,
+        /// Which limit, the need, how to raise it.
+        explanation: String,
+        /// wasmtime's words.
+        reason: String,
+    },
     /// wasmtime could not compile it.
     #[error("{} is not a valid WebAssembly component: {reason}", path.display())]
     Invalid {

@@ -186,9 +186,21 @@ impl Plugin {
         let sandbox = Sandbox::new(limits, grants, metrics, label)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let engine = &sandbox.engine;
-        let component = Component::new(engine, bytes).map_err(|e| PluginError::Invalid {
-            path: path_buf(),
-            reason: format!("{e:?}"),
+        let cache_dir = sandbox.limits.cache_dir.clone();
+        let compiled = super::sandbox::load_or_compile(engine, bytes, &hash, cache_dir.as_deref());
+        let (component, how) = compiled.map_err(|e| {
+            let reason = format!("{e:#}");
+            match super::sandbox::explain_pool_limit(&reason, &sandbox.limits) {
+                Some(explanation) => PluginError::Limits {
+                    path: path_buf(),
+                    explanation,
+                    reason,
+                },
+                None => PluginError::Invalid {
+                    path: path_buf(),
+                    reason: format!("{e:?}"),
+                },
+            }
         })?;
         let exports: Vec<String> = component
             .component_type()
@@ -241,6 +253,7 @@ impl Plugin {
                 compile_time: started.elapsed(),
                 has_init: exports.iter().any(|e| e == INIT_EXPORT),
                 has_migrate: exports.iter().any(|e| e == MIGRATE_EXPORT),
+                compiled: how,
                 live: Live::new(),
             }),
         })
@@ -265,6 +278,11 @@ impl Plugin {
     /// When it was loaded.
     pub fn loaded_at(&self) -> SystemTime {
         self.inner.loaded_at
+    }
+
+    /// Whether its code came from the compilation cache or was compiled.
+    pub fn compiled(&self) -> super::Compiled {
+        self.inner.compiled
     }
 
     /// How long compiling and linking it took.
@@ -341,10 +359,19 @@ impl Plugin {
             Linked::Quic(w) => quic::validate(v, &w.pre).await,
             Linked::WasiHttp { pre, .. } => wasi_http::validate(v, pre).await,
         };
-        res.map_err(|reason| PluginError::Check {
-            path: v.path.clone(),
-            reason,
-        })
+        res.map_err(
+            |reason| match super::sandbox::explain_pool_limit(&reason, &v.sandbox.limits) {
+                Some(explanation) => PluginError::Limits {
+                    path: v.path.clone(),
+                    explanation,
+                    reason,
+                },
+                None => PluginError::Check {
+                    path: v.path.clone(),
+                    reason,
+                },
+            },
+        )
     }
 
     /// Serves one raw QUIC connection (whose application is `session`'s

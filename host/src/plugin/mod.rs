@@ -44,6 +44,8 @@ pub use error::PluginError;
 pub use handle::Plugin;
 pub use quic::{QuicPluginApp, QuicPluginSession};
 pub use reload::{LivePlugin, Reloaded, VersionInfo};
-pub use sandbox::{DirGrant, PluginGrants, PluginLimits};
+pub use sandbox::{
+    default_cache_dir, Compiled, ComponentLimits, DirGrant, PluginGrants, PluginLimits,
+};
 pub(crate) use version::version_label;
 pub use world::{ConnectionMeta, World};

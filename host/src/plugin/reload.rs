@@ -104,6 +104,8 @@ pub struct VersionInfo {
     pub requests_in_flight: usize,
     /// How long compiling it took, in milliseconds.
     pub compile_ms: f64,
+    /// Whether its code came from the compilation cache.
+    pub from_cache: bool,
 }
 
 impl std::fmt::Debug for LivePlugin {
@@ -364,6 +366,7 @@ fn info_of(id: u64, v: &Version, current: bool) -> VersionInfo {
         connections: v.live.connections(),
         requests_in_flight: v.live.requests(),
         compile_ms: v.compile_time.as_secs_f64() * 1e3,
+        from_cache: v.compiled == super::Compiled::Cached,
     }
 }
 

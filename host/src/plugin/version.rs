@@ -36,6 +36,8 @@ pub(crate) struct Version {
     /// Whether it exports the optional `tq:plugin/init` / `tq:plugin/migrate`.
     pub(crate) has_init: bool,
     pub(crate) has_migrate: bool,
+    /// Whether its code came from the compilation cache.
+    pub(crate) compiled: super::Compiled,
     pub(crate) live: Live,
 }
 

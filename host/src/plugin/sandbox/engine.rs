@@ -21,15 +21,20 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// code yields), epoch interruption, and the pooling allocator sized by
 /// `limits`.
 pub(crate) fn build_engine(limits: &PluginLimits) -> anyhow::Result<Engine> {
+    let c = &limits.component;
+    let n = limits.max_instances;
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(limits.max_instances);
-    pool.total_core_instances(limits.max_instances * 4);
-    pool.total_memories(limits.max_instances * 2);
-    pool.total_tables(limits.max_instances * 4);
+    // Totals for `max_instances` components of the largest shape allowed:
+    // slots are address space reserved up front, touched only when used.
+    pool.total_component_instances(n);
+    pool.total_core_instances(n.saturating_mul(c.core_instances));
+    pool.total_memories(n.saturating_mul(c.memories));
+    pool.total_tables(n.saturating_mul(c.tables));
     pool.max_memory_size(limits.memory_bytes);
-    pool.max_memories_per_component(2);
-    pool.max_core_instances_per_component(8);
-    pool.max_tables_per_component(8);
+    pool.max_memories_per_component(c.memories);
+    pool.max_core_instances_per_component(c.core_instances);
+    pool.max_tables_per_component(c.tables);
+    pool.table_elements(c.table_elements);
     let mut cfg = Config::new();
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
@@ -38,6 +43,73 @@ pub(crate) fn build_engine(limits: &PluginLimits) -> anyhow::Result<Engine> {
         .memory_reservation(limits.memory_bytes as u64)
         .memory_guard_size(64 << 10);
     Engine::new(&cfg).map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e:?}"))
+}
+
+/// Explains a component refused by the pooling allocator's per-component
+/// limits: which limit, what the component needs, and the flag (and config
+/// key) that raises it. `None` if `message` (wasmtime's error, its whole
+/// chain) is not about those limits.
+pub(crate) fn explain_pool_limit(message: &str, limits: &PluginLimits) -> Option<String> {
+    let c = &limits.component;
+    // (what wasmtime says, what it is, flag, config key, the limit now)
+    let known: [(&str, &str, &str, &str, u64); 5] = [
+        (
+            "core module instances, which exceeds",
+            "core module instances per component",
+            "--plugin-core-instances",
+            "core_instances",
+            u64::from(c.core_instances),
+        ),
+        (
+            "Wasm linear memories, which exceeds",
+            "linear memories per component",
+            "--plugin-memories",
+            "memories",
+            u64::from(c.memories),
+        ),
+        (
+            "tables, which exceeds",
+            "tables per component",
+            "--plugin-tables",
+            "tables",
+            u64::from(c.tables),
+        ),
+        (
+            "minimum element size of",
+            "elements per table",
+            "--plugin-table-elements",
+            "table_elements",
+            c.table_elements as u64,
+        ),
+        (
+            "memory has a minimum byte size of",
+            "MiB of linear memory per instance",
+            "--plugin-memory",
+            "memory_mib",
+            (limits.memory_bytes >> 20) as u64,
+        ),
+    ];
+    let (_, what, flag, key, now) = known.iter().find(|(k, ..)| message.contains(k))?;
+    let need = need_of(message);
+    let need = match (*key, need) {
+        ("memory_mib", Some(bytes)) => format!(" it needs {} MiB;", bytes.div_ceil(1 << 20)),
+        (_, Some(n)) => format!(" it needs {n};"),
+        (_, None) => String::new(),
+    };
+    Some(format!(
+        "it needs more {what} than allowed ({now}):{need} raise the limit with {flag} N, \
+         or `{key} = N` under [listener.limits] in the config file"
+    ))
+}
+
+/// The component's need in one of wasmtime's limit messages: the first
+/// number after "contains " or "size of ".
+fn need_of(message: &str) -> Option<u64> {
+    ["contains ", "size of "].iter().find_map(|m| {
+        let rest = &message[message.find(m)? + m.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
 }
 
 /// A thread that advances the engine's epoch every [`EPOCH_TICK`] until
@@ -115,5 +187,39 @@ impl Sandbox {
             version_label,
             _ticker: ticker,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_limit_errors_name_the_flag_and_the_need() {
+        let l = PluginLimits::default();
+        let msg = "The component transitively contains 40 core module instances, which \
+                   exceeds the configured maximum of 32 in the pooling allocator";
+        let e = explain_pool_limit(msg, &l).unwrap();
+        assert!(
+            e.contains("it needs 40")
+                && e.contains("--plugin-core-instances")
+                && e.contains("(32)"),
+            "{e}"
+        );
+        let msg = "memory index 0 is unsupported in this pooling allocator configuration: \
+                   memory has a minimum byte size of 104857600 which exceeds the limit of 67108864 bytes";
+        let e = explain_pool_limit(msg, &l).unwrap();
+        assert!(
+            e.contains("it needs 100 MiB")
+                && e.contains("--plugin-memory")
+                && e.contains("memory_mib"),
+            "{e}"
+        );
+        let msg =
+            "table index 0 has a minimum element size of 200000 which exceeds the limit of 100000";
+        assert!(explain_pool_limit(msg, &l)
+            .unwrap()
+            .contains("--plugin-table-elements"));
+        assert!(explain_pool_limit("unexpected end of file", &l).is_none());
     }
 }

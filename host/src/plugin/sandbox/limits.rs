@@ -26,6 +26,13 @@ pub struct PluginLimits {
     /// Instances (connections) alive at once. Default 1000; the pooling
     /// allocator reserves slots for all of them up front.
     pub max_instances: u32,
+    /// The shape of one component, which the pooling allocator sizes its
+    /// slots by. Defaults fit what real toolchains emit: a Rust component
+    /// has 1-4 core instances, one memory and one table; one made by
+    /// componentize-py (CPython) 14 core instances; ComponentizeJS
+    /// (StarlingMonkey) large tables. A component that needs more is
+    /// refused at load with the limit, its need and the flag that raises it.
+    pub component: ComponentLimits,
     /// The window of stdout plus stderr kept per instance between two log
     /// flushes (after every call): a plugin printing more than this in one
     /// call loses its oldest output (the log says how much), never its
@@ -51,6 +58,36 @@ pub struct PluginLimits {
     /// guest asks for is capped at this. Default 30 s (wasmtime's own is
     /// 10 minutes).
     pub outgoing_timeout: Duration,
+    /// Not a limit: where compiled code is kept between starts and
+    /// reloads (see [`default_cache_dir`](super::default_cache_dir)).
+    /// Default `None` for the library (nothing written to disk); the
+    /// `tq-host` binary sets it unless `--no-cache`.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+/// Per-component maxima of the pooling allocator (see
+/// [`PluginLimits::component`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComponentLimits {
+    /// Core module instances one component may contain. Default 32.
+    pub core_instances: u32,
+    /// Linear memories one component may define. Default 4.
+    pub memories: u32,
+    /// Tables one component may define. Default 32.
+    pub tables: u32,
+    /// Elements one table may hold. Default 100,000.
+    pub table_elements: usize,
+}
+
+impl Default for ComponentLimits {
+    fn default() -> Self {
+        Self {
+            core_instances: 32,
+            memories: 4,
+            tables: 32,
+            table_elements: 100_000,
+        }
+    }
 }
 
 impl Default for PluginLimits {
@@ -61,11 +98,13 @@ impl Default for PluginLimits {
             call_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             max_instances: 1000,
+            component: ComponentLimits::default(),
             output_bytes: 64 << 10,
             reuse_instances: 0,
             queued_bytes: 4 << 20,
             outgoing_in_flight: 16,
             outgoing_timeout: Duration::from_secs(30),
+            cache_dir: None,
         }
     }
 }
