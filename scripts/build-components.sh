@@ -16,18 +16,27 @@ mkdir -p "$tools" "$out"
 PY_VERSION=0.25.1
 JS_VERSION=0.23.0
 
-if [ ! -x "$tools/py/bin/componentize-py" ] \
-  || ! "$tools/py/bin/componentize-py" --version | grep -q "$PY_VERSION"; then
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 18 ]; then
+  echo "components: ComponentizeJS needs node 18 or newer (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+
+py_installed=$("$tools/py/bin/componentize-py" --version 2>/dev/null || true)
+if [[ "$py_installed" != *" $PY_VERSION"* ]]; then
   echo "components: installing componentize-py $PY_VERSION"
-  python3 -m venv "$tools/py"
+  python3 -m venv --clear "$tools/py"
   "$tools/py/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$PY_VERSION"
 fi
-if [ ! -x "$tools/js/node_modules/.bin/componentize-js" ] \
-  || ! grep -q "\"version\": \"$JS_VERSION\"" "$tools/js/node_modules/@bytecodealliance/componentize-js/package.json"; then
+js_manifest=$tools/js/node_modules/@bytecodealliance/componentize-js/package.json
+js_installed=$(node -p "require('$js_manifest').version" 2>/dev/null || true)
+if [ "$js_installed" != "$JS_VERSION" ]; then
   echo "components: installing @bytecodealliance/componentize-js $JS_VERSION"
   mkdir -p "$tools/js"
-  (cd "$tools/js" && npm install --silent --no-fund --no-audit --no-save \
-    "@bytecodealliance/componentize-js@$JS_VERSION" >/dev/null)
+  # A package.json of its own, so npm installs here and nowhere above.
+  echo '{"private": true}' > "$tools/js/package.json"
+  npm install --prefix "$tools/js" --no-fund --no-audit --loglevel=error \
+    "@bytecodealliance/componentize-js@$JS_VERSION"
 fi
 
 # ComponentizeJS reads the WIT through a sandbox that sees only its working

@@ -29,7 +29,10 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<tq_host::cli::Failure>() {
+                Some(f) => std::process::ExitCode::from(f.code),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -88,7 +88,7 @@ extern crate self as tq_sdk;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "http3-app",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_http3_app_raw",
         default_bindings_module: "tq_sdk::bindings",
@@ -101,7 +101,7 @@ pub mod bindings {
 pub mod quic_bindings {
     wit_bindgen::generate!({
         world: "quic-app",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_quic_app_raw",
         default_bindings_module: "tq_sdk::quic_bindings",
@@ -114,7 +114,7 @@ pub mod quic_bindings {
 pub mod init_bindings {
     wit_bindgen::generate!({
         world: "with-init",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_init_raw",
         default_bindings_module: "tq_sdk::init_bindings",
@@ -125,7 +125,7 @@ pub mod init_bindings {
 pub mod migrate_bindings {
     wit_bindgen::generate!({
         world: "with-migrate",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_migrate_raw",
         default_bindings_module: "tq_sdk::migrate_bindings",

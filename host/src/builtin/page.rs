@@ -37,6 +37,21 @@ fn status(code: u16, body: impl Into<ResponseBody>) -> http::Response<ResponseBo
 
 impl RequestHandler for WelcomePage {
     async fn handle(&self, req: http::Request<RequestBody>) -> http::Response<ResponseBody> {
+        // HEAD is GET without the body (RFC 9110 §9.3.2): same status and
+        // headers, Content-Length included.
+        if req.method() == http::Method::HEAD {
+            let (mut parts, body) = req.into_parts();
+            parts.method = http::Method::GET;
+            let resp = self.route(http::Request::from_parts(parts, body)).await;
+            let (parts, _) = resp.into_parts();
+            return http::Response::from_parts(parts, ResponseBody::Empty);
+        }
+        self.route(req).await
+    }
+}
+
+impl WelcomePage {
+    async fn route(&self, req: http::Request<RequestBody>) -> http::Response<ResponseBody> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         match (method.as_str(), path.as_str()) {

@@ -47,6 +47,9 @@ pub(super) async fn compile(args: CompileArgs) -> anyhow::Result<()> {
             "no compilation cache: give --cache-dir DIR (or set TQ_CACHE_DIR or HOME), not --no-cache"
         );
     };
+    if !wasm.is_empty() && serve.config.is_some() {
+        anyhow::bail!("give WASM files or --config, not both");
+    }
     let runs: Vec<ServeArgs> = if wasm.is_empty() {
         vec![*serve]
     } else {
@@ -64,10 +67,12 @@ pub(super) async fn compile(args: CompileArgs) -> anyhow::Result<()> {
             })
             .collect()
     };
+    let mut compiled = 0;
     for run in runs {
         let plan = plan::build(&run, Arc::new(crate::metrics::NoMetrics), Mode::Check).await?;
         for l in &plan.listeners {
             if let Some(p) = &l.plugin {
+                compiled += 1;
                 let v = p.live.current();
                 println!(
                     "{}: {} ({}, {:.0} ms{})",
@@ -83,6 +88,11 @@ pub(super) async fn compile(args: CompileArgs) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    if compiled == 0 {
+        anyhow::bail!(
+            "nothing to compile: give WASM files, or a --config whose listeners have plugins"
+        );
     }
     println!("cache: {}", dir.display());
     Ok(())

@@ -1,14 +1,20 @@
-//! `tq-host get URL`: fetches a URL over HTTP/3 and prints the body, so a
-//! user can try a server without other tools.
+//! `tq-host get URL`: fetches a URL over HTTP/3 the way curl does, so a
+//! user can try a server without other tools: the body streams to standard
+//! output (or `-o FILE`), `-H` adds headers, `-I` asks for the head only,
+//! `-w` prints timings, and the exit code tells a connection failure from
+//! an HTTP error.
 
+use std::io::IsTerminal;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
+use tokio::io::AsyncWriteExt;
 
+use super::Failure;
 use crate::http3::{H3Client, Header, Http3Settings, InboundFrame, NameValue};
 use crate::quic::{ConnectionParams, QuicSettings};
 
@@ -23,13 +29,39 @@ pub(super) struct GetArgs {
     #[arg(long, short = 'd', value_name = "DATA")]
     data: Option<String>,
 
-    /// Method (default: GET, or POST with --data).
+    /// Method (default: GET, HEAD with --head, or POST with --data).
     #[arg(long, short = 'X')]
     method: Option<String>,
 
-    /// Print the status and response headers to stderr.
+    /// Add a request header, `-H 'name: value'`; repeatable.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+
+    /// Print the status and response headers before the body (to the
+    /// output, as curl does).
     #[arg(long, short = 'i')]
     include: bool,
+
+    /// Ask for the head only (HEAD) and print the status and headers.
+    #[arg(long = "head", short = 'I')]
+    head: bool,
+
+    /// Write the body to FILE instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// After the transfer, print FORMAT to standard output with
+    /// `%{http_code}`, `%{time_connect}`, `%{time_starttransfer}`,
+    /// `%{time_total}` (seconds), `%{size_download}` (bytes),
+    /// `%{speed_download}` (bytes/s) replaced, and `\n` as a newline,
+    /// e.g. `-w '%{http_code} %{time_total}\n'`.
+    #[arg(long = "write-out", short = 'w', value_name = "FORMAT")]
+    write_out: Option<String>,
+
+    /// No progress line (shown on a terminal while a body of over 1 MiB
+    /// goes to a file or a pipe).
+    #[arg(long, short = 's')]
+    silent: bool,
 
     /// Trust this PEM CA file (e.g. the server's self-signed cert.pem).
     #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
@@ -41,27 +73,67 @@ pub(super) struct GetArgs {
 
     /// Give up when connecting, or waiting for the response head, or any
     /// silence on the connection, lasts this long, e.g. `10s`. The body is
-    /// streamed to standard output as it arrives, however long it takes.
+    /// streamed as it arrives, however long it takes.
     #[arg(long, default_value = "10s", value_parser = humantime_serde::re::humantime::parse_duration)]
     timeout: Duration,
 }
 
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((n, v)) if !n.trim().is_empty() => {
+            Ok((n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        }
+        _ => Err(format!("`{s}` is not `name: value`")),
+    }
+}
+
+/// The exit codes, curl's where curl has one.
+mod exit {
+    /// The host name does not resolve.
+    pub(super) const RESOLVE: u8 = 6;
+    /// No connection: nothing answers, the handshake failed.
+    pub(super) const CONNECT: u8 = 7;
+    /// The server answered 400 or above.
+    pub(super) const HTTP: u8 = 22;
+    /// The body could not be written out.
+    pub(super) const WRITE: u8 = 23;
+    /// Too long without progress (`--timeout`).
+    pub(super) const TIMEOUT: u8 = 28;
+    /// The response was cut: reset, or the connection ended early.
+    pub(super) const RECEIVE: u8 = 56;
+}
+
+fn fail(code: u8, error: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Failure { code, error })
+}
+
+/// What `-w` reports.
+#[derive(Default)]
+struct Timings {
+    connect: Duration,
+    first_byte: Duration,
+    total: Duration,
+    size: u64,
+    status: u16,
+}
+
 pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     let url: http::Uri = args
         .url
         .parse()
         .with_context(|| format!("invalid URL {}", args.url))?;
     if url.scheme_str() != Some("https") {
-        bail!("only https:// URLs can be fetched over HTTP/3");
+        anyhow::bail!("only https:// URLs can be fetched over HTTP/3");
     }
     let host = url.host().context("the URL has no host")?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = url.port_u16().unwrap_or(443);
     let addr = (host, port)
         .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {host}"))?
-        .next()
-        .with_context(|| format!("{host} has no address"))?;
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| fail(exit::RESOLVE, anyhow::anyhow!("cannot resolve {host}")))?;
     let path = url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
 
     let body = match args.data.as_deref() {
@@ -81,7 +153,9 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
         Some(d) => Some(Bytes::from(d.to_owned())),
     };
     let method = args.method.clone().unwrap_or_else(|| {
-        if body.is_some() {
+        if args.head {
+            "HEAD".into()
+        } else if body.is_some() {
             "POST".into()
         } else {
             "GET".into()
@@ -99,17 +173,37 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
     // The timeout bounds connecting and waiting for the response head,
     // and is the connection's idle timeout; a body that keeps flowing may
     // take as long as it takes (a 10 GiB download is not cut at 10 s).
-    let client = tokio::time::timeout(
+    let client = match tokio::time::timeout(
         args.timeout,
         H3Client::connect(addr, host, &params, Http3Settings::default()),
     )
     .await
-    .context("timed out connecting")??;
+    {
+        Err(_) => {
+            return Err(fail(
+                exit::TIMEOUT,
+                anyhow::anyhow!("no connection to {addr} within {:?}", args.timeout),
+            ))
+        }
+        Ok(Err(e)) => return Err(fail(exit::CONNECT, anyhow::Error::new(e))),
+        Ok(Ok(c)) => c,
+    };
+    let mut timings = Timings {
+        connect: started.elapsed(),
+        ..Default::default()
+    };
+    let authority = url
+        .authority()
+        .map_or_else(String::new, |a| a.as_str().to_owned());
     let mut h = vec![
         Header::new(b":method", method.as_bytes()),
         Header::new(b":scheme", b"https"),
-        Header::new(b":authority", authority(&url).as_bytes()),
+        Header::new(b":authority", authority.as_bytes()),
         Header::new(b":path", path.as_bytes()),
+        Header::new(
+            b"user-agent",
+            concat!("tq-host/", env!("CARGO_PKG_VERSION")).as_bytes(),
+        ),
     ];
     if let Some(b) = &body {
         h.push(Header::new(
@@ -117,11 +211,14 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
             b.len().to_string().as_bytes(),
         ));
     }
+    for (n, v) in &args.headers {
+        h.push(Header::new(n.as_bytes(), v.as_bytes()));
+    }
     let stream = client
         .handle()
         .send_request(h, body.is_some())
         .await
-        .map_err(anyhow::Error::msg)?;
+        .map_err(|e| fail(exit::CONNECT, anyhow::Error::new(e)))?;
     let mut rx = stream.response;
     // The upload runs on its own task, ended once the response is: a
     // server may answer (or fail) without reading the whole body.
@@ -137,15 +234,34 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
             let _ = tx.send_body(rest, true).await;
         }
     });
+
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &args.output {
+        Some(p) => Box::new(tokio::fs::File::create(p).await.map_err(|e| {
+            fail(
+                exit::WRITE,
+                anyhow::anyhow!("cannot create {}: {e}", p.display()),
+            )
+        })?),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let to_terminal = args.output.is_none() && std::io::stdout().is_terminal();
+    let show_progress = !args.silent && !to_terminal && std::io::stderr().is_terminal();
+    let mut progress = Progress::new(show_progress);
     let recv = async {
-        use tokio::io::AsyncWriteExt;
-        let mut out = tokio::io::stdout();
+        let write_err =
+            |e: std::io::Error| fail(exit::WRITE, anyhow::anyhow!("cannot write the body: {e}"));
         let mut status = None;
+        let mut length = None;
         loop {
             let frame = if status.is_none() {
                 tokio::time::timeout(args.timeout, rx.recv())
                     .await
-                    .context("timed out waiting for the response")?
+                    .map_err(|_| {
+                        fail(
+                            exit::TIMEOUT,
+                            anyhow::anyhow!("no response within {:?}", args.timeout),
+                        )
+                    })?
             } else {
                 rx.recv().await
             };
@@ -156,54 +272,169 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
                         .find(|f| f.name() == b":status")
                         .and_then(|f| std::str::from_utf8(f.value()).ok())
                         .and_then(|v| v.parse::<u16>().ok())
-                        .context("response without :status")?;
+                        .ok_or_else(|| {
+                            fail(exit::RECEIVE, anyhow::anyhow!("response without :status"))
+                        })?;
                     if (100..200).contains(&s) {
                         continue;
                     }
                     status = Some(s);
-                    if args.include {
-                        eprintln!("HTTP/3 {s}");
+                    timings.first_byte = started.elapsed();
+                    length = h
+                        .iter()
+                        .find(|f| f.name() == b"content-length")
+                        .and_then(|f| std::str::from_utf8(f.value()).ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if args.include || args.head {
+                        let mut head = format!("HTTP/3 {s}\r\n");
                         for f in h.iter().filter(|f| f.name() != b":status") {
-                            eprintln!(
-                                "{}: {}",
+                            head.push_str(&format!(
+                                "{}: {}\r\n",
                                 String::from_utf8_lossy(f.name()),
                                 String::from_utf8_lossy(f.value())
-                            );
+                            ));
                         }
-                        eprintln!();
+                        head.push_str("\r\n");
+                        out.write_all(head.as_bytes()).await.map_err(write_err)?;
                     }
                 }
                 Some(InboundFrame::Headers(_)) => {} // trailers
-                Some(InboundFrame::Body(b)) => out
-                    .write_all(&b)
-                    .await
-                    .context("cannot write to standard output")?,
+                Some(InboundFrame::Body(b)) => {
+                    timings.size += b.len() as u64;
+                    progress.update(timings.size, length, started);
+                    out.write_all(&b).await.map_err(write_err)?;
+                }
                 Some(InboundFrame::Finished) => break,
                 Some(InboundFrame::Reset(code)) => {
-                    bail!("the server reset the response (code {code:#x})")
+                    return Err(fail(
+                        exit::RECEIVE,
+                        anyhow::anyhow!("the server reset the response (code {code:#x})"),
+                    ))
                 }
-                None => bail!("the connection closed before the response ended"),
+                None => {
+                    return Err(fail(
+                        exit::RECEIVE,
+                        anyhow::anyhow!("the connection closed before the response ended"),
+                    ))
+                }
             }
         }
-        out.flush()
-            .await
-            .context("cannot write to standard output")?;
-        status.context("response without headers")
+        out.flush().await.map_err(write_err)?;
+        status.ok_or_else(|| fail(exit::RECEIVE, anyhow::anyhow!("response without headers")))
     };
     let status = recv.await;
+    progress.finish();
     send.abort();
     client.handle().close(crate::http3::H3_NO_ERROR, "");
     // Let the CONNECTION_CLOSE go out before the process exits.
     let _ = tokio::time::timeout(Duration::from_secs(1), client.connection().closed()).await;
-    let status = status?;
-    if !(200..400).contains(&status) {
-        bail!("server answered {status}");
+    timings.status = status?;
+    timings.total = started.elapsed();
+    if let Some(format) = &args.write_out {
+        print!("{}", write_out(format, &timings));
+    }
+    if timings.status >= 400 {
+        return Err(fail(
+            exit::HTTP,
+            anyhow::anyhow!("server answered {}", timings.status),
+        ));
     }
     Ok(())
 }
 
-/// `host[:port]` as the URL gave it.
-fn authority(url: &http::Uri) -> String {
-    url.authority()
-        .map_or_else(String::new, |a| a.as_str().to_owned())
+/// `-w`'s format with the transfer's figures.
+fn write_out(format: &str, t: &Timings) -> String {
+    let secs = |d: Duration| format!("{:.6}", d.as_secs_f64());
+    let speed = t.size as f64 / t.total.as_secs_f64().max(1e-9);
+    format
+        .replace("%{http_code}", &t.status.to_string())
+        .replace("%{time_connect}", &secs(t.connect))
+        .replace("%{time_starttransfer}", &secs(t.first_byte))
+        .replace("%{time_total}", &secs(t.total))
+        .replace("%{size_download}", &t.size.to_string())
+        .replace("%{speed_download}", &format!("{speed:.0}"))
+        .replace("\\n", "\n")
+        .replace("\\t", "\t")
+}
+
+/// A progress line on stderr, redrawn at most every 200 ms, for bodies of
+/// over 1 MiB.
+struct Progress {
+    on: bool,
+    last: Option<Instant>,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new(on: bool) -> Self {
+        Self {
+            on,
+            last: None,
+            drawn: false,
+        }
+    }
+
+    fn update(&mut self, got: u64, total: Option<u64>, started: Instant) {
+        if !self.on || got < (1 << 20) {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last = Some(now);
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        let rate = mib(got) / started.elapsed().as_secs_f64().max(1e-9);
+        let of = total.map_or_else(String::new, |t| {
+            format!(
+                " of {:.1} MiB ({:.0}%)",
+                mib(t),
+                100.0 * got as f64 / t.max(1) as f64
+            )
+        });
+        eprint!("\r{:.1} MiB{of}, {rate:.1} MiB/s   ", mib(got));
+        self.drawn = true;
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_out_fills_the_variables() {
+        let t = Timings {
+            connect: Duration::from_millis(2),
+            first_byte: Duration::from_millis(3),
+            total: Duration::from_secs(2),
+            size: 1000,
+            status: 200,
+        };
+        assert_eq!(
+            write_out(
+                "%{http_code} %{size_download} %{speed_download} %{time_connect}\\n",
+                &t
+            ),
+            "200 1000 500 0.002000\n"
+        );
+    }
+
+    #[test]
+    fn headers_parse_as_name_colon_value() {
+        assert_eq!(
+            parse_header("X-Test:  a b ").unwrap(),
+            ("x-test".into(), "a b".into())
+        );
+        assert!(parse_header("nocolon").is_err());
+        assert!(parse_header(": v").is_err());
+    }
 }

@@ -41,7 +41,10 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Send a message to a tq-echo server and print what comes back.
     Echo(echo_client::EchoArgs),
-    /// Fetch a URL over HTTP/3 and print the body.
+    /// Fetch a URL over HTTP/3, as curl would: the body to stdout (or
+    /// -o FILE). Exit codes: 0 done, 6 cannot resolve, 7 no connection,
+    /// 22 HTTP status 400 or above, 23 cannot write, 28 timeout, 56 the
+    /// response was cut, 1 anything else.
     Get(get::GetArgs),
     /// Check a config file without serving: parse it, read every
     /// certificate, load every plugin (compile, link, `init`), bind
@@ -49,11 +52,30 @@ enum Command {
     /// the file, line and key, and exits 1.
     Check(check::CheckArgs),
     /// Compile plugins into the compilation cache ahead of deployment, so
-    /// the first start serves at once: `tq-host compile app.wasm`, or with
-    /// the flags or `--config` the server will run with (limits shape the
-    /// code: compile with the same ones). Binds nothing.
+    /// the first start serves at once: `tq-host compile app.wasm` (with
+    /// the server's --plugin-memory: it shapes the code), or `tq-host
+    /// compile --config tq.toml` for every listener's plugin. Runs as the
+    /// serving user; binds nothing.
     Compile(check::CompileArgs),
 }
+
+/// An error that asks for a particular exit code (`tq-host get`'s, as
+/// curl's: 7 no connection, 22 HTTP error, 28 timeout, ...).
+#[derive(Debug)]
+pub struct Failure {
+    /// The process's exit code.
+    pub code: u8,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -150,7 +172,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     plugin_tables: Option<u32>,
 
-    /// Plugins: elements one table may hold. Default: 100000.
+    /// Plugins: elements one table may hold. Default: 20000 (componentize-py
+    /// components need about 5800, ComponentizeJS ones 7800).
     #[arg(long, value_name = "N")]
     plugin_table_elements: Option<usize>,
 
@@ -266,7 +289,7 @@ pub struct ServeArgs {
     /// Plugins: keep compiled code here, so a restart or a reload of bytes
     /// already compiled skips compiling (seconds for a large JavaScript or
     /// Python component). Entries are checked before use (owner, nobody
-    /// else may write, checksum, wasmtime's own header) and the 16 least
+    /// else may write, checksum, wasmtime's own header) and the 16 most
     /// recently used are kept. Default: $TQ_CACHE_DIR, else
     /// $XDG_CACHE_HOME/tq-host, else ~/.cache/tq-host.
     #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]

@@ -359,8 +359,14 @@ impl Plugin {
             Linked::Quic(w) => quic::validate(v, &w.pre).await,
             Linked::WasiHttp { pre, .. } => wasi_http::validate(v, pre).await,
         };
-        res.map_err(
-            |reason| match super::sandbox::explain_pool_limit(&reason, &v.sandbox.limits) {
+        // Only instantiation errors are the sandbox's; `init`'s message is
+        // the plugin's own words.
+        res.map_err(|reason| {
+            let explained = reason
+                .starts_with("instantiating it failed")
+                .then(|| super::sandbox::explain_pool_limit(&reason, &v.sandbox.limits))
+                .flatten();
+            match explained {
                 Some(explanation) => PluginError::Limits {
                     path: v.path.clone(),
                     explanation,
@@ -370,8 +376,8 @@ impl Plugin {
                     path: v.path.clone(),
                     reason,
                 },
-            },
-        )
+            }
+        })
     }
 
     /// Serves one raw QUIC connection (whose application is `session`'s

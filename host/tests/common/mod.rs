@@ -32,6 +32,7 @@ pub fn serve_logging(extra: &[&str]) -> (Server, String, Vec<String>) {
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
         .env("TQ_LOG", "info")
+        .env("TQ_CACHE_DIR", test_cache())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -99,6 +100,11 @@ pub fn plugin_wasm(name: &str) -> std::path::PathBuf {
     p
 }
 
+/// The compilation cache the tests' servers share (not the user's own).
+pub fn test_cache() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache")
+}
+
 pub fn tempfile_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tq-cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -119,6 +125,7 @@ impl Logged {
         let mut child = Command::new(BIN)
             .args(args)
             .env("TQ_LOG", "info")
+            .env("TQ_CACHE_DIR", test_cache())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

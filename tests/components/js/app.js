@@ -1,5 +1,5 @@
 // A wasi:http handler in JavaScript, built into a component by
-// ComponentizeJS through jco (see tests/components/build.sh): GET / answers
+// ComponentizeJS (see scripts/build-components.sh): GET / answers
 // a greeting, POST /echo streams the request body back.
 import {
   Fields,

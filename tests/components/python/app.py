@@ -1,5 +1,5 @@
 """A wasi:http handler in Python, built into a component by componentize-py
-(see tests/components/build.sh): GET / answers a greeting, POST /echo
+(see scripts/build-components.sh): GET / answers a greeting, POST /echo
 streams the request body back."""
 
 from wit_world import exports

@@ -8,7 +8,11 @@
 //! limit or binary never meets an old entry. Loading machine code from disk
 //! runs it, so an entry is used only if:
 //! - its directory and file belong to this user and nobody else can write
-//!   them (as ssh treats its keys);
+//!   them, and every directory above belongs to this user or root and is
+//!   not writable by others unless sticky (as OpenSSH checks its keys'
+//!   paths); the directory and the file are opened without following
+//!   symbolic links, checked through their open descriptors, and read from
+//!   them (no window between check and read);
 //! - its checksum (SHA-256 of the code, in the file's header) matches, so a
 //!   truncated or altered file is caught;
 //! - wasmtime accepts it (it checks its own header and the engine's
@@ -86,6 +90,9 @@ pub(crate) fn load_or_compile(
                     debug!(entry = %entry.display(), "compiled component from the cache");
                     return Ok((c, Compiled::Cached));
                 }
+                // The component does not fit this sandbox's limits: compiling
+                // again would only say so after seconds.
+                Err(e) if is_limit_error(&e) => return Err(e),
                 Err(e) => {
                     warn!(entry = %entry.display(), error = %e, "cache entry refused by wasmtime; compiling again")
                 }
@@ -109,6 +116,14 @@ pub(crate) fn load_or_compile(
     Ok((component, Compiled::Fresh))
 }
 
+/// Whether wasmtime refused a component for the pooling allocator's limits.
+fn is_limit_error(e: &wasmtime::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("pooling allocator")
+        || text.contains("exceeds the limit")
+        || text.contains("exceeds the per-instance limit")
+}
+
 /// What shapes compiled code besides the component: the engine's settings
 /// (wasmtime's compatibility hash) and this binary's version.
 fn engine_key(engine: &Engine) -> String {
@@ -124,21 +139,49 @@ fn engine_key(engine: &Engine) -> String {
 /// The code of a sound entry, `None` if there is none, or why it is not
 /// sound.
 fn read_entry(dir: &Path, entry: &Path) -> Result<Option<Vec<u8>>, String> {
-    let file = match std::fs::symlink_metadata(entry) {
-        Ok(m) => m,
+    use std::io::Read;
+    let name = entry.file_name().ok_or("no file name")?;
+    // The directory, without following a link, checked through its fd.
+    let d = match std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+    {
+        Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read it: {e}")),
+        Err(e) => return Err(format!("cannot open the directory: {e}")),
     };
-    private(
-        dir,
-        &std::fs::metadata(dir).map_err(|e| e.to_string())?,
-        "directory",
-    )?;
-    if !file.file_type().is_file() {
+    private(dir, &d.metadata().map_err(|e| e.to_string())?, "directory")?;
+    ancestors_safe(dir)?;
+    // The entry, opened relative to that directory, without following a
+    // link, checked and read through the same descriptor.
+    let cname = std::ffi::CString::new(name.as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: `d` is an open directory and `cname` a NUL-terminated name;
+    // the returned descriptor is owned by the File made from it.
+    let fd = unsafe {
+        libc::openat(
+            std::os::fd::AsRawFd::as_raw_fd(&d),
+            cname.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(None),
+            _ => Err(format!("cannot open it: {e}")),
+        };
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let m = f.metadata().map_err(|e| e.to_string())?;
+    if !m.file_type().is_file() {
         return Err("not a regular file".into());
     }
-    private(entry, &file, "file")?;
-    let data = std::fs::read(entry).map_err(|e| format!("cannot read it: {e}"))?;
+    private(entry, &m, "file")?;
+    let mut data = Vec::with_capacity(m.len() as usize);
+    f.read_to_end(&mut data)
+        .map_err(|e| format!("cannot read it: {e}"))?;
     let (head, code) = data.split_at_checked(MAGIC.len() + 32).ok_or("truncated")?;
     if &head[..MAGIC.len()] != MAGIC {
         return Err("not a tq-host cache entry".into());
@@ -147,6 +190,26 @@ fn read_entry(dir: &Path, entry: &Path) -> Result<Option<Vec<u8>>, String> {
         return Err("its checksum does not match its content (altered or truncated)".into());
     }
     Ok(Some(code.to_vec()))
+}
+
+/// Every directory above `dir` must belong to this user or root, and not be
+/// writable by others unless sticky (where others cannot replace what is
+/// ours): otherwise someone else could swap the cache directory.
+fn ancestors_safe(dir: &Path) -> Result<(), String> {
+    let abs = std::path::absolute(dir).map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for a in abs.ancestors().skip(1) {
+        let m = std::fs::metadata(a).map_err(|e| format!("{}: {e}", a.display()))?;
+        let sticky = m.permissions().mode() & 0o1000 != 0;
+        if (m.uid() != me && m.uid() != 0) || (m.permissions().mode() & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "{} is owned or writable by another user, who could replace the cache directory",
+                a.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses what another user owns or may write.
@@ -173,9 +236,24 @@ fn evict(dir: &Path) {
     let Ok(list) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = list
-        .filter_map(Result::ok)
-        .map(|e| e.path())
+    let paths: Vec<PathBuf> = list.filter_map(Result::ok).map(|e| e.path()).collect();
+    // Temporary files a killed writer left behind (an hour old: no write
+    // takes that long).
+    for p in paths
+        .iter()
+        .filter(|p| p.to_string_lossy().contains(".cwasm.tmp-"))
+    {
+        let old = std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if old {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = paths
+        .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
         .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
@@ -242,7 +320,10 @@ mod tests {
 
     #[test]
     fn a_second_load_comes_from_the_cache_and_a_bad_entry_is_never_loaded() {
-        let dir = std::env::temp_dir().join(format!("tq-cache-test-{}", std::process::id()));
+        let mut r = [0u8; 6];
+        boring::rand::rand_bytes(&mut r).unwrap();
+        let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = std::env::temp_dir().join(format!("tq-cache-test-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
         let e = engine();
         let sha = "00".repeat(32);

@@ -24,12 +24,18 @@ pub(crate) fn build_engine(limits: &PluginLimits) -> anyhow::Result<Engine> {
     let c = &limits.component;
     let n = limits.max_instances;
     let mut pool = PoolingAllocationConfig::default();
-    // Totals for `max_instances` components of the largest shape allowed:
-    // slots are address space reserved up front, touched only when used.
+    // Totals: core instance slots are only counters, so room for every
+    // instance at its largest; memories and tables are mapped up front
+    // (tables read-write: 8 bytes per element), so room for a typical
+    // shape (2 memories, 4 tables) per instance, not the largest: a host
+    // serving `max_instances` connections of a component with more runs
+    // out of slots before instances, and that connection is refused.
     pool.total_component_instances(n);
     pool.total_core_instances(n.saturating_mul(c.core_instances));
-    pool.total_memories(n.saturating_mul(c.memories));
-    pool.total_tables(n.saturating_mul(c.tables));
+    pool.total_memories(n.saturating_mul(c.memories.min(2)));
+    pool.total_tables(n.saturating_mul(c.tables.min(4)));
+    pool.max_memories_per_module(c.memories);
+    pool.max_tables_per_module(c.tables);
     pool.max_memory_size(limits.memory_bytes);
     pool.max_memories_per_component(c.memories);
     pool.max_core_instances_per_component(c.core_instances);
@@ -52,7 +58,7 @@ pub(crate) fn build_engine(limits: &PluginLimits) -> anyhow::Result<Engine> {
 pub(crate) fn explain_pool_limit(message: &str, limits: &PluginLimits) -> Option<String> {
     let c = &limits.component;
     // (what wasmtime says, what it is, flag, config key, the limit now)
-    let known: [(&str, &str, &str, &str, u64); 5] = [
+    let known: [(&str, &str, &str, &str, u64); 7] = [
         (
             "core module instances, which exceeds",
             "core module instances per component",
@@ -66,6 +72,20 @@ pub(crate) fn explain_pool_limit(message: &str, limits: &PluginLimits) -> Option
             "--plugin-memories",
             "memories",
             u64::from(c.memories),
+        ),
+        (
+            "defined memories count of",
+            "linear memories per component",
+            "--plugin-memories",
+            "memories",
+            u64::from(c.memories),
+        ),
+        (
+            "defined tables count of",
+            "tables per component",
+            "--plugin-tables",
+            "tables",
+            u64::from(c.tables),
         ),
         (
             "tables, which exceeds",
@@ -105,7 +125,7 @@ pub(crate) fn explain_pool_limit(message: &str, limits: &PluginLimits) -> Option
 /// The component's need in one of wasmtime's limit messages: the first
 /// number after "contains " or "size of ".
 fn need_of(message: &str) -> Option<u64> {
-    ["contains ", "size of "].iter().find_map(|m| {
+    ["contains ", "size of ", "count of "].iter().find_map(|m| {
         let rest = &message[message.find(m)? + m.len()..];
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok()
