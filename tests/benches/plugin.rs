@@ -86,9 +86,18 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let plugin = Plugin::load(&plugin_path("hello"), PluginLimits::default()).expect("hello loads");
-        let (inst, call) = plugin.measure_overheads(2000).await.expect("measure");
-        println!("hello plugin: instantiation {:.1} us per connection, hook call (wait-for-data) {} ns", inst.as_secs_f64() * 1e6, call.as_nanos());
+        // The sandbox's per-component slots, sized for other toolchains
+        // (the default), against the smaller shape sized for Rust
+        // components only: what larger limits cost each instantiation.
+        let small = PluginLimits {
+            component: tq_host::plugin::ComponentLimits { core_instances: 8, memories: 2, tables: 8, table_elements: 20_000 },
+            ..PluginLimits::default()
+        };
+        for (what, limits) in [("default limits", PluginLimits::default()), ("Rust-sized limits (8 core instances, 2 memories, 8 tables)", small)] {
+            let plugin = Plugin::load(&plugin_path("hello"), limits).expect("hello loads");
+            let (inst, call) = plugin.measure_overheads(2000).await.expect("measure");
+            println!("hello plugin, {what}: instantiation {:.1} us per connection, hook call (wait-for-data) {} ns", inst.as_secs_f64() * 1e6, call.as_nanos());
+        }
 
         const IDLE: usize = 200;
         let native = H3TestServer::start(QuicSettings::default(), Http3Settings::default(), H3App::Handler(Arc::new(NativeHello))).await;
