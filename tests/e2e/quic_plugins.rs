@@ -154,11 +154,18 @@ async fn shutdown_reaches_the_plugin_which_answers_and_closes() {
     init_tracing();
     let server = QuicPluginServer::start("quic_probe", PluginLimits::default()).await;
     let (_ep, conn) = server.quinn().await;
-    let waiting = tokio::spawn({
-        let conn = conn.clone();
-        async move { ask(&conn, "after 60000").await }
+    // The waiting command is written (and finished) before the echo below
+    // is even opened, so the plugin has it when the echo's answer comes
+    // back; only its answer is awaited on another task. (Spawning the
+    // whole exchange let the echo overtake it: the plugin then shut down
+    // with nothing to answer.)
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"after 60000").await.unwrap();
+    send.finish().unwrap();
+    let waiting = tokio::spawn(async move {
+        let back = recv.read_to_end(1024).await?;
+        anyhow::Ok(String::from_utf8_lossy(&back).into_owned())
     });
-    // Let the command arrive before the shutdown.
     assert_eq!(ask(&conn, "echo ready").await.unwrap(), "ready");
     server.shutdown.send_replace(true);
     assert_eq!(waiting.await.unwrap().expect("answered on shutdown"), "bye");

@@ -7,6 +7,7 @@ mod check;
 mod config;
 mod echo_client;
 mod get;
+mod new;
 mod plan;
 mod serve;
 
@@ -57,6 +58,10 @@ enum Command {
     /// compile --config tq.toml` for every listener's plugin. Runs as the
     /// serving user; binds nothing.
     Compile(check::CompileArgs),
+    /// Make a plugin crate that builds and is served as written:
+    /// `tq-host new my-plugin [--world http3|quic|wasi-http]`, then
+    /// `cd my-plugin && cargo build --release` (its README has the rest).
+    New(new::NewArgs),
 }
 
 /// An error that asks for a particular exit code (`tq-host get`'s, as
@@ -422,6 +427,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Get(args)) => get::run(args).await,
         Some(Command::Check(args)) => check::run(args).await,
         Some(Command::Compile(args)) => check::compile(args).await,
+        Some(Command::New(args)) => new::run(args),
         None => serve::run(cli.serve).await,
     }
 }
