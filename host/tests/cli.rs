@@ -195,10 +195,8 @@ fn reloads_through_the_admin_endpoint_and_sighup() {
         "--drain-timeout",
         "200ms",
     ]);
-    let line = l.find("naming the admin endpoint", |s| s.contains("admin="));
-    let admin_addr = Logged::field(&line, "admin").expect("admin address logged");
-    let line = l.find("saying where it listens", |s| s.contains("addr="));
-    let addr = Logged::field(&line, "addr").expect("address logged");
+    let admin_addr = l.admin_addr();
+    let addr = l.quic_addr();
     let server = &l.server;
     assert!(get(&addr).starts_with("version a "));
     let (status, body) = admin(&admin_addr, "GET", "/versions");

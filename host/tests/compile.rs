@@ -28,16 +28,11 @@ fn compile_fills_the_cache_a_start_uses_it_and_an_altered_entry_is_refused() {
     let dir = tempfile_dir("compile");
     let cache = dir.join("cache");
     let plugin = plugin_wasm("hello");
-    let out = Command::new(BIN)
-        .args(["compile", plugin.to_str().unwrap(), "--cache-dir"])
-        .arg(&cache)
-        .output()
-        .expect("compile");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run(
+        Command::new(BIN)
+            .args(["compile", plugin.to_str().unwrap(), "--cache-dir"])
+            .arg(&cache),
+        "tq-host compile",
     );
     assert!(
         text.contains(", compiled") && text.contains("cache: "),
@@ -63,18 +58,19 @@ fn compile_fills_the_cache_a_start_uses_it_and_an_altered_entry_is_refused() {
     assert!(loaded_line(&plugin, &cache).contains("from_cache=true"));
 
     // Other limits shape other code: no stale entry is used.
-    let out = Command::new(BIN)
-        .args([
-            "compile",
-            plugin.to_str().unwrap(),
-            "--plugin-memory",
-            "32",
-            "--cache-dir",
-        ])
-        .arg(&cache)
-        .output()
-        .expect("compile");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(", compiled"));
+    let text = run(
+        Command::new(BIN)
+            .args([
+                "compile",
+                plugin.to_str().unwrap(),
+                "--plugin-memory",
+                "32",
+                "--cache-dir",
+            ])
+            .arg(&cache),
+        "tq-host compile --plugin-memory 32",
+    );
+    assert!(text.contains(", compiled"), "{text}");
     let entries = std::fs::read_dir(&cache)
         .unwrap()
         .filter(|e| {

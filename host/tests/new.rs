@@ -7,21 +7,6 @@ use std::process::Command;
 
 use common::*;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Scaffolds `world` and builds it as its README says; the `.wasm` path.
 fn scaffold(dir: &Path, world: &str) -> PathBuf {
     let name = format!("scaffold-{world}");
@@ -46,7 +31,7 @@ fn scaffold(dir: &Path, world: &str) -> PathBuf {
     std::fs::copy(repo().join("plugins/Cargo.lock"), krate.join("Cargo.lock")).unwrap();
     let target = repo().join("target/wasm");
     run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        cargo()
             .args(["build", "--release", "--offline", "--target-dir"])
             .arg(&target)
             .current_dir(&krate),

@@ -14,20 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The admin address from the "admin endpoint" log line.
-fn admin_addr(l: &mut Logged) -> String {
-    let line = l.find("naming the admin endpoint", |s| s.contains("admin="));
-    Logged::field(&line, "admin").expect("admin address")
-}
-
-/// The first QUIC address from a "listening" line.
-fn quic_addr(l: &mut Logged) -> String {
-    let line = l.find("saying where it listens", |s| {
-        s.contains("listening") && s.contains("addr=")
-    });
-    Logged::field(&line, "addr").expect("addr")
-}
-
 #[test]
 fn sigterm_drains_a_64_mib_download_refuses_newcomers_and_exits_0() {
     const SIZE: u64 = 64 << 20;
@@ -39,8 +25,8 @@ fn sigterm_drains_a_64_mib_download_refuses_newcomers_and_exits_0() {
         "--shutdown-timeout",
         "60s",
     ]);
-    let admin_at = admin_addr(&mut l);
-    let addr = quic_addr(&mut l);
+    let admin_at = l.admin_addr();
+    let addr = l.quic_addr();
     assert_eq!(admin(&admin_at, "GET", "/readyz").0, 200);
 
     // A 64 MiB download, read as it comes.
@@ -119,7 +105,7 @@ fn sigterm_drains_a_64_mib_download_refuses_newcomers_and_exits_0() {
 #[test]
 fn a_second_sigterm_exits_at_once() {
     let mut l = Logged::start(&["--listen", "127.0.0.1:0", "--shutdown-timeout", "120s"]);
-    let addr = quic_addr(&mut l);
+    let addr = l.quic_addr();
     // A download nobody reads: its connection stays busy.
     let mut stuck = Command::new(BIN)
         .args(["get", "-k", &format!("https://{addr}/bytes/17179869184")])
@@ -204,8 +190,8 @@ fn metrics_move_by_exactly_what_a_scripted_sequence_did() {
         "--workers",
         "2",
     ]);
-    let admin_at = admin_addr(&mut l);
-    let addr = quic_addr(&mut l);
+    let admin_at = l.admin_addr();
+    let addr = l.quic_addr();
     assert_eq!(admin(&admin_at, "GET", "/healthz"), (200, "ok\n".into()));
     let before = scrape(&admin_at);
 
@@ -264,7 +250,7 @@ fn metrics_move_by_exactly_what_a_scripted_sequence_did() {
 #[test]
 fn workers_share_the_connections() {
     let mut l = Logged::start(&["--listen", "127.0.0.1:0", "--workers", "2"]);
-    let addr = quic_addr(&mut l);
+    let addr = l.quic_addr();
     for _ in 0..24 {
         let (code, _, err) = get_with(&["-k", &format!("https://{addr}/")]);
         assert_eq!(code, Some(0), "{err}");
@@ -286,7 +272,7 @@ fn workers_share_the_connections() {
 #[test]
 fn server_ids_are_in_every_connection_id_and_bad_ones_are_refused() {
     let mut l = Logged::start(&["--listen", "127.0.0.1:0", "--server-id", "0a01"]);
-    let addr = quic_addr(&mut l);
+    let addr = l.quic_addr();
     for _ in 0..5 {
         let (code, _, err) = get_with(&["-k", &format!("https://{addr}/")]);
         assert_eq!(code, Some(0), "{err}");
@@ -370,15 +356,9 @@ fn one_config_serves_two_plugins_and_check_names_every_error() {
          [listener.limits]\nmemory_mib = 32\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", good.to_str().unwrap()])
-        .output()
-        .expect("check");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run(
+        Command::new(BIN).args(["check", good.to_str().unwrap()]),
+        "tq-host check",
     );
     assert!(
         text.contains("h3:") && text.contains("wasi:") && text.contains(": ok"),
@@ -469,7 +449,7 @@ fn sighup_reloads_the_certificate() {
         "--key",
         key.to_str().unwrap(),
     ]);
-    let addr = quic_addr(&mut l);
+    let addr = l.quic_addr();
     // Our client verifying against one certificate as its CA, for the
     // name "localhost": (exit code, stdout, stderr) as `get` would give.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -4,14 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 #[test]
 fn the_sdk_carries_the_wit_it_builds_against() {
@@ -20,21 +15,6 @@ fn the_sdk_carries_the_wit_it_builds_against() {
     assert!(
         ours == sdk,
         "sdk/wit/world.wit differs from wit/world.wit: copy it (cp wit/world.wit sdk/wit/)"
-    );
-}
-
-/// `cargo`, as the one running the tests.
-fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-}
-
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -184,6 +184,20 @@ impl Logged {
         }
     }
 
+    /// The admin endpoint's address, from its log line.
+    pub fn admin_addr(&mut self) -> String {
+        let line = self.find("naming the admin endpoint", |s| s.contains("admin="));
+        Self::field(&line, "admin").expect("admin address logged")
+    }
+
+    /// The first QUIC address, from a "listening" line.
+    pub fn quic_addr(&mut self) -> String {
+        let line = self.find("saying where it listens", |s| {
+            s.contains("listening") && s.contains("addr=")
+        });
+        Self::field(&line, "addr").expect("address logged")
+    }
+
     /// The value after `key=` in a human log line.
     pub fn field(line: &str, key: &str) -> Option<String> {
         line.split(&format!("{key}="))
@@ -227,4 +241,27 @@ pub fn get_with(args: &[&str]) -> (Option<i32>, Vec<u8>, String) {
         out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The repository's root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `cargo`, as the one running the tests.
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs `cmd`, which must succeed (`what` names it in the failure, with
+/// its output); its stdout.
+pub fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
