@@ -5,7 +5,8 @@
 //! - resident memory per idle connection, with the plugin and natively;
 //! - requests/s of `GET /` from the hello plugin and from the same handler
 //!   written natively, in the same run (10 connections x 16 in flight);
-//! - the same with a standard wasi:http component (instance per request);
+//! - the same with a standard wasi:http component (instance per request),
+//!   WASI 0.2 (fresh and reused instances) and WASI 0.3 (fresh);
 //! - raw QUIC: echo of 64 MiB on one stream through the echo plugin and
 //!   through the native `EchoApplication`, in the same run.
 //!
@@ -137,7 +138,13 @@ fn main() {
         let reuse_params = tq_host::quic::ConnectionParams::new_client(QuicSettings::default()).ca_file(&reuse.cert.paths.cert);
         let reuse_clients = connect_many(reuse.addr, &reuse_params, 10).await;
         let r = requests_per_second(&reuse_clients, total, WASI_HELLO).await;
-        println!("GET / over 10 connections x 16 in flight: native {n:.0}, tq http3-app plugin {w:.0}, wasi:http component {h:.0} (fresh instance per request) / {r:.0} (instances reused) requests/s");
+        // A WASI 0.3 component (async `handle`, stream bodies), fresh
+        // instance per request on an engine with concurrency support.
+        let p3 = PluginServer::start("wasi_p3_hello", PluginLimits::default()).await;
+        let p3_params = tq_host::quic::ConnectionParams::new_client(QuicSettings::default()).ca_file(&p3.cert.paths.cert);
+        let p3_clients = connect_many(p3.addr, &p3_params, 10).await;
+        let p = requests_per_second(&p3_clients, total, b"hello from a WASI 0.3 component\n").await;
+        println!("GET / over 10 connections x 16 in flight: native {n:.0}, tq http3-app plugin {w:.0}, wasi:http 0.2 component {h:.0} (fresh instance per request) / {r:.0} (instances reused), wasi:http 0.3 component {p:.0} (fresh) requests/s");
         println!("GET / over 10 connections x 16 in flight: native {n:.0} requests/s, hello plugin {w:.0} requests/s ({:.0}%)", w / n * 100.0);
 
         // Request bodies through the plugin: POST /echo of 16 MiB, one at a

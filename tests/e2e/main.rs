@@ -13,3 +13,4 @@ mod quic_shutdown;
 mod rapid_reset;
 mod reload;
 mod wasi_http;
+mod wasi_p3;

@@ -86,3 +86,8 @@ async fn rapid_reset_against_an_http3_app_plugin_leaves_nothing_running() {
 async fn rapid_reset_against_a_wasi_http_component_leaves_nothing_running() {
     rapid_reset("wasi_hello").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_against_a_wasi_0_3_component_leaves_nothing_running() {
+    rapid_reset("wasi_p3_hello").await;
+}

@@ -1,8 +1,9 @@
 //! Resident-memory bounds, in a test binary of their own so that the
 //! process's memory is theirs alone (and one test at a time, see
-//! [`ALONE`]): 256 MiB through a standard wasi:http component each way,
-//! never held whole; 100,000 requests on one connection, leaving nothing
-//! behind; rapid reset against every world, leaving memory flat.
+//! [`ALONE`]): 256 MiB through a standard wasi:http component (WASI 0.2
+//! and 0.3) each way, never held whole; 100,000 requests on one
+//! connection, and 20,000 to a WASI 0.3 component, leaving nothing behind;
+//! rapid reset against every world, leaving memory flat.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +49,15 @@ async fn drain(rx: &mut tq_host::http3::BodyReceiver) -> (u16, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_256_mib_each_way_through_a_wasi_http_component_stays_within_bound() {
+    stream_256_mib_each_way("wasi_hello").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_256_mib_each_way_through_a_wasi_0_3_component_stays_within_bound() {
+    stream_256_mib_each_way("wasi_p3_hello").await;
+}
+
+async fn stream_256_mib_each_way(plugin: &str) {
     init_tracing();
     let _alone = ALONE.lock().await;
     // For wasi:http the CPU deadline covers a whole request, body included:
@@ -56,7 +66,7 @@ async fn streaming_256_mib_each_way_through_a_wasi_http_component_stays_within_b
         call_deadline: Duration::from_secs(60),
         ..Default::default()
     };
-    let server = PluginServer::start("wasi_hello", limits).await;
+    let server = PluginServer::start(plugin, limits).await;
     let client = server.client().await;
     // Warm up (first instance, connection buffers) before the baseline.
     assert_eq!(
@@ -115,7 +125,7 @@ async fn streaming_256_mib_each_way_through_a_wasi_http_component_stays_within_b
     sampler.await.unwrap();
     let peak = peak.load(Ordering::Relaxed);
     println!(
-        "256 MiB through a wasi:http component: resident memory grew by at most {} KiB downloading, {} KiB over both (bound {BOUND_KIB} KiB)",
+        "256 MiB through {plugin}: resident memory grew by at most {} KiB downloading, {} KiB over both (bound {BOUND_KIB} KiB)",
         after_download - baseline,
         peak - baseline
     );
@@ -241,10 +251,12 @@ async fn rapid_reset_in_every_world_leaves_memory_flat() {
     .await;
     let http3_app = PluginServer::start("hello", PluginLimits::default()).await;
     let wasi = PluginServer::start("wasi_hello", PluginLimits::default()).await;
+    let wasi_p3 = PluginServer::start("wasi_p3_hello", PluginLimits::default()).await;
     for (world, client) in [
         ("native", native.client().await),
         ("http3-app", http3_app.client().await),
         ("wasi:http", wasi.client().await),
+        ("wasi:http 0.3", wasi_p3.client().await),
     ] {
         reset_pairs(&client, "/echo", 2_000).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -264,4 +276,59 @@ async fn rapid_reset_in_every_world_leaves_memory_flat() {
         // The attacking connection is still served.
         assert_eq!(client.request("GET", "/", None).await.unwrap().status, 200);
     }
+}
+
+/// What 20,000 requests to a WASI 0.3 component on one connection may add
+/// after a warm-up of 2,000: each request's store, instance, guest tasks
+/// and stream entry must go with it.
+const P3_LONG_RUN_BOUND_KIB: u64 = 6 << 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_requests_to_a_wasi_0_3_component_on_one_connection_leave_nothing_behind() {
+    init_tracing();
+    let _alone = ALONE.lock().await;
+    let server = PluginServer::start("wasi_p3_hello", PluginLimits::default()).await;
+    let client = Arc::new(server.client().await);
+    const IN_FLIGHT: usize = 8;
+    let run = |n: usize| {
+        let client = client.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for t in 0..IN_FLIGHT {
+                let client = client.clone();
+                tasks.spawn(async move {
+                    for i in 0..n / IN_FLIGHT {
+                        let r = if (i + t) % 2 == 0 {
+                            client.request("GET", "/bytes/100", None).await
+                        } else {
+                            let body = Bytes::from_static(b"ping pong ping pong");
+                            client.request("POST", "/echo", Some(body)).await
+                        };
+                        let r = r.expect("request answered");
+                        assert_eq!(r.status, 200);
+                        assert!(r.body.len() == 100 || r.body == b"ping pong ping pong");
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.expect("request task");
+            }
+        }
+    };
+    run(2_000).await;
+    let baseline = rss_kib();
+    let mut samples = Vec::new();
+    for _ in 0..4 {
+        run(5_000).await;
+        samples.push(rss_kib().saturating_sub(baseline));
+        assert_eq!(server.plugin.requests_in_flight(), 0);
+    }
+    let grown = rss_kib().saturating_sub(baseline);
+    println!(
+        "20,000 requests to a WASI 0.3 component on one connection: resident memory +{grown} KiB (per 5,000: {samples:?} KiB; bound {P3_LONG_RUN_BOUND_KIB} KiB)"
+    );
+    assert!(
+        grown < P3_LONG_RUN_BOUND_KIB,
+        "resident memory grew {grown} KiB over 20,000 requests"
+    );
 }

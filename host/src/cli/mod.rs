@@ -108,7 +108,8 @@ pub enum App {
 pub struct ServeArgs {
     /// Serve this WebAssembly component (built for wasm32-wasip2) instead of a
     /// built-in application. It implements `tq:plugin/http3-app` (served over
-    /// HTTP/3), the standard `wasi:http/proxy` world (served over HTTP/3, an
+    /// HTTP/3), the standard `wasi:http/proxy` world (WASI 0.2) or
+    /// `wasi:http/service` world (WASI 0.3; both served over HTTP/3, an
     /// instance per request), or `tq:plugin/quic-app` (a raw QUIC
     /// application; give its protocol with --alpn); tq-host tells which from
     /// its exports.

@@ -15,7 +15,8 @@ use super::http3::host::Http3Pre;
 use super::quic::{QuicPluginApp, QuicPluginSession, QuicTarget, QuicWorld};
 use super::sandbox::{PluginGrants, PluginLimits, PluginState, Sandbox};
 use super::version::{Live, Version};
-use super::wasi_http::host::{Pool, ProxyPre};
+use super::wasi_http::host::Pool;
+use super::wasi_http::Handler;
 use super::world::{ConnectionMeta, World, INIT_EXPORT, MIGRATE_EXPORT};
 use super::{http3, quic, wasi_http};
 use crate::http3::{H3Controller, Http3Settings, ServerH3Driver};
@@ -37,11 +38,8 @@ pub struct Plugin {
 enum Linked {
     Http3(Http3Pre),
     Quic(Arc<QuicWorld>),
-    WasiHttp {
-        pre: ProxyPre,
-        /// Idle instances, when reuse is on; they go with the version.
-        pool: Arc<Pool>,
-    },
+    /// Either WASI release of wasi:http.
+    WasiHttp(Handler),
 }
 
 /// A version held without keeping it loaded (what `LivePlugin` keeps of
@@ -183,7 +181,8 @@ impl Plugin {
         }
         let hash = hex(&boring::sha::sha256(bytes));
         let label = super::version::version_label(&hash);
-        let sandbox = Sandbox::new(limits, grants, metrics, label)
+        let concurrent = World::needs_concurrency(bytes);
+        let sandbox = Sandbox::new(limits, grants, metrics, label, concurrent)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let engine = &sandbox.engine;
         let cache_dir = sandbox.limits.cache_dir.clone();
@@ -236,10 +235,21 @@ impl Plugin {
                 let pre = link(engine, &component, path, |l| {
                     wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)
                 })?;
-                Linked::WasiHttp {
+                Linked::WasiHttp(Handler::Proxy {
                     pre: wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(mismatch)?,
                     pool: Arc::new(Pool::default()),
-                }
+                })
+            }
+            World::WasiHttpService => {
+                // Toolchains' standard libraries still import WASI 0.2
+                // (linked by `link`) next to the 0.3 interfaces.
+                let pre = link(engine, &component, path, |l| {
+                    wasmtime_wasi::p3::add_to_linker(l)?;
+                    wasmtime_wasi_http::p3::add_to_linker(l)
+                })?;
+                Linked::WasiHttp(Handler::Service(
+                    wasmtime_wasi_http::p3::bindings::ServicePre::new(pre).map_err(mismatch)?,
+                ))
             }
         };
         Ok(Self {
@@ -357,7 +367,8 @@ impl Plugin {
         let res = match &self.world {
             Linked::Http3(pre) => http3::validate(v, pre).await,
             Linked::Quic(w) => quic::validate(v, &w.pre).await,
-            Linked::WasiHttp { pre, .. } => wasi_http::validate(v, pre).await,
+            Linked::WasiHttp(Handler::Proxy { pre, .. }) => wasi_http::validate(v, pre).await,
+            Linked::WasiHttp(Handler::Service(pre)) => wasi_http::service::validate(v, pre).await,
         };
         // Only instantiation errors are the sandbox's; `init`'s message is
         // the plugin's own words.
@@ -417,8 +428,8 @@ impl Plugin {
         let v = self.inner.clone();
         match &self.world {
             Linked::Http3(pre) => http3::serve(v, pre.clone(), controller, meta, shutdown).await,
-            Linked::WasiHttp { pre, pool } => {
-                wasi_http::serve(v, pre.clone(), pool.clone(), controller, meta, shutdown).await
+            Linked::WasiHttp(handler) => {
+                wasi_http::serve(v, handler.clone(), controller, meta, shutdown).await
             }
             Linked::Quic(_) => {}
         }
@@ -462,11 +473,8 @@ impl Plugin {
                     shutdown,
                 ))
             }
-            Linked::Http3(_) | Linked::WasiHttp { .. } => {
-                let world = match &self.world {
-                    Linked::Http3(_) => "http3-app",
-                    _ => "wasi-http",
-                };
+            Linked::Http3(_) | Linked::WasiHttp(_) => {
+                let world = self.world().short_name();
                 let sandbox = &self.inner.sandbox;
                 let (driver, controller) = ServerH3Driver::new_server(h3.clone());
                 let driver = driver.with_request_metrics(

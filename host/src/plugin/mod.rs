@@ -1,10 +1,10 @@
-//! The WebAssembly plugin runtime: loads a component, tells which of three
+//! The WebAssembly plugin runtime: loads a component, tells which of four
 //! worlds it implements, and serves connections with it in a sandbox.
 //!
 //! ```text
 //!   handle (Plugin: load, link, dispatch) ──▶ http3/      http3-app: one instance per connection
 //!        │                                 ├▶ quic/       quic-app: the connection's application (+ bridge)
-//!        │                                 └▶ wasi_http/  wasi:http/proxy: one instance per request
+//!        │                                 └▶ wasi_http/  wasi:http proxy (0.2) and service (0.3): one instance per request
 //!        ▼                                         │
 //!   version (one loaded version: typed component, liveness)   ◀┘
 //!        ▼

@@ -14,6 +14,11 @@ pub enum World {
     /// `wasi:http/incoming-handler` and is served over HTTP/3, one instance
     /// per request.
     WasiHttp,
+    /// The standard WASI 0.3 `wasi:http/service` world (async: `handle` is
+    /// an `async func`, bodies are streams): the plugin exports
+    /// `wasi:http/handler@0.3.x` and is served over HTTP/3, one instance
+    /// per request, on an engine with the component model's concurrency.
+    WasiHttpService,
 }
 
 /// What the host tells a plugin about its connection.
@@ -33,7 +38,12 @@ pub(crate) const MIGRATE_EXPORT: &str = "tq:plugin/migrate@0.1.0";
 
 impl World {
     /// Every world tq-host serves.
-    pub const ALL: [World; 3] = [World::Http3App, World::QuicApp, World::WasiHttp];
+    pub const ALL: [World; 4] = [
+        World::Http3App,
+        World::QuicApp,
+        World::WasiHttp,
+        World::WasiHttpService,
+    ];
 
     /// The interface a component of this world exports.
     pub fn export(self) -> &'static str {
@@ -41,6 +51,17 @@ impl World {
             World::Http3App => "tq:plugin/h3-handler@0.1.0",
             World::QuicApp => "tq:plugin/quic-handler@0.1.0",
             World::WasiHttp => "wasi:http/incoming-handler@0.2.x",
+            World::WasiHttpService => "wasi:http/handler@0.3.x",
+        }
+    }
+
+    /// What metrics and logs call it.
+    pub(crate) fn short_name(self) -> &'static str {
+        match self {
+            World::Http3App => "http3-app",
+            World::QuicApp => "quic-app",
+            World::WasiHttp => "wasi-http",
+            World::WasiHttpService => "wasi-http-0.3",
         }
     }
 
@@ -48,6 +69,7 @@ impl World {
     fn exported_by(self, name: &str) -> bool {
         match self {
             World::WasiHttp => name.starts_with("wasi:http/incoming-handler@0.2."),
+            World::WasiHttpService => name.starts_with("wasi:http/handler@0.3."),
             w => name == w.export(),
         }
     }
@@ -57,6 +79,34 @@ impl World {
         World::ALL
             .into_iter()
             .find(|w| exports.iter().any(|e| w.exported_by(e)))
+    }
+
+    /// Whether the component in `bytes` needs an engine with the component
+    /// model's concurrency: told from its own export section before it is
+    /// compiled, since compiling it needs that engine already (and every
+    /// other world keeps the cheaper one). Bytes that do not parse say no;
+    /// compiling them reports why.
+    pub(crate) fn needs_concurrency(bytes: &[u8]) -> bool {
+        use wasmtime::wasmparser::{Parser, Payload};
+        // Nested modules and components come inline between their own
+        // header and end; only the outermost component's exports count.
+        let mut depth = 0usize;
+        for payload in Parser::new(0).parse_all(bytes) {
+            let Ok(payload) = payload else { return false };
+            match payload {
+                Payload::Version { .. } => depth += 1,
+                Payload::End(_) => depth = depth.saturating_sub(1),
+                Payload::ComponentExportSection(exports) if depth == 1 => {
+                    for export in exports.into_iter().flatten() {
+                        if World::WasiHttpService.exported_by(export.name.name) {
+                            return true;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
     }
 
     /// What the CLI and logs call them all.
@@ -75,6 +125,7 @@ impl std::fmt::Display for World {
             World::Http3App => f.write_str("tq:plugin/http3-app@0.1.0"),
             World::QuicApp => f.write_str("tq:plugin/quic-app@0.1.0"),
             World::WasiHttp => f.write_str("wasi:http/proxy@0.2"),
+            World::WasiHttpService => f.write_str("wasi:http/service@0.3"),
         }
     }
 }
@@ -94,6 +145,10 @@ mod tests {
         assert_eq!(
             of(&["wasi:http/incoming-handler@0.2.6"]),
             Some(World::WasiHttp)
+        );
+        assert_eq!(
+            of(&["wasi:http/handler@0.3.0"]),
+            Some(World::WasiHttpService)
         );
         assert_eq!(of(&["wasi:http/incoming-handler@0.3.0"]), None);
         assert_eq!(of(&[]), None);

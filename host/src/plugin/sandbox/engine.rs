@@ -19,8 +19,11 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Builds the engine: component model, async calls (so long-running guest
 /// code yields), epoch interruption, and the pooling allocator sized by
-/// `limits`.
-pub(crate) fn build_engine(limits: &PluginLimits) -> anyhow::Result<Engine> {
+/// `limits`. `concurrent` turns on the component model's concurrency (the
+/// async ABI, `stream` and `future`) that WASI 0.3 components need; it is
+/// off for every other world, whose stores then skip the concurrent
+/// runtime's bookkeeping on each call.
+pub(crate) fn build_engine(limits: &PluginLimits, concurrent: bool) -> anyhow::Result<Engine> {
     let c = &limits.component;
     let n = limits.max_instances;
     let mut pool = PoolingAllocationConfig::default();
@@ -43,6 +46,8 @@ pub(crate) fn build_engine(limits: &PluginLimits) -> anyhow::Result<Engine> {
     pool.table_elements(c.table_elements);
     let mut cfg = Config::new();
     cfg.wasm_component_model(true)
+        .concurrency_support(concurrent)
+        .wasm_component_model_async(concurrent)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         // Reserve no more address space per memory than the cap needs.
@@ -188,14 +193,16 @@ impl Drop for Sandbox {
 }
 
 impl Sandbox {
-    /// An engine sized by `limits`, with its epoch ticker running.
+    /// An engine sized by `limits`, with its epoch ticker running, and
+    /// the component model's concurrency if `concurrent` (WASI 0.3).
     pub(crate) fn new(
         limits: PluginLimits,
         grants: PluginGrants,
         metrics: Arc<dyn ServiceMetrics>,
         version_label: Arc<str>,
+        concurrent: bool,
     ) -> anyhow::Result<Self> {
-        let engine = build_engine(&limits)?;
+        let engine = build_engine(&limits, concurrent)?;
         let ticker = EpochTicker::start(engine.clone());
         // Paired with `version_unloaded` when the sandbox drops.
         metrics.version_loaded(&version_label);

@@ -1,7 +1,9 @@
 //! Serves standard `wasi:http/proxy` components (those `wasmtime serve`
 //! runs) over HTTP/3, with `wasmtime-wasi-http` as the host side and the
 //! HTTP/3 layer's front-end (the same request conversion, body type,
-//! response path and connection loop as native handlers).
+//! response path and connection loop as native handlers). WASI 0.3
+//! `wasi:http/service` components are served by [`service`] on the same
+//! connection loop.
 //!
 //! Each request gets a fresh instance (the pooling allocator makes that
 //! cheap), so a trap answers 500 for that request only. The request body is
@@ -14,6 +16,7 @@
 
 pub(crate) mod host;
 mod outbound;
+pub(crate) mod service;
 
 use std::sync::Arc;
 
@@ -32,11 +35,23 @@ use crate::http3::{
 };
 use host::{HttpConn, Idle, Pool, ProxyPre};
 
+/// A wasi:http component linked and ready to instantiate, by WASI release.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    /// WASI 0.2 `wasi:http/proxy`.
+    Proxy {
+        pre: ProxyPre,
+        /// Idle instances, when reuse is on; they go with the version.
+        pool: Arc<Pool>,
+    },
+    /// WASI 0.3 `wasi:http/service`.
+    Service(service::ServicePre),
+}
+
 /// Serves one HTTP/3 connection: each request on its own instance.
 pub(super) async fn serve(
     plugin: Arc<Version>,
-    pre: ProxyPre,
-    pool: Arc<Pool>,
+    handler: Handler,
     controller: H3Controller,
     meta: ConnectionMeta,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -55,7 +70,7 @@ pub(super) async fn serve(
         let handle = controller.handle();
         let killed = plugin.clone();
         let serve = serve_requests(controller, stop, |req| {
-            handle_request(plugin.clone(), pre.clone(), pool.clone(), req).in_current_span()
+            handle_request(plugin.clone(), handler.clone(), req).in_current_span()
         });
         tokio::select! {
             () = serve => {}
@@ -81,17 +96,16 @@ impl Drop for Guest {
     }
 }
 
-async fn handle_request(
-    plugin: Arc<Version>,
-    pre: ProxyPre,
-    pool: Arc<Pool>,
-    req: IncomingRequest,
-) {
+async fn handle_request(plugin: Arc<Version>, handler: Handler, req: IncomingRequest) {
     let stream = req.stream_id;
     let mut in_flight = RequestGauge::new(&plugin.live);
     in_flight.set(1);
     let out = req.response.clone();
-    if let Err(why) = run_request(&plugin, pre, &pool, req).await {
+    let result = match handler {
+        Handler::Proxy { pre, pool } => run_request(&plugin, pre, &pool, req).await,
+        Handler::Service(pre) => service::run_request(&plugin, pre, req).await,
+    };
+    if let Err(why) = result {
         // A guest failing once its client left (a reset body read as an
         // error, often unwrapped) is the client's doing, and a client
         // resetting requests in a loop must not flood the log.
@@ -108,7 +122,8 @@ async fn handle_request(
     }
 }
 
-struct Failure {
+/// Why a request failed, and whether it can still be answered.
+pub(crate) struct Failure {
     status: http::StatusCode,
     message: String,
     /// Whether the response head was already sent (then the stream is
@@ -131,13 +146,7 @@ async fn run_request(
     req: IncomingRequest,
 ) -> Result<(), Failure> {
     let out: OutboundSender = req.response;
-    let hreq =
-        request_from_head(&req.headers, RequestBody::new(req.body)).map_err(|e| Failure {
-            status: http::StatusCode::BAD_REQUEST,
-            message: e.to_string(),
-            head_sent: false,
-        })?;
-    let hreq = hreq.map(|b| b.map_err(|e| HttpError::InternalError(Some(e.to_string()))));
+    let hreq = incoming(&req.headers, req.body)?;
     // A pooled instance if reuse is on and one is idle, else a fresh one.
     let (mut store, proxy, served) = match pool.take() {
         Some(Idle {
@@ -145,16 +154,7 @@ async fn run_request(
             proxy,
             served,
         }) => (store, Some(proxy), served),
-        None => {
-            let conn = HttpConn::new(
-                Arc::new(plugin.sandbox.grants.http_hosts.clone()),
-                plugin.sandbox.grants.http_private,
-                plugin.sandbox.limits.outgoing_in_flight,
-                plugin.sandbox.limits.outgoing_timeout,
-            );
-            let store = new_store(&plugin.sandbox, conn).map_err(|e| fail(format!("{e:#}")))?;
-            (store, None, 0)
-        }
+        None => (fresh_store(plugin)?, None, 0),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (r, o) = {
@@ -257,6 +257,40 @@ async fn run_request(
             Ok(())
         }
     }
+}
+
+/// A request body as `wasmtime-wasi-http` takes it.
+pub(crate) type GuestRequestBody =
+    http_body_util::combinators::MapErr<RequestBody, fn(crate::http3::H3Error) -> HttpError>;
+
+/// The request as `wasmtime-wasi-http` takes it, its body read from the
+/// stream only as the guest reads; a malformed head answers 400.
+fn incoming(
+    headers: &[crate::http3::Header],
+    body: Option<crate::http3::BodyReceiver>,
+) -> Result<http::Request<GuestRequestBody>, Failure> {
+    let hreq = request_from_head(headers, RequestBody::new(body)).map_err(|e| Failure {
+        status: http::StatusCode::BAD_REQUEST,
+        message: e.to_string(),
+        head_sent: false,
+    })?;
+    let to_http: fn(crate::http3::H3Error) -> HttpError =
+        |e| HttpError::InternalError(Some(e.to_string()));
+    Ok(hreq.map(|b| b.map_err(to_http)))
+}
+
+/// A fresh store for one request's instance, with the version's outgoing
+/// policy.
+fn fresh_store(
+    plugin: &Version,
+) -> Result<wasmtime::Store<super::sandbox::PluginState<HttpConn>>, Failure> {
+    let conn = HttpConn::new(
+        Arc::new(plugin.sandbox.grants.http_hosts.clone()),
+        plugin.sandbox.grants.http_private,
+        plugin.sandbox.limits.outgoing_in_flight,
+        plugin.sandbox.limits.outgoing_timeout,
+    );
+    new_store(&plugin.sandbox, conn).map_err(|e| fail(format!("{e:#}")))
 }
 
 /// Instantiates the plugin once in a scratch store, checks its exports and
