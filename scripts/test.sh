@@ -3,7 +3,7 @@
 # API docs' links, and all tests (unit, doc and end-to-end over loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --for-tests
 # Plugins first: the tests load them from target/wasm.
 bash scripts/build-plugins.sh
 # Components from the Python and JavaScript toolchains (tests/e2e/toolchains.rs).
