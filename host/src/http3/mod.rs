@@ -64,7 +64,9 @@ pub use error::{
 pub use frames::{headers, BodyReceiver, InboundFrame, OutboundFrame, OutboundSender, TrySend};
 pub use head::{header_list, header_map, request_from_head, ConnectProtocol};
 pub use quiche::h3::{Header, NameValue};
-pub(crate) use service::{pipe_body, respond_error, send_end, send_head, PipeError};
+pub(crate) use service::{
+    declared_length, pipe_body, respond_error, send_end, send_head, PipeError,
+};
 pub use service::{
     send_response, serve_connection, serve_connection_until, serve_requests, RequestHandler,
 };

@@ -181,20 +181,42 @@ pub(crate) async fn send_head(
 /// says how it ended without sending that end (the caller does, with
 /// [`send_end`]) — unless `hold_end` is false and the body knows it has
 /// ended with its last data, which then goes out with `fin`.
+///
+/// `declared` is the response's `content-length` (see [`declared_length`]):
+/// a body that runs past it, or ends short of it, fails (the caller resets
+/// the stream), since a response whose body and length disagree is
+/// malformed (RFC 9114 §4.1.2) and a cache could keep it as complete.
 pub(crate) async fn pipe_body<B>(
     to: &OutboundSender,
     body: &mut B,
     hold_end: bool,
+    declared: Option<u64>,
 ) -> Result<BodyEnd, PipeError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Debug,
 {
+    let mut sent: u64 = 0;
+    let short = |sent: u64| match declared {
+        Some(n) if sent != n => Err(PipeError::Body(format!(
+            "the body ended after {sent} of the {n} bytes its content-length declares"
+        ))),
+        _ => Ok(()),
+    };
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| PipeError::Body(format!("{e:?}")))?;
         match frame.into_data() {
             Ok(data) => {
+                sent = sent.saturating_add(data.len() as u64);
+                if let Some(n) = declared.filter(|n| sent > *n) {
+                    return Err(PipeError::Body(format!(
+                        "the body runs past its content-length of {n} bytes"
+                    )));
+                }
                 let fin = !hold_end && body.is_end_stream();
+                if fin {
+                    short(sent)?;
+                }
                 to.send_body(data, fin).await.map_err(|_| PipeError::Gone)?;
                 if fin {
                     return Ok(BodyEnd::Sent);
@@ -202,12 +224,33 @@ where
             }
             Err(frame) => {
                 if let Ok(t) = frame.into_trailers() {
+                    short(sent)?;
                     return Ok(BodyEnd::Trailers(t));
                 }
             }
         }
     }
+    short(sent)?;
     Ok(BodyEnd::Open)
+}
+
+/// The body length a response head declares, if its body must have one:
+/// its `content-length`, unless the response has no body whatever it says
+/// (to a HEAD request, 1xx, 204, 304). A missing or unparsable length
+/// declares nothing.
+pub(crate) fn declared_length(parts: &http::response::Parts, head_request: bool) -> Option<u64> {
+    let s = parts.status.as_u16();
+    if head_request || s < 200 || s == 204 || s == 304 {
+        return None;
+    }
+    parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// How a piped body ended.
@@ -247,7 +290,7 @@ where
     if empty {
         return Ok(());
     }
-    match pipe_body(to, &mut body, false).await {
+    match pipe_body(to, &mut body, false, declared_length(&parts, false)).await {
         Ok(end) => send_end(to, end).await,
         Err(PipeError::Gone) => Err(H3Error::StreamClosed),
         Err(PipeError::Body(why)) => {
@@ -255,5 +298,105 @@ where
             let _ = to.send(OutboundFrame::Reset(H3_INTERNAL_ERROR)).await;
             Err(H3Error::BodyFailed(why))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A body of the given data frames.
+    struct Frames(VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn frames(sizes: &[usize]) -> Frames {
+        Frames(sizes.iter().map(|n| Bytes::from(vec![b'x'; *n])).collect())
+    }
+
+    fn sender() -> (OutboundSender, tokio::sync::mpsc::Receiver<OutboundFrame>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let out = OutboundSender {
+            stream_id: 0,
+            tx,
+            shared: Default::default(),
+        };
+        (out, rx)
+    }
+
+    /// Body bytes that reached the stream.
+    fn sent(rx: &mut tokio::sync::mpsc::Receiver<OutboundFrame>) -> usize {
+        let mut n = 0;
+        while let Ok(f) = rx.try_recv() {
+            if let OutboundFrame::Body(b, _) = f {
+                n += b.len();
+            }
+        }
+        n
+    }
+
+    #[tokio::test]
+    async fn a_body_must_match_its_declared_length() {
+        let (out, mut rx) = sender();
+        let r = pipe_body(&out, &mut frames(&[4, 6]), true, Some(10)).await;
+        assert!(matches!(r, Ok(BodyEnd::Open)), "{r:?}");
+        assert_eq!(sent(&mut rx), 10);
+
+        let r = pipe_body(&out, &mut frames(&[4, 1]), true, Some(10)).await;
+        match r {
+            Err(PipeError::Body(why)) => assert!(why.contains("5 of the 10"), "{why}"),
+            other => panic!("a short body passed: {other:?}"),
+        }
+        sent(&mut rx);
+
+        // Past the length: refused before the excess goes out.
+        let r = pipe_body(&out, &mut frames(&[4, 7]), true, Some(10)).await;
+        assert!(matches!(r, Err(PipeError::Body(_))), "{r:?}");
+        assert_eq!(sent(&mut rx), 4);
+
+        // Ending with its last data (fin on it): checked before the fin.
+        let r = pipe_body(&out, &mut frames(&[3]), false, Some(10)).await;
+        assert!(matches!(r, Err(PipeError::Body(_))), "{r:?}");
+        assert_eq!(sent(&mut rx), 0);
+
+        // No declared length: any length.
+        let r = pipe_body(&out, &mut frames(&[4, 7]), true, None).await;
+        assert!(r.is_ok());
+        assert_eq!(sent(&mut rx), 11);
+    }
+
+    #[test]
+    fn responses_without_a_body_declare_no_length() {
+        let parts = |status: u16, len: Option<&str>| {
+            let mut b = http::Response::builder().status(status);
+            if let Some(l) = len {
+                b = b.header("content-length", l);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert_eq!(declared_length(&parts(200, Some("12")), false), Some(12));
+        assert_eq!(declared_length(&parts(200, Some("12")), true), None);
+        assert_eq!(declared_length(&parts(204, Some("12")), false), None);
+        assert_eq!(declared_length(&parts(304, Some("12")), false), None);
+        assert_eq!(declared_length(&parts(200, None), false), None);
+        assert_eq!(declared_length(&parts(200, Some("x")), false), None);
     }
 }

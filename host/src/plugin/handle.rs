@@ -197,7 +197,7 @@ impl Plugin {
                 },
                 None => PluginError::Invalid {
                     path: path_buf(),
-                    reason: format!("{e:?}"),
+                    reason: async_hint(format!("{e:?}"), concurrent),
                 },
             }
         })?;
@@ -516,6 +516,40 @@ impl Plugin {
         let (_driver, controller) = ServerH3Driver::new_server(Default::default());
         http3::measure(&self.inner, pre, controller.handle(), n).await
     }
+}
+
+impl Plugin {
+    /// For benchmarks: the mean time of a fresh store and instance of a
+    /// wasi:http component (what each request costs before the guest
+    /// runs), over `n` runs.
+    ///
+    /// # Errors
+    /// The plugin is not a wasi:http one, or failed to instantiate.
+    #[doc(hidden)]
+    pub async fn measure_instantiation(&self, n: u32) -> Result<std::time::Duration, String> {
+        let Linked::WasiHttp(handler) = &self.world else {
+            return Err(format!(
+                "{} is not a wasi:http plugin",
+                self.path().display()
+            ));
+        };
+        wasi_http::measure_instantiation(&self.inner, handler, n).await
+    }
+}
+
+/// A compile error from a component that uses the component model's
+/// async features without exporting the one world that gets them: says so,
+/// since wasmtime's own words only name a feature.
+fn async_hint(reason: String, concurrent: bool) -> String {
+    let lower = reason.to_ascii_lowercase();
+    if concurrent || !lower.contains("async") {
+        return reason;
+    }
+    format!(
+        "{reason}\n(it uses the component model's async features, which tq-host turns on only \
+         for WASI 0.3 wasi:http/service components, exporting {})",
+        World::WasiHttpService.export()
+    )
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -134,7 +134,16 @@ fn capped(options: Option<RequestOptions>, limit: std::time::Duration) -> Reques
     }
 }
 
+/// The most a WASI 0.3 guest's body write hands the host at once: one
+/// frame on the stream's channel (16 frames). wasmtime's default, 1 MiB,
+/// would let a response wait in host memory 16 MiB deep for a slow client.
+const P3_BODY_CHUNK: usize = 64 << 10;
+
 impl WasiHttpHooks for OutboundPolicy {
+    fn p3_outgoing_body_chunk_size(&mut self) -> usize {
+        P3_BODY_CHUNK
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,

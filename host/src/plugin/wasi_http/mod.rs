@@ -29,9 +29,9 @@ use super::sandbox::{bounded, instantiate, log_final_output, new_store};
 use super::version::{ConnectionPin, RequestGauge, Version};
 use super::world::ConnectionMeta;
 use crate::http3::{
-    pipe_body, request_from_head, respond_error, send_end, send_head, serve_requests, H3Controller,
-    IncomingRequest, OutboundFrame, OutboundSender, PipeError, RequestBody, H3_INTERNAL_ERROR,
-    H3_REQUEST_CANCELLED,
+    declared_length, pipe_body, request_from_head, respond_error, send_end, send_head,
+    serve_requests, H3Controller, IncomingRequest, OutboundFrame, OutboundSender, PipeError,
+    RequestBody, H3_INTERNAL_ERROR, H3_REQUEST_CANCELLED,
 };
 use host::{HttpConn, Idle, Pool, ProxyPre};
 
@@ -146,6 +146,7 @@ async fn run_request(
     req: IncomingRequest,
 ) -> Result<(), Failure> {
     let out: OutboundSender = req.response;
+    let head_request = is_head(&req.headers);
     let hreq = incoming(&req.headers, req.body)?;
     // A pooled instance if reuse is on and one is idle, else a fresh one.
     let (mut store, proxy, served) = match pool.take() {
@@ -213,7 +214,7 @@ async fn run_request(
     let resp = match rx.await {
         Ok(Ok(resp)) => resp,
         Ok(Err(code)) => {
-            return Err(fail(format!("the plugin answered with error {code:?}")));
+            return Err(fail(refused(format!("{code:?}"))));
         }
         // It never set a response: it trapped, or returned without one.
         Err(_) => {
@@ -233,7 +234,8 @@ async fn run_request(
     // The end is held back: a trap after the head can end the body early
     // and look like a clean end, so it is trusted only once the guest has
     // finished well.
-    let ended = pipe_body(&out, &mut body, true).await;
+    let declared = declared_length(&parts, head_request);
+    let ended = pipe_body(&out, &mut body, true, declared).await;
     // Done with the body: a guest still writing to it (the client left)
     // gets an error instead of waiting for a reader forever.
     drop(body);
@@ -257,6 +259,27 @@ async fn run_request(
             Ok(())
         }
     }
+}
+
+/// What the client and the log are told of an error code the guest
+/// answered with: at most 200 bytes of it, since an error code may carry
+/// the guest's own text, of any length.
+fn refused(code: String) -> String {
+    let mut end = code.len().min(200);
+    while !code.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < code.len() { "..." } else { "" };
+    format!("the plugin answered with error {}{more}", &code[..end])
+}
+
+/// Whether the request is a HEAD (whose response has no body, whatever
+/// length it declares).
+fn is_head(headers: &[crate::http3::Header]) -> bool {
+    use crate::http3::NameValue;
+    headers
+        .iter()
+        .any(|h| h.name() == b":method" && h.value() == b"HEAD")
 }
 
 /// A request body as `wasmtime-wasi-http` takes it.
@@ -293,6 +316,28 @@ fn fresh_store(
     new_store(&plugin.sandbox, conn).map_err(|e| fail(format!("{e:#}")))
 }
 
+/// For benchmarks: the mean time of a fresh store and instance, what each
+/// request costs before the guest runs, over `n` runs.
+pub(super) async fn measure_instantiation(
+    plugin: &Version,
+    handler: &Handler,
+    n: u32,
+) -> Result<std::time::Duration, String> {
+    let n = n.max(1);
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        let mut store = fresh_store(plugin).map_err(|f| f.message)?;
+        let pre = match handler {
+            Handler::Proxy { pre, .. } => pre.instance_pre(),
+            Handler::Service(pre) => pre.instance_pre(),
+        };
+        pre.instantiate_async(&mut store)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(started.elapsed() / n)
+}
+
 /// Instantiates the plugin once in a scratch store, checks its exports and
 /// runs its optional `init`.
 pub(super) async fn validate(version: &Version, pre: &ProxyPre) -> Result<(), String> {
@@ -309,4 +354,18 @@ pub(super) async fn validate(version: &Version, pre: &ProxyPre) -> Result<(), St
     wasmtime_wasi_http::p2::bindings::Proxy::new(&mut store, &instance)
         .map_err(|e| format!("its exports do not match: {e:?}"))?;
     version.run_init(&mut store, &instance).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_guest_error_code_reaches_the_client_cut_to_200_bytes() {
+        assert_eq!(
+            super::refused("DnsTimeout".into()),
+            "the plugin answered with error DnsTimeout"
+        );
+        let long = format!("InternalError(Some(\"{}\"))", "é".repeat(10_000));
+        let said = super::refused(long);
+        assert!(said.len() < 260 && said.ends_with("..."), "{said}");
+    }
 }

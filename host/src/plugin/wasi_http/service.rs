@@ -23,8 +23,8 @@ use wasmtime_wasi_http::WasiHttpView;
 use super::super::sandbox::{bounded, instantiate, log_final_output, new_store, PluginState};
 use super::super::version::Version;
 use super::host::HttpConn;
-use super::{fail, fresh_store, incoming, Failure};
-use crate::http3::{pipe_body, send_end, send_head, IncomingRequest, PipeError};
+use super::{fail, fresh_store, incoming, is_head, refused, Failure};
+use crate::http3::{declared_length, pipe_body, send_end, send_head, IncomingRequest, PipeError};
 
 /// A WASI 0.3 wasi:http component linked and ready to instantiate.
 pub(crate) type ServicePre = wasmtime_wasi_http::p3::bindings::ServicePre<PluginState<HttpConn>>;
@@ -48,6 +48,7 @@ pub(super) async fn run_request(
     req: IncomingRequest,
 ) -> Result<(), Failure> {
     let out = req.response;
+    let head_request = is_head(&req.headers);
     let hreq = incoming(&req.headers, req.body)?;
     let mut store = fresh_store(plugin)?;
     // The future `from_http` returns reports the guest's verdict on the
@@ -74,7 +75,8 @@ pub(super) async fn run_request(
                 sent.store(true, Ordering::Relaxed);
                 // The end is held back until the body has ended well: a
                 // guest trapping midway must reset the stream, not end it.
-                let ended = pipe_body(&out, &mut body, true).await;
+                let declared = declared_length(&parts, head_request);
+                let ended = pipe_body(&out, &mut body, true, declared).await;
                 drop(body);
                 Ok(match ended {
                     Ok(end) => match send_end(&out, end).await {
@@ -98,7 +100,7 @@ pub(super) async fn run_request(
     };
     match res {
         Ok(Outcome::Answered) => Ok(()),
-        Ok(Outcome::Refused(code)) => Err(fail(format!("the plugin answered with error {code:?}"))),
+        Ok(Outcome::Refused(code)) => Err(fail(refused(format!("{code:?}")))),
         Ok(Outcome::Gone) => Err(Failure {
             head_sent: true,
             ..after_head("the client went away".into())
