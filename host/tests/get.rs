@@ -81,3 +81,35 @@ fn output_head_write_out_and_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("name: value"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_address_url_is_checked_against_the_certificate_s_addresses() {
+    let dir = tempfile_dir("get-ip");
+    // One certificate naming 127.0.0.1 and one naming localhost only.
+    let both = tq_host::tls::SelfSignedCertificate::generate(&["localhost", "127.0.0.1"]).unwrap();
+    let name_only = tq_host::tls::SelfSignedCertificate::generate(&["localhost"]).unwrap();
+    for (cert, ok) in [(both, true), (name_only, false)] {
+        let sub = dir.join(if ok { "both" } else { "name-only" });
+        std::fs::create_dir_all(&sub).unwrap();
+        let paths = cert.write_to(&sub).unwrap();
+        let (cert_pem, key_pem) = (
+            paths.cert.to_str().unwrap().to_owned(),
+            paths.key.to_str().unwrap().to_owned(),
+        );
+        let (_server, addr) = serve(&["--cert", &cert_pem, "--key", &key_pem]);
+        let port = addr.rsplit(':').next().unwrap();
+        let (code, out, err) =
+            get_args(&["--ca", &cert_pem, &format!("https://127.0.0.1:{port}/")]);
+        if ok {
+            assert_eq!(code, Some(0), "{err}");
+            assert!(String::from_utf8_lossy(&out).contains("tq-host"));
+        } else {
+            // Refused as a connection failure, saying why.
+            assert_eq!(code, Some(7), "{err}");
+            assert!(err.contains("not valid for 127.0.0.1"), "{err}");
+        }
+        // By name, both are good.
+        let (code, _, err) = get_args(&["--ca", &cert_pem, &format!("https://localhost:{port}/")]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+}

@@ -215,6 +215,7 @@ impl<M: Metrics> Acceptor<M> {
                 _admitted: Some(admitted),
                 label: None,
                 shared_routes: routes.shared_arc().map(|t| (t, inbox_tx.downgrade())),
+                expect_ip: None,
                 unvalidated,
             }),
             handle,

@@ -450,6 +450,18 @@ impl<M: Metrics> Connector<M> {
         })?;
         let local = socket.local_addr();
         let scid = self.cid_generator.new_connection_id();
+        // An address is not a name: quiche would send it as SNI (which
+        // RFC 6066 forbids) and BoringSSL would match it against the
+        // certificate's DNS names only. So no SNI, and the certificate's
+        // IP addresses are checked once the handshake is done.
+        let ip = host.and_then(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .ok()
+        });
+        let expect_ip = ip.filter(|_| self.params.verify_peer);
+        let host = if ip.is_some() { None } else { host };
         let mut conn = {
             // Held only for the synchronous quiche::connect call.
             let mut config = self
@@ -505,6 +517,7 @@ impl<M: Metrics> Connector<M> {
             label: None,
             shared_routes: None,
             unvalidated: None,
+            expect_ip,
         };
         self.metrics.connection_opened();
         // The router ends when its only connection does, the worker when the

@@ -67,6 +67,10 @@ pub(crate) struct WorkerParts<M: Metrics> {
     /// packet that reaches another socket with a new id is never taken for
     /// an unknown connection (and answered with a stateless reset).
     pub(crate) shared_routes: Option<(Arc<super::route::SharedRoutes>, mpsc::WeakSender<Datagram>)>,
+    /// Client connections to an address rather than a name: the address
+    /// the server's certificate must list (checked when the handshake
+    /// completes; taken once checked).
+    pub(crate) expect_ip: Option<std::net::IpAddr>,
 }
 
 /// Where the connection is in its life, as the worker's loop sees it.
@@ -129,6 +133,9 @@ impl<M: Metrics> WorkerParts<M> {
         };
         let mut result: QuicResult<()> = Ok(());
         let mut received = 0usize;
+        // The server's certificate did not list the address connected to:
+        // the connection never counts as established.
+        let mut cert_refused = false;
         let mut out = vec![
             0u8;
             gso::send_buffer_len(
@@ -163,7 +170,24 @@ impl<M: Metrics> WorkerParts<M> {
             if self.unvalidated.is_some() && self.conn.is_established() {
                 self.unvalidated = None;
             }
-            if stage.is_handshake() && (self.conn.is_established() || self.conn.is_in_early_data())
+            if stage.is_handshake() && self.conn.is_established() {
+                if let Some(ip) = self.expect_ip.take() {
+                    if let Err(why) = certificate_covers(self.conn.peer_cert(), ip) {
+                        info!(error = %why, "server certificate refused");
+                        // TLS alert bad_certificate (42) as a QUIC
+                        // CRYPTO_ERROR (0x100 + alert).
+                        let reason = &why.as_bytes()[..why.len().min(MAX_CLOSE_REASON)];
+                        let _ = self.conn.close(false, 0x100 + 42, reason);
+                        cert_refused = true;
+                        stage = Stage::Handshake {
+                            failure_reported: self.report_failed_handshake(),
+                        };
+                    }
+                }
+            }
+            if stage.is_handshake()
+                && !cert_refused
+                && (self.conn.is_established() || self.conn.is_in_early_data())
             {
                 if let Some(sig) = &self.unreachable {
                     sig.established
@@ -587,4 +611,31 @@ fn close_cause(o: &ConnectionOutcome) -> crate::metrics::CloseCause {
 /// connection ends; counting those as errors would drown real ones.
 fn is_clean(c: &CloseReason) -> bool {
     c.code == 0 || (c.is_app && c.code == 0x100)
+}
+
+/// Whether the server certificate (`der`, the leaf) lists `ip` among its
+/// subject alternative names; the reason if not. The chain itself was
+/// verified by BoringSSL during the handshake.
+fn certificate_covers(der: Option<&[u8]>, ip: std::net::IpAddr) -> Result<(), String> {
+    let der = der.ok_or("the server sent no certificate")?;
+    let cert = boring::x509::X509::from_der(der)
+        .map_err(|e| format!("cannot read the server certificate: {e}"))?;
+    let want = ip.to_canonical();
+    let listed = cert.subject_alt_names().is_some_and(|names| {
+        names.iter().any(|n| {
+            let got = match n.ipaddress() {
+                Some(b) if b.len() == 4 => <[u8; 4]>::try_from(b).map(std::net::IpAddr::from),
+                Some(b) if b.len() == 16 => {
+                    <[u8; 16]>::try_from(b).map(|a| std::net::IpAddr::from(a).to_canonical())
+                }
+                _ => return false,
+            };
+            got.is_ok_and(|g| g == want)
+        })
+    });
+    if listed {
+        Ok(())
+    } else {
+        Err(format!("the server certificate is not valid for {ip}"))
+    }
 }
