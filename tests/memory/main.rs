@@ -16,6 +16,17 @@ use tq_host::http3::{Http3Settings, InboundFrame};
 use tq_host::plugin::PluginLimits;
 use tq_host::quic::QuicSettings;
 
+/// Limits for counting what requests leave behind: freed instance slots
+/// return all their memory, rather than keep up to 2 MiB each resident in
+/// up to 16 warm slots (the default, which would fill in over the first
+/// thousands of requests and look like growth).
+fn leak_check() -> PluginLimits {
+    PluginLimits {
+        keep_resident_bytes: 0,
+        ..PluginLimits::default()
+    }
+}
+
 /// Tests here measure the whole process: they take turns.
 static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -250,8 +261,8 @@ async fn rapid_reset_in_every_world_leaves_memory_flat() {
     )
     .await;
     let http3_app = PluginServer::start("hello", PluginLimits::default()).await;
-    let wasi = PluginServer::start("wasi_hello", PluginLimits::default()).await;
-    let wasi_p3 = PluginServer::start("wasi_p3_hello", PluginLimits::default()).await;
+    let wasi = PluginServer::start("wasi_hello", leak_check()).await;
+    let wasi_p3 = PluginServer::start("wasi_p3_hello", leak_check()).await;
     for (world, client) in [
         ("native", native.client().await),
         ("http3-app", http3_app.client().await),
@@ -287,7 +298,7 @@ const P3_LONG_RUN_BOUND_KIB: u64 = 6 << 10;
 async fn twenty_thousand_requests_to_a_wasi_0_3_component_on_one_connection_leave_nothing_behind() {
     init_tracing();
     let _alone = ALONE.lock().await;
-    let server = PluginServer::start("wasi_p3_hello", PluginLimits::default()).await;
+    let server = PluginServer::start("wasi_p3_hello", leak_check()).await;
     let client = Arc::new(server.client().await);
     const IN_FLIGHT: usize = 8;
     let run = |n: usize| {

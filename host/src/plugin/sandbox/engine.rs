@@ -17,10 +17,9 @@ use crate::metrics::ServiceMetrics;
 /// also the longest a busy plugin holds a runtime thread: 10 ms.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// What a freed slot keeps resident of its linear memory and of its
-/// tables, reset by memset instead of madvise, and how many freed slots
-/// stay warm (see `build_engine`).
-const KEEP_RESIDENT_MEMORY: usize = 2 << 20;
+/// What a freed slot keeps resident of its tables, reset by memset
+/// instead of madvise (its memory: `PluginLimits::keep_resident_bytes`),
+/// and how many freed slots stay warm (see `build_engine`).
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;
 const WARM_SLOTS: u32 = 16;
 
@@ -61,15 +60,16 @@ pub(crate) fn build_engine(limits: &PluginLimits, concurrent: bool) -> anyhow::R
     // 21,700-28,700 (WASI 0.2), 9,200-9,800 -> 11,400-15,300 (WASI 0.3).
     // The cost: an idle warm slot stays
     // resident up to these sizes, so warm slots are capped at 16 (32 MiB
-    // at most per version, down from wasmtime's 100).
+    // at most per version with the default 2 MiB, down from wasmtime's
+    // 100 slots).
     //
     // Not PAGEMAP_SCAN, which resets only the pages it finds dirty (2.6x
     // faster here): in wasmtime 48 it skips dirty pages that are not
     // present (swapped out, or mid-migration), which would then carry one
     // request's memory, or a table's stale references, into the next
     // instance (wasmtime#14357). Isolation between requests comes first.
-    pool.linear_memory_keep_resident(KEEP_RESIDENT_MEMORY);
-    pool.table_keep_resident(KEEP_RESIDENT_TABLE);
+    pool.linear_memory_keep_resident(limits.keep_resident_bytes);
+    pool.table_keep_resident(KEEP_RESIDENT_TABLE.min(limits.keep_resident_bytes));
     pool.max_unused_warm_slots(WARM_SLOTS);
     pool.decommit_batch_size(32);
     pool.pagemap_scan(wasmtime::Enabled::No);
