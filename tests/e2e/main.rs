@@ -3,6 +3,7 @@
 
 mod h3;
 mod lossy;
+mod migration;
 mod operations;
 mod plugins;
 mod quic_echo;

@@ -235,14 +235,26 @@ fn host_on_thread(
     (thread, metrics)
 }
 
+/// A free UDP port below the kernel's ephemeral range (32768 and up by
+/// default). The port is free between the two hosts' lives: one the kernel
+/// hands out for `:0` could go to another test's socket in between (the
+/// tests run in parallel) and mix the two tests' packets.
+fn port_outside_the_ephemeral_range() -> u16 {
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+    (0..200u64)
+        .map(|i| 20_000 + ((seed.wrapping_mul(2654435761) + i * 7919) % 12_000) as u16)
+        .find(|p| std::net::UdpSocket::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port between 20000 and 32000")
+}
+
 #[tokio::test]
 async fn a_restarted_host_with_the_same_key_resets_old_connections() {
     let cert = TestCert::new();
     let key = StatelessResetKey::new(&[42u8; 32]).expect("key");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
-        .port();
+    let port = port_outside_the_ephemeral_range();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
 
     let (stop_a, stop) = tokio::sync::oneshot::channel();

@@ -234,6 +234,7 @@ impl<M: Metrics> WorkerParts<M> {
                     }
                 }
             }
+            self.drain_path_events();
             let more_to_send = self.flush(&mut out).await;
             if self.conn.is_closed() {
                 break;
@@ -430,6 +431,25 @@ impl<M: Metrics> WorkerParts<M> {
     /// Keeps the peer supplied with spare connection ids and tells the router
     /// which ids to route here. The router learns of an id before the packet
     /// announcing it leaves, so the peer can never use an unmapped id.
+    /// Logs quiche's path events (a new address seen, validated or not, the
+    /// peer moved, a path dropped). quiche queues one per event until the
+    /// application takes it, so they are taken every turn: a peer whose
+    /// address keeps changing must not grow the queue.
+    fn drain_path_events(&mut self) {
+        while let Some(ev) = self.conn.path_event_next() {
+            match ev {
+                quiche::PathEvent::PeerMigrated(_, peer) => {
+                    info!(from = %self.peer_addr, to = %peer, "the peer moved to a new address");
+                    self.peer_addr = peer;
+                }
+                quiche::PathEvent::FailedValidation(_, peer) => {
+                    debug!(%peer, "a new address of the peer failed validation");
+                }
+                other => debug!(event = ?other, "path event"),
+            }
+        }
+    }
+
     fn refresh_connection_ids(&mut self) {
         let mut issued = 0;
         while self.conn.scids_left() > 0 && self.conn.active_scids() < self.max_spare_cids + 1 {
