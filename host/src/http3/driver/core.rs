@@ -39,6 +39,9 @@ pub struct DriverCore {
     pub(super) acked_since: Option<Instant>,
     /// When the next stalled stream is due to be cut.
     pub(super) stall_due: Option<Instant>,
+    /// When the next stream whose body the application dropped has waited
+    /// its grace for the peer's end (see `StreamTable::stop_unwanted`).
+    pub(super) unwanted_due: Option<Instant>,
 }
 
 impl std::fmt::Debug for DriverCore {
@@ -94,6 +97,7 @@ impl DriverCore {
             flushing_since: None,
             acked_since: None,
             stall_due: None,
+            unwanted_due: None,
         }
     }
 

@@ -366,7 +366,7 @@ impl<H: DriverHooks> H3Driver<H> {
     fn deadline(&self) -> Option<Instant> {
         earliest(
             earliest(self.hooks.deadline(&self.core), self.close_due()),
-            self.core.stall_due,
+            earliest(self.core.stall_due, self.core.unwanted_due),
         )
     }
 }
@@ -445,6 +445,7 @@ impl<H: DriverHooks> ApplicationOverQuic for H3Driver<H> {
             core.streams.deliver_outbound(h3, qconn, H::IS_SERVER);
         }
         self.cut_stalled(qconn);
+        self.core.unwanted_due = self.core.streams.stop_unwanted(qconn, Instant::now());
         self.collect_streams(qconn)
     }
 

@@ -25,6 +25,17 @@ use super::super::frames::{BodyReceiver, InboundFrame, OutboundFrame, OutboundSe
 use crate::metrics::{RequestRecord, ServiceMetrics};
 use crate::quic::QuicResult;
 
+/// Body bytes read and dropped for an application that no longer wants
+/// them before the peer is asked to stop sending.
+const DISCARD_MAX: usize = 64 << 10;
+
+/// How long the peer's end may take to come once the application dropped
+/// its receiver, before the peer is asked to stop sending. A request's end
+/// is usually already on its way (a GET handler drops its empty body as
+/// soon as it starts); asking a client to stop a request it was finishing
+/// makes some stacks (the `h3` crate's `finish()`) fail the request.
+pub(super) const UNWANTED_GRACE: Duration = Duration::from_secs(1);
+
 /// One stream's state.
 #[derive(Default)]
 pub(super) struct StreamCtx {
@@ -43,6 +54,15 @@ pub(super) struct StreamCtx {
     /// Never cut for stalling: an extended CONNECT tunnel (RFC 9220), quiet
     /// in both directions by nature.
     no_stall: bool,
+    /// We asked the peer to stop sending (STOP_SENDING, H3_NO_ERROR): the
+    /// reset of its side that answers it is no reason to cut our side.
+    stop_asked: bool,
+    /// The application dropped its receiver before the peer's end: what
+    /// still comes is read and dropped (`discarded` bytes) until the end
+    /// arrives, or until this instant (or more than [`DISCARD_MAX`]) when
+    /// the peer is asked to stop.
+    unwanted_since: Option<Instant>,
+    discarded: usize,
     /// The stream's send capacity when quiche last refused a header
     /// section for want of room: it is not encoded again until the
     /// capacity grows (quiche encodes before it checks).
@@ -138,6 +158,24 @@ impl StreamCtx {
         self.recv_done = true;
         self.inbound = None;
         self.pending_in.clear();
+    }
+
+    /// Asks the peer to stop sending, once: with H3_NO_ERROR, as RFC 9114
+    /// §4.1.1 says for a server that does not need the rest of a request
+    /// (its answer may still be complete, and a peer that echoes the code
+    /// in its reset would otherwise cancel it). The receive side is done.
+    fn ask_to_stop(&mut self, qconn: &mut quiche::Connection, id: u64) {
+        if !self.recv_done && !self.stop_asked {
+            debug!(
+                stream = id,
+                discarded = self.discarded,
+                "body not wanted; asking the peer to stop"
+            );
+            let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, H3_NO_ERROR);
+            self.stop_asked = true;
+        }
+        self.unwanted_since = None;
+        self.end_inbound();
     }
 
     /// Nothing more will be sent; a frame held back is dropped.
@@ -351,13 +389,21 @@ impl StreamTable {
     /// The peer reset its side: tell the application, and stop answering.
     pub(super) fn reset(&mut self, qconn: &mut quiche::Connection, id: u64, code: u64) {
         if let Some(ctx) = self.streams.get_mut(&id) {
+            // A reset we asked for (STOP_SENDING), or one with H3_NO_ERROR
+            // (what RFC 9114 §4.1.1 gives a request cut short on purpose),
+            // leaves the answer going: clients must not discard a complete
+            // response because their request was cut. A client that wants
+            // no answer cancels (H3_REQUEST_CANCELLED) or also stops our
+            // side, which ends it.
+            let solicited = ctx.stop_asked || code == H3_NO_ERROR;
+            debug!(stream = id, code, solicited, "the peer reset its side");
             if let Some(r) = ctx.req.as_mut() {
-                r.peer_reset = true;
+                r.peer_reset |= !solicited;
             }
             ctx.push_in(InboundFrame::Reset(code));
             ctx.recv_done = true;
             ctx.data_pending = false;
-            if !ctx.send_done {
+            if !ctx.send_done && !solicited {
                 let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_CANCELLED);
                 ctx.end_outbound(&self.shared);
             }
@@ -407,22 +453,25 @@ impl StreamTable {
                         if n == 0 {
                             break;
                         }
+                        ctx.discarded = ctx.discarded.saturating_add(n);
                     }
                     ctx.data_pending = false;
+                    if ctx.discarded > DISCARD_MAX {
+                        ctx.ask_to_stop(qconn, id);
+                    }
                 }
                 continue;
             };
             if tx.is_closed() {
-                // Receiver dropped: ask the peer to stop, once.
+                // Receiver dropped. What still comes is read and dropped
+                // until the peer's end arrives; a peer that goes on
+                // sending, or takes longer than the grace, is asked to
+                // stop (`stop_unwanted`).
+                ctx.inbound = None;
+                ctx.pending_in.clear();
                 if !ctx.recv_done {
-                    let code = if ctx.send_done {
-                        H3_NO_ERROR
-                    } else {
-                        H3_REQUEST_CANCELLED
-                    };
-                    let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, code);
+                    ctx.unwanted_since = Some(Instant::now());
                 }
-                ctx.end_inbound();
                 continue;
             }
             while let Some(f) = ctx.pending_in.pop_front() {
@@ -528,6 +577,33 @@ impl StreamTable {
         self.publish_len();
     }
 
+    /// Asks the peers of streams whose body the application dropped to stop
+    /// sending, once the grace for their end has passed. Returns when the
+    /// next grace ends.
+    pub(super) fn stop_unwanted(
+        &mut self,
+        qconn: &mut quiche::Connection,
+        now: Instant,
+    ) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for (&id, ctx) in self.streams.iter_mut() {
+            let Some(since) = ctx.unwanted_since else {
+                continue;
+            };
+            if ctx.recv_done {
+                ctx.unwanted_since = None;
+                continue;
+            }
+            let due = since + UNWANTED_GRACE;
+            if now >= due {
+                ctx.ask_to_stop(qconn, id);
+            } else {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        next
+    }
+
     /// Resets, both ways, every stream that has waited on the peer without
     /// progress for `timeout` (see `Http3Settings::stream_stall_timeout`).
     /// Returns the streams cut and when the next one would be due.
@@ -614,6 +690,10 @@ impl StreamTable {
         if !id.is_multiple_of(4) {
             return;
         }
+        debug!(
+            stream = id,
+            code, "request stream without a full header section: closing it"
+        );
         let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, code);
         let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, code);
         self.unheaded.remove(&id);

@@ -261,6 +261,65 @@ fn a_request_reset_by_the_client_leaves_no_entry() {
 }
 
 #[test]
+fn a_handler_that_drops_an_unfinished_request_body_still_answers_in_full() {
+    // A handler drops the request body before the request's end has
+    // arrived (a GET handler does so at once): the end, arriving later,
+    // is read and dropped, nobody is asked to stop, and the answer
+    // arrives whole.
+    let mut p = Pair::new(Http3Settings::default());
+    let mut stream = p.request("POST", true).unwrap();
+    p.run();
+    let mut req = p.next_request();
+    drop(req.body.take());
+    p.run();
+    respond(&req, b"answer");
+    drop(req);
+    p.run();
+    let body = stream.body.take().unwrap();
+    body.try_send(OutboundFrame::Body(Bytes::from_static(b"late"), true))
+        .expect("the request's sender was not stopped");
+    drop(body);
+    p.run();
+    let frames = drain(&mut stream.response);
+    assert!(
+        frames.contains(&InboundFrame::Body(Bytes::from_static(b"answer")))
+            && frames.contains(&InboundFrame::Finished)
+            && !frames.iter().any(|f| matches!(f, InboundFrame::Reset(_))),
+        "{frames:?}"
+    );
+    drop(stream);
+    p.run();
+    assert_eq!(p.table_sizes(), (0, 0));
+}
+
+#[test]
+fn a_request_whose_end_never_comes_is_stopped_after_the_grace() {
+    // The handler answered and dropped the body; the client neither ends
+    // nor resets its request. After the grace the server asks it to stop
+    // (H3_NO_ERROR), and the stream's entry goes.
+    let mut p = Pair::new(Http3Settings::default());
+    let mut stream = p.request("POST", true).unwrap();
+    p.run();
+    let mut req = p.next_request();
+    drop(req.body.take());
+    respond(&req, b"answer");
+    drop(req);
+    p.run();
+    std::thread::sleep(super::streams::UNWANTED_GRACE + std::time::Duration::from_millis(100));
+    p.run();
+    let frames = drain(&mut stream.response);
+    assert!(
+        frames.contains(&InboundFrame::Finished)
+            && !frames.iter().any(|f| matches!(f, InboundFrame::Reset(_))),
+        "{frames:?}"
+    );
+    // The server side let go of the stream without the client's end.
+    assert_eq!(p.sc.handle().open_streams(), 0);
+    drop(stream);
+    p.run();
+}
+
+#[test]
 fn a_response_reset_by_the_server_leaves_no_entry() {
     let mut p = Pair::new(Http3Settings::default());
     let mut stream = p.request("GET", false).unwrap();
