@@ -11,7 +11,8 @@ use tq_host::http3::Http3Settings;
 use tq_host::quic::QuicSettings;
 
 /// More moves than a connection has paths (quiche keeps at most
-/// `active_connection_id_limit` of them, 4 by default).
+/// `active_connection_id_limit` of them, 4 by default), then four back to
+/// addresses used before.
 const MOVES: usize = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,11 +30,22 @@ async fn a_client_rebinding_a_dozen_times_keeps_its_connection() {
     let (status, _, _) = c.request("GET", "/", None).await.expect("GET");
     assert_eq!(status, 200);
     let handle = server.handles.recv().await.expect("the server's handle");
-    for i in 0..MOVES {
-        // Port changes, and every other time the address too.
+    let mut used: Vec<std::net::SocketAddr> = Vec::new();
+    for i in 0..MOVES + 4 {
+        // Port changes, and every other time the address too; the last
+        // four moves go back to addresses used before (a client returning
+        // to an earlier network), where the port is still free.
         let ip = if i % 2 == 0 { "127.0.0.1" } else { "127.0.0.2" };
-        let socket = std::net::UdpSocket::bind((ip, 0)).expect("bind");
-        let port = socket.local_addr().expect("address").port();
+        let back = (i >= MOVES)
+            .then(|| used[(i - MOVES) * 2 + 1])
+            .and_then(|a| std::net::UdpSocket::bind(a).ok());
+        let socket = match back {
+            Some(s) => s,
+            None => std::net::UdpSocket::bind((ip, 0)).expect("bind"),
+        };
+        let local = socket.local_addr().expect("address");
+        let (ip, port) = (local.ip(), local.port());
+        used.push(local);
         c.endpoint.rebind(socket).expect("rebind");
         let (status, body, _) = tokio::time::timeout(
             std::time::Duration::from_secs(20),
@@ -50,4 +62,36 @@ async fn a_client_rebinding_a_dozen_times_keeps_its_connection() {
         "a move opened a new connection"
     );
     drop(handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_in_the_middle_of_downloads_lose_no_stream() {
+    init_tracing();
+    let server = H3TestServer::start(
+        QuicSettings::default(),
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+    let c = H3QuinnClient::connect(server.addr, &server.cert.cert)
+        .await
+        .expect("connect");
+    let endpoint = c.endpoint.clone();
+    let c = Arc::new(tokio::sync::Mutex::new(c));
+    for i in 0..8 {
+        let download = tokio::spawn({
+            let c = c.clone();
+            async move { c.lock().await.request("GET", "/bytes/32000000", None).await }
+        });
+        // Move while the download is under way.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        endpoint.rebind(socket).expect("rebind");
+        let (status, body, _) = tokio::time::timeout(std::time::Duration::from_secs(30), download)
+            .await
+            .unwrap_or_else(|_| panic!("the download during move {i} stalled"))
+            .expect("task")
+            .unwrap_or_else(|e| panic!("download during move {i}: {e:#}"));
+        assert_eq!((status, body.len()), (200, 32_000_000), "move {i}");
+    }
 }

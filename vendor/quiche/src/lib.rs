@@ -9041,12 +9041,6 @@ impl<F: BufFactory> Connection<F> {
         &mut self, recv_pid: Option<usize>, dcid: &ConnectionId, buf_len: usize,
         info: &RecvInfo,
     ) -> Result<usize> {
-        // tq-host patch (see TQ-PATCHES.md): a new path is about to be
-        // created; make room for it.
-        if recv_pid.is_none() && self.is_server {
-            self.release_left_path();
-        }
-
         let ids = &mut self.ids;
 
         let (in_scid_seq, mut in_scid_pid) =
@@ -9127,6 +9121,11 @@ impl<F: BufFactory> Connection<F> {
         // Automatically probes the new path.
         path.request_validation();
 
+        // tq-host patch (see TQ-PATCHES.md): make room for the new path.
+        if self.is_server {
+            self.release_left_path();
+        }
+
         let pid = self.paths.insert_path(path, self.is_server)?;
 
         // Notify the application of CID reuse only after the path was
@@ -9154,7 +9153,7 @@ impl<F: BufFactory> Connection<F> {
             },
 
             None => {
-                ids.link_scid_to_path_id(in_scid_seq, pid)?;
+                self.ids.link_scid_to_path_id(in_scid_seq, pid)?;
             },
         }
 
@@ -9234,15 +9233,25 @@ impl<F: BufFactory> Connection<F> {
             return;
         }
 
-        let active_dcid_seq = match self.paths.get_active() {
-            Ok(p) if p.validated() => p.active_dcid_seq,
+        let active_pid = match self.paths.get_active_with_pid() {
+            Some((pid, p)) if p.validated() => pid,
             _ => return,
         };
 
+        // A path the peer has left with nothing of ours in flight on it
+        // (its unacknowledged packets, and the frames in them, would go
+        // with it) and no validation under way. None: the packet is
+        // dropped, as upstream does, until one qualifies.
         let left = self
             .paths
             .iter()
-            .find(|(_, p)| !p.active())
+            .find(|(pid, p)| {
+                *pid != active_pid &&
+                    !p.active() &&
+                    p.recovery.bytes_in_flight() == 0 &&
+                    !p.under_validation() &&
+                    !p.probing_required()
+            })
             .map(|(pid, p)| (pid, p.active_dcid_seq));
 
         let Some((pid, dcid_seq)) = left else {
@@ -9250,8 +9259,26 @@ impl<F: BufFactory> Connection<F> {
         };
 
         if let Some(seq) = dcid_seq {
-            if Some(seq) != active_dcid_seq && !self.ids.zero_length_dcid() {
-                let _ = self.ids.retire_dcid(seq);
+            // Another path may share the CID (the peer moved when no spare
+            // was available): it stays, linked to that path (the active one
+            // first); otherwise it is retired.
+            let holder = self
+                .paths
+                .iter()
+                .filter(|(id, p)| *id != pid && p.active_dcid_seq == Some(seq))
+                .map(|(id, _)| id)
+                .min_by_key(|id| *id != active_pid);
+
+            match holder {
+                Some(holder) => {
+                    let _ = self.ids.link_dcid_to_path_id(seq, holder);
+                },
+
+                None if !self.ids.zero_length_dcid() => {
+                    let _ = self.ids.retire_dcid(seq);
+                },
+
+                None => (),
             }
         }
 
@@ -9271,6 +9298,22 @@ impl<F: BufFactory> Connection<F> {
         }
 
         self.set_active_path(new_pid, now)?;
+
+        // tq-host patch (see TQ-PATCHES.md): what is still unacknowledged
+        // on the path the peer left went to an address it no longer reads
+        // (quiche issue #2452: it was never resent, and transfers stalled).
+        // Deemed lost, its frames are resent on the new path; if the move
+        // was not real, they arrive twice.
+        if let Ok(old) = self.paths.get_mut(active_path_id) {
+            let (lost_packets, lost_bytes) = old.recovery.on_path_left(
+                packet::Epoch::Application,
+                now,
+                &self.trace_id,
+            );
+
+            self.lost_count += lost_packets;
+            self.lost_bytes += lost_bytes as u64;
+        }
 
         let no_spare_dcid =
             self.paths.get_mut(new_pid)?.active_dcid_seq.is_none();

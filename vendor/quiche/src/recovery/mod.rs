@@ -232,6 +232,13 @@ pub trait RecoveryOps {
     fn on_path_change(
         &mut self, epoch: packet::Epoch, now: Instant, _trace_id: &str,
     ) -> (usize, usize);
+    /// tq-host patch (see TQ-PATCHES.md): the peer left this path, so
+    /// every packet still unacknowledged on it is deemed lost and its
+    /// frames queued for retransmission (on the new path: lost frames are
+    /// taken from every path). Returns (lost packets, lost bytes).
+    fn on_path_left(
+        &mut self, epoch: packet::Epoch, now: Instant, trace_id: &str,
+    ) -> (usize, usize);
     fn loss_detection_timer(&self) -> Option<Instant>;
     fn cwnd(&self) -> usize;
     fn cwnd_available(&self) -> usize;

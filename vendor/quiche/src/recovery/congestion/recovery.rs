@@ -874,6 +874,53 @@ impl RecoveryOps for LegacyRecovery {
         self.detect_lost_packets(epoch, now, trace_id)
     }
 
+    fn on_path_left(
+        &mut self, epoch: Epoch, now: Instant, trace_id: &str,
+    ) -> (usize, usize) {
+        let RecoveryEpoch {
+            sent_packets,
+            lost_frames_ack,
+            in_flight_count,
+            loss_time,
+            loss_probes,
+            ..
+        } = &mut self.epochs[epoch];
+
+        let mut lost_packets = 0;
+        let mut lost_bytes = 0;
+
+        for p in sent_packets
+            .iter_mut()
+            .filter(|p| p.time_acked.is_none() && p.time_lost.is_none())
+        {
+            lost_frames_ack.extend(p.frames.drain(..));
+            p.time_lost = Some(now);
+
+            if p.in_flight {
+                lost_bytes += p.size;
+                *in_flight_count = in_flight_count.saturating_sub(1);
+            }
+
+            lost_packets += 1;
+        }
+
+        *loss_time = None;
+        *loss_probes = 0;
+
+        trace!(
+            "{} path left: {} packets ({} bytes) deemed lost on epoch {}",
+            trace_id,
+            lost_packets,
+            lost_bytes,
+            epoch
+        );
+
+        self.bytes_in_flight.saturating_subtract(lost_bytes, now);
+        self.congestion.lost_count += lost_packets;
+
+        (lost_packets, lost_bytes)
+    }
+
     fn loss_detection_timer(&self) -> Option<Instant> {
         self.loss_timer.time
     }

@@ -1024,6 +1024,14 @@ impl RecoveryOps for GRecovery {
         (lost_packets, lost_bytes)
     }
 
+    fn on_path_left(
+        &mut self, epoch: packet::Epoch, now: Instant, trace_id: &str,
+    ) -> (usize, usize) {
+        // Not done for this recovery (tq-host uses the default one): time
+        // threshold loss detection only, as upstream does on a path change.
+        self.on_path_change(epoch, now, trace_id)
+    }
+
     fn loss_detection_timer(&self) -> Option<Instant> {
         self.loss_timer.time
     }
