@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --for-tests
 # Plugins first: the tests load them from target/wasm.
 bash scripts/build-plugins.sh
-# Components from the Python and JavaScript toolchains (tests/e2e/toolchains.rs).
+# Components from the Python and JavaScript toolchains (tests/toolchains).
 bash scripts/build-components.sh
+# Independent QUIC clients for the interop tests (tests/interop): aioquic.
+bash scripts/interop-peers.sh
 cargo fmt --all -- --check
 for ws in plugins tests/plugins; do
   cargo fmt --manifest-path "$ws/Cargo.toml" --all -- --check

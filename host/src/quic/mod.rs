@@ -139,6 +139,7 @@ pub fn listen_with_generator<M: Metrics>(
     let mut local_addrs = Vec::new();
     let sockets: Vec<UdpSocket> = sockets.into_iter().collect();
     let tls_slots = Arc::new(TlsSlots::default());
+    let ticket_keys = Arc::new(settings::TicketKeys::random()?);
     let (tls_tx, tls_updates) = watch::channel(0u64);
     // With several sockets, a packet may reach another socket than its
     // connection's: the routers share their ids.
@@ -155,7 +156,7 @@ pub fn listen_with_generator<M: Metrics>(
         local_addrs.push(socket.local_addr());
         let (router_tx, commands) = mpsc::unbounded_channel();
         let acceptor = Acceptor {
-            config: params.to_quiche_config(true)?,
+            config: params.to_quiche_config_with(true, Some(&ticket_keys))?,
             settings: settings.clone(),
             tokens: tokens.clone(),
             unvalidated: unvalidated.clone(),
@@ -198,6 +199,7 @@ pub fn listen_with_generator<M: Metrics>(
         local_addrs,
         tls: TlsReloader {
             params: Arc::new(params),
+            ticket_keys,
             updates: Arc::new(tls_tx),
             slots: tls_slots,
             sockets: local_addrs_len,
@@ -211,6 +213,7 @@ pub fn listen_with_generator<M: Metrics>(
 #[derive(Clone)]
 pub struct TlsReloader {
     params: Arc<ConnectionParams>,
+    ticket_keys: Arc<settings::TicketKeys>,
     /// Bumped once the slots hold the new configurations.
     updates: Arc<watch::Sender<u64>>,
     slots: Arc<TlsSlots>,
@@ -251,7 +254,11 @@ impl TlsReloader {
     pub fn reload(&self) -> Result<(), QuicError> {
         let mut fresh = std::collections::HashMap::new();
         for i in 0..self.sockets {
-            fresh.insert(i, self.params.to_quiche_config(true)?);
+            fresh.insert(
+                i,
+                self.params
+                    .to_quiche_config_with(true, Some(&self.ticket_keys))?,
+            );
         }
         *self.slots.0.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
         self.updates.send_modify(|g| *g += 1);

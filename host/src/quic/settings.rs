@@ -240,6 +240,19 @@ impl ConnectionParams {
 
     /// Builds the quiche configuration for one side.
     pub(crate) fn to_quiche_config(&self, is_server: bool) -> Result<quiche::Config, QuicError> {
+        self.to_quiche_config_with(is_server, None)
+    }
+
+    /// As [`to_quiche_config`](Self::to_quiche_config); a server's TLS
+    /// context encrypts session tickets with `ticket_keys` (BoringSSL's 48
+    /// bytes: name, HMAC key, AES key) rather than keys of its own, so that
+    /// every socket of a listener, and every TLS reload, resumes the
+    /// sessions of the others.
+    pub(crate) fn to_quiche_config_with(
+        &self,
+        is_server: bool,
+        ticket_keys: Option<&TicketKeys>,
+    ) -> Result<quiche::Config, QuicError> {
         let s = &self.settings;
         let cfg_err = |what: &'static str| {
             move |e: quiche::Error| QuicError::Config {
@@ -258,7 +271,16 @@ impl ConnectionParams {
                 s.max_send_udp_payload_size
             )));
         }
-        let mut c = quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(cfg_err("version"))?;
+        let mut c = match ticket_keys.filter(|_| is_server) {
+            Some(keys) => {
+                let mut ctx = boring::ssl::SslContextBuilder::new(boring::ssl::SslMethod::tls())
+                    .map_err(|e| QuicError::Tls(format!("cannot make a TLS context: {e}")))?;
+                keys.install(&mut ctx)?;
+                quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, ctx)
+                    .map_err(cfg_err("version"))?
+            }
+            None => quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(cfg_err("version"))?,
+        };
         if is_server {
             let tls = self.tls.as_ref().ok_or_else(|| {
                 QuicError::InvalidSettings("a server needs a certificate and key".into())
@@ -316,9 +338,95 @@ fn path_str(p: &std::path::Path) -> Result<&str, QuicError> {
         .ok_or_else(|| QuicError::InvalidSettings(format!("path {} is not UTF-8", p.display())))
 }
 
+/// Session-ticket keys one listener's TLS contexts share (see
+/// [`ConnectionParams::to_quiche_config_with`]): random per listener, kept
+/// for its life, so a client resumes whichever socket its new connection
+/// lands on and across certificate reloads.
+pub(crate) struct TicketKeys([u8; 48]);
+
+impl TicketKeys {
+    /// Fresh random keys.
+    pub(crate) fn random() -> Result<Self, QuicError> {
+        let mut k = [0u8; 48];
+        boring::rand::rand_bytes(&mut k)
+            .map_err(|e| QuicError::Tls(format!("cannot make session-ticket keys: {e}")))?;
+        Ok(Self(k))
+    }
+
+    fn install(&self, ctx: &mut boring::ssl::SslContextBuilder) -> Result<(), QuicError> {
+        // SAFETY: the context pointer is live for the call, and BoringSSL
+        // reads exactly the 48 bytes it documents for this function.
+        let ok = unsafe {
+            boring_sys::SSL_CTX_set_tlsext_ticket_keys(
+                ctx.as_ptr(),
+                self.0.as_ptr().cast(),
+                self.0.len(),
+            )
+        };
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(QuicError::Tls("cannot set the session-ticket keys".into()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One client session, resumed against a second TLS context: with the
+    /// same ticket keys (two sockets of one listener), and not without.
+    #[test]
+    fn sockets_of_one_listener_resume_each_other_s_sessions() {
+        use crate::quic::test_pair::{flush, CLIENT, SERVER};
+        let dir = std::env::temp_dir().join(format!("tq-ticket-{}", std::process::id()));
+        let paths = crate::tls::SelfSignedCertificate::generate(&["localhost"])
+            .unwrap()
+            .write_to(&dir)
+            .unwrap();
+        let server = ConnectionParams::new_server(QuicSettings::default(), paths);
+        let keys = TicketKeys::random().unwrap();
+        let mut ccfg = ConnectionParams::new_client(QuicSettings::default())
+            .verify_peer(false)
+            .to_quiche_config(false)
+            .unwrap();
+        let (c, s): (std::net::SocketAddr, std::net::SocketAddr) =
+            (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+        let handshake =
+            |scfg: &mut quiche::Config, ccfg: &mut quiche::Config, session: Option<&[u8]>| {
+                let mut client = quiche::connect(
+                    Some("localhost"),
+                    &quiche::ConnectionId::from_ref(&[1; 16]),
+                    c,
+                    s,
+                    ccfg,
+                )
+                .unwrap();
+                if let Some(sess) = session {
+                    client.set_session(sess).unwrap();
+                }
+                let mut server =
+                    quiche::accept(&quiche::ConnectionId::from_ref(&[2; 16]), None, s, c, scfg)
+                        .unwrap();
+                for _ in 0..10 {
+                    flush(&mut client, &mut server);
+                    flush(&mut server, &mut client);
+                }
+                assert!(client.is_established() && server.is_established());
+                client
+            };
+        let mut first = server.to_quiche_config_with(true, Some(&keys)).unwrap();
+        let session = handshake(&mut first, &mut ccfg, None)
+            .session()
+            .expect("a session ticket")
+            .to_vec();
+        let mut sibling = server.to_quiche_config_with(true, Some(&keys)).unwrap();
+        assert!(handshake(&mut sibling, &mut ccfg, Some(&session)).is_resumed());
+        let mut stranger = server.to_quiche_config_with(true, None).unwrap();
+        assert!(!handshake(&mut stranger, &mut ccfg, Some(&session)).is_resumed());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn durations_and_defaults_deserialize() {
