@@ -139,7 +139,7 @@ pub fn listen_with_generator<M: Metrics>(
     let mut local_addrs = Vec::new();
     let sockets: Vec<UdpSocket> = sockets.into_iter().collect();
     let tls_slots = Arc::new(TlsSlots::default());
-    let ticket_keys = Arc::new(settings::TicketKeys::random()?);
+    let ticket_keys = settings::TicketKeys::random()?;
     let (tls_tx, tls_updates) = watch::channel(0u64);
     // With several sockets, a packet may reach another socket than its
     // connection's: the routers share their ids.
@@ -199,7 +199,6 @@ pub fn listen_with_generator<M: Metrics>(
         local_addrs,
         tls: TlsReloader {
             params: Arc::new(params),
-            ticket_keys,
             updates: Arc::new(tls_tx),
             slots: tls_slots,
             sockets: local_addrs_len,
@@ -213,7 +212,6 @@ pub fn listen_with_generator<M: Metrics>(
 #[derive(Clone)]
 pub struct TlsReloader {
     params: Arc<ConnectionParams>,
-    ticket_keys: Arc<settings::TicketKeys>,
     /// Bumped once the slots hold the new configurations.
     updates: Arc<watch::Sender<u64>>,
     slots: Arc<TlsSlots>,
@@ -252,13 +250,15 @@ impl TlsReloader {
     /// A file that cannot be read or parsed, or a key that does not match
     /// the certificate: the running certificate stays.
     pub fn reload(&self) -> Result<(), QuicError> {
+        // Fresh session-ticket keys too, shared by the sockets: a
+        // certificate replaced (expired, revoked, compromised) must not go
+        // on vouching for sessions resumed with the old keys. (BoringSSL's
+        // own 48-hour rotation is off once keys are set; reloading, e.g.
+        // daily by SIGHUP, is the rotation.)
+        let keys = settings::TicketKeys::random()?;
         let mut fresh = std::collections::HashMap::new();
         for i in 0..self.sockets {
-            fresh.insert(
-                i,
-                self.params
-                    .to_quiche_config_with(true, Some(&self.ticket_keys))?,
-            );
+            fresh.insert(i, self.params.to_quiche_config_with(true, Some(&keys))?);
         }
         *self.slots.0.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
         self.updates.send_modify(|g| *g += 1);

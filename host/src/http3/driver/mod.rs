@@ -175,7 +175,7 @@ impl<H: DriverHooks> H3Driver<H> {
             let Some(h3) = core.h3.as_mut() else {
                 return Ok(());
             };
-            if !core.streams.deliver_inbound(h3, qconn)? {
+            if !core.streams.deliver_inbound(h3, qconn, H::IS_SERVER)? {
                 return Ok(());
             }
         }
@@ -225,17 +225,25 @@ impl<H: DriverHooks> H3Driver<H> {
                     core.emit(H3Event::StreamFinished { stream_id: id });
                 }
                 h3::Event::Reset(code) => {
-                    if core.streams.contains(id) {
-                        core.streams.reset(qconn, id, code);
-                    } else if H::IS_SERVER {
-                        // Reset before its header section was read: our
-                        // side is closed too, so quiche can free it.
-                        core.streams.orphan(qconn, id, H3_REQUEST_CANCELLED);
+                    let cut = if core.streams.contains(id) {
+                        core.streams.reset(qconn, id, code)
+                    } else {
+                        if H::IS_SERVER {
+                            // Reset before its header section was read: our
+                            // side is closed too, so quiche can free it.
+                            core.streams.orphan(qconn, id, H3_REQUEST_CANCELLED);
+                        }
+                        true
+                    };
+                    // Only a reset that cuts the stream stops its handler:
+                    // one with H3_NO_ERROR ends the request's body (the
+                    // handler reads a reset) and leaves the answer going.
+                    if cut {
+                        core.emit(H3Event::StreamReset {
+                            stream_id: id,
+                            code,
+                        });
                     }
-                    core.emit(H3Event::StreamReset {
-                        stream_id: id,
-                        code,
-                    });
                 }
                 h3::Event::GoAway => {
                     debug!(id, "GOAWAY received");

@@ -54,8 +54,7 @@ pub(super) struct StreamCtx {
     /// Never cut for stalling: an extended CONNECT tunnel (RFC 9220), quiet
     /// in both directions by nature.
     no_stall: bool,
-    /// We asked the peer to stop sending (STOP_SENDING, H3_NO_ERROR): the
-    /// reset of its side that answers it is no reason to cut our side.
+    /// We asked the peer to stop sending (STOP_SENDING), once.
     stop_asked: bool,
     /// The application dropped its receiver before the peer's end: what
     /// still comes is read and dropped (`discarded` bytes) until the end
@@ -160,18 +159,21 @@ impl StreamCtx {
         self.pending_in.clear();
     }
 
-    /// Asks the peer to stop sending, once: with H3_NO_ERROR, as RFC 9114
-    /// §4.1.1 says for a server that does not need the rest of a request
-    /// (its answer may still be complete, and a peer that echoes the code
-    /// in its reset would otherwise cancel it). The receive side is done.
-    fn ask_to_stop(&mut self, qconn: &mut quiche::Connection, id: u64) {
+    /// Asks the peer to stop sending, once. A server uses H3_NO_ERROR, as
+    /// RFC 9114 §4.1.1 says for one that does not need the rest of a
+    /// request (its answer may still be complete, and a peer that echoes
+    /// the code in its reset would otherwise cancel it); a client
+    /// abandoning a response, H3_REQUEST_CANCELLED. The receive side is
+    /// done (quiche then drops what still comes, the peer's reset too).
+    fn ask_to_stop(&mut self, qconn: &mut quiche::Connection, id: u64, code: u64) {
         if !self.recv_done && !self.stop_asked {
             debug!(
                 stream = id,
                 discarded = self.discarded,
+                code,
                 "body not wanted; asking the peer to stop"
             );
-            let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, H3_NO_ERROR);
+            let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, code);
             self.stop_asked = true;
         }
         self.unwanted_since = None;
@@ -387,15 +389,15 @@ impl StreamTable {
     }
 
     /// The peer reset its side: tell the application, and stop answering.
-    pub(super) fn reset(&mut self, qconn: &mut quiche::Connection, id: u64, code: u64) {
+    pub(super) fn reset(&mut self, qconn: &mut quiche::Connection, id: u64, code: u64) -> bool {
         if let Some(ctx) = self.streams.get_mut(&id) {
-            // A reset we asked for (STOP_SENDING), or one with H3_NO_ERROR
-            // (what RFC 9114 §4.1.1 gives a request cut short on purpose),
+            // A reset with H3_NO_ERROR (what RFC 9114 §4.1.1 gives a
+            // request cut short on purpose) ends the peer's side only and
             // leaves the answer going: clients must not discard a complete
-            // response because their request was cut. A client that wants
-            // no answer cancels (H3_REQUEST_CANCELLED) or also stops our
-            // side, which ends it.
-            let solicited = ctx.stop_asked || code == H3_NO_ERROR;
+            // response because their request was cut. A peer that wants no
+            // answer cancels (H3_REQUEST_CANCELLED) or also stops our side,
+            // which ends it. Returns whether the stream is cut.
+            let solicited = code == H3_NO_ERROR;
             debug!(stream = id, code, solicited, "the peer reset its side");
             if let Some(r) = ctx.req.as_mut() {
                 r.peer_reset |= !solicited;
@@ -407,7 +409,9 @@ impl StreamTable {
                 let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_CANCELLED);
                 ctx.end_outbound(&self.shared);
             }
+            return !solicited;
         }
+        true
     }
 
     /// The application shut one direction of a stream: the read side
@@ -442,9 +446,26 @@ impl StreamTable {
         &mut self,
         h3: &mut h3::Connection,
         qconn: &mut quiche::Connection,
+        is_server: bool,
     ) -> QuicResult<bool> {
         let mut read_any = false;
         for (&id, ctx) in self.streams.iter_mut() {
+            if ctx.inbound.as_ref().is_some_and(|tx| tx.is_closed()) {
+                // Receiver dropped. A server reads and drops what still
+                // comes until the request's end arrives; a peer that goes
+                // on sending, or takes longer than the grace, is asked to
+                // stop (`stop_unwanted`). A client abandons the response:
+                // it asks the server to stop at once.
+                ctx.inbound = None;
+                ctx.pending_in.clear();
+                if !ctx.recv_done {
+                    if is_server {
+                        ctx.unwanted_since = Some(Instant::now());
+                    } else {
+                        ctx.ask_to_stop(qconn, id, H3_REQUEST_CANCELLED);
+                    }
+                }
+            }
             let Some(tx) = &ctx.inbound else {
                 // The application does not want this stream's frames (or has
                 // dropped its receiver): drain quiche so the stream can close.
@@ -453,27 +474,18 @@ impl StreamTable {
                         if n == 0 {
                             break;
                         }
+                        // Read: the caller polls again, and sees the end
+                        // that reading may have reached.
+                        read_any = true;
                         ctx.discarded = ctx.discarded.saturating_add(n);
                     }
                     ctx.data_pending = false;
                     if ctx.discarded > DISCARD_MAX {
-                        ctx.ask_to_stop(qconn, id);
+                        ctx.ask_to_stop(qconn, id, H3_NO_ERROR);
                     }
                 }
                 continue;
             };
-            if tx.is_closed() {
-                // Receiver dropped. What still comes is read and dropped
-                // until the peer's end arrives; a peer that goes on
-                // sending, or takes longer than the grace, is asked to
-                // stop (`stop_unwanted`).
-                ctx.inbound = None;
-                ctx.pending_in.clear();
-                if !ctx.recv_done {
-                    ctx.unwanted_since = Some(Instant::now());
-                }
-                continue;
-            }
             while let Some(f) = ctx.pending_in.pop_front() {
                 match tx.try_send(f) {
                     Ok(()) => {}
@@ -596,7 +608,7 @@ impl StreamTable {
             }
             let due = since + UNWANTED_GRACE;
             if now >= due {
-                ctx.ask_to_stop(qconn, id);
+                ctx.ask_to_stop(qconn, id, H3_NO_ERROR);
             } else {
                 next = Some(next.map_or(due, |n| n.min(due)));
             }

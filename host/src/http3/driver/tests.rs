@@ -293,6 +293,66 @@ fn a_handler_that_drops_an_unfinished_request_body_still_answers_in_full() {
 }
 
 #[test]
+fn a_request_reset_with_h3_no_error_still_gets_its_answer() {
+    // A client cuts its request body short on purpose (H3_NO_ERROR, RFC
+    // 9114 §4.1.1): the body ends with that reset, the handler is not
+    // told to stop (no StreamReset event), and its answer arrives whole.
+    // H3_REQUEST_CANCELLED, by contrast, is a cancel (the test above).
+    let mut p = Pair::new(Http3Settings::default());
+    let mut stream = p.request("POST", true).unwrap();
+    p.run();
+    let mut req = p.next_request();
+    p.cc.handle()
+        .reset_stream(stream.stream_id, crate::http3::H3_NO_ERROR);
+    p.run();
+    let mut rx = req.body.take().unwrap();
+    assert_eq!(
+        drain(&mut rx),
+        vec![InboundFrame::Reset(crate::http3::H3_NO_ERROR)]
+    );
+    let told = std::iter::from_fn(|| p.sc.events.try_recv().ok())
+        .any(|e| matches!(e, H3Event::StreamReset { stream_id, .. } if stream_id == req.stream_id));
+    assert!(!told, "the handler was told to stop");
+    respond(&req, b"answer");
+    drop((rx, req));
+    p.run();
+    let frames = drain(&mut stream.response);
+    assert!(
+        frames.contains(&InboundFrame::Body(Bytes::from_static(b"answer")))
+            && frames.contains(&InboundFrame::Finished),
+        "{frames:?}"
+    );
+    drop(stream);
+    p.run();
+    assert_eq!(p.table_sizes(), (0, 0));
+}
+
+#[test]
+fn a_client_that_drops_a_response_asks_the_server_to_stop_at_once() {
+    let mut p = Pair::new(Http3Settings::default());
+    let stream = p.request("GET", false).unwrap();
+    p.run();
+    let req = p.next_request();
+    req.response
+        .try_send(OutboundFrame::Headers {
+            headers: headers(&[(":status", "200")]),
+            fin: false,
+        })
+        .unwrap();
+    p.run();
+    // The client no longer wants the answer: no grace on this side.
+    drop(stream.response);
+    p.run();
+    assert_eq!(
+        p.cc.handle().open_streams(),
+        0,
+        "the client kept the stream"
+    );
+    drop(req);
+    p.run();
+}
+
+#[test]
 fn a_request_whose_end_never_comes_is_stopped_after_the_grace() {
     // The handler answered and dropped the body; the client neither ends
     // nor resets its request. After the grace the server asks it to stop
