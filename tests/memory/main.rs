@@ -147,6 +147,34 @@ async fn stream_256_mib_each_way(plugin: &str) {
     );
 }
 
+/// `n` requests on `client`'s one connection, `in_flight` at a time, GETs
+/// of 100 bytes and POSTs echoing 19 mixed (bodies each way, and none),
+/// every answer checked; returns requests per second.
+async fn mixed_requests(client: Arc<tq_host::http3::H3Client>, n: usize, in_flight: usize) -> f64 {
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..in_flight {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for i in 0..n / in_flight {
+                let r = if (i + t) % 2 == 0 {
+                    client.request("GET", "/bytes/100", None).await
+                } else {
+                    let body = Bytes::from_static(b"ping pong ping pong");
+                    client.request("POST", "/echo", Some(body)).await
+                };
+                let r = r.expect("request answered");
+                assert_eq!(r.status, 200);
+                assert!(r.body.len() == 100 || r.body == b"ping pong ping pong");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("request task");
+    }
+    (n / in_flight * in_flight) as f64 / started.elapsed().as_secs_f64()
+}
+
 /// One connection's requests, after the first: what the process may grow
 /// by (client and server in one process). Before the fix, every request
 /// left its stream entry behind: about 300 bytes each, 26 MiB here.
@@ -190,35 +218,7 @@ async fn a_hundred_thousand_requests_on_one_connection_leave_no_stream_state_beh
     .await;
     let client = Arc::new(server.client().await);
     let server_handle = server.handles.recv().await.expect("the server's handle");
-    const IN_FLIGHT: usize = 16;
-    let run = |n: usize| {
-        let client = client.clone();
-        async move {
-            let started = std::time::Instant::now();
-            let mut tasks = tokio::task::JoinSet::new();
-            for t in 0..IN_FLIGHT {
-                let client = client.clone();
-                tasks.spawn(async move {
-                    for i in 0..n / IN_FLIGHT {
-                        // GETs and POSTs mixed: bodies each way, and none.
-                        let r = if (i + t) % 2 == 0 {
-                            client.request("GET", "/bytes/100", None).await
-                        } else {
-                            let body = Bytes::from_static(b"ping pong ping pong");
-                            client.request("POST", "/echo", Some(body)).await
-                        };
-                        let r = r.expect("request answered");
-                        assert_eq!(r.status, 200);
-                        assert!(r.body.len() == 100 || r.body == b"ping pong ping pong");
-                    }
-                });
-            }
-            while let Some(r) = tasks.join_next().await {
-                r.expect("request task");
-            }
-            (n / IN_FLIGHT * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
-        }
-    };
+    let run = |n: usize| mixed_requests(client.clone(), n, 16);
     // Warm up: buffers, windows and allocator pools reach their size.
     let first = run(10_000).await;
     let baseline = rss_kib();
@@ -300,32 +300,7 @@ async fn twenty_thousand_requests_to_a_wasi_0_3_component_on_one_connection_leav
     let _alone = ALONE.lock().await;
     let server = PluginServer::start("wasi_p3_hello", leak_check()).await;
     let client = Arc::new(server.client().await);
-    const IN_FLIGHT: usize = 8;
-    let run = |n: usize| {
-        let client = client.clone();
-        async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for t in 0..IN_FLIGHT {
-                let client = client.clone();
-                tasks.spawn(async move {
-                    for i in 0..n / IN_FLIGHT {
-                        let r = if (i + t) % 2 == 0 {
-                            client.request("GET", "/bytes/100", None).await
-                        } else {
-                            let body = Bytes::from_static(b"ping pong ping pong");
-                            client.request("POST", "/echo", Some(body)).await
-                        };
-                        let r = r.expect("request answered");
-                        assert_eq!(r.status, 200);
-                        assert!(r.body.len() == 100 || r.body == b"ping pong ping pong");
-                    }
-                });
-            }
-            while let Some(r) = tasks.join_next().await {
-                r.expect("request task");
-            }
-        }
-    };
+    let run = |n: usize| mixed_requests(client.clone(), n, 8);
     run(2_000).await;
     let baseline = rss_kib();
     let mut samples = Vec::new();

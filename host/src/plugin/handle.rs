@@ -367,8 +367,7 @@ impl Plugin {
         let res = match &self.world {
             Linked::Http3(pre) => http3::validate(v, pre).await,
             Linked::Quic(w) => quic::validate(v, &w.pre).await,
-            Linked::WasiHttp(Handler::Proxy { pre, .. }) => wasi_http::validate(v, pre).await,
-            Linked::WasiHttp(Handler::Service(pre)) => wasi_http::service::validate(v, pre).await,
+            Linked::WasiHttp(handler) => wasi_http::validate(v, handler).await,
         };
         // Only instantiation errors are the sandbox's; `init`'s message is
         // the plugin's own words.

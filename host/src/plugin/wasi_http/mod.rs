@@ -48,6 +48,18 @@ pub(crate) enum Handler {
     Service(service::ServicePre),
 }
 
+impl Handler {
+    /// The linked component, whichever the release.
+    fn instance_pre(
+        &self,
+    ) -> &wasmtime::component::InstancePre<super::sandbox::PluginState<HttpConn>> {
+        match self {
+            Handler::Proxy { pre, .. } => pre.instance_pre(),
+            Handler::Service(pre) => pre.instance_pre(),
+        }
+    }
+}
+
 /// Serves one HTTP/3 connection: each request on its own instance.
 pub(super) async fn serve(
     plugin: Arc<Version>,
@@ -327,11 +339,9 @@ pub(super) async fn measure_instantiation(
     let started = std::time::Instant::now();
     for _ in 0..n {
         let mut store = fresh_store(plugin).map_err(|f| f.message)?;
-        let pre = match handler {
-            Handler::Proxy { pre, .. } => pre.instance_pre(),
-            Handler::Service(pre) => pre.instance_pre(),
-        };
-        pre.instantiate_async(&mut store)
+        handler
+            .instance_pre()
+            .instantiate_async(&mut store)
             .await
             .map_err(|e| format!("{e:?}"))?;
     }
@@ -340,7 +350,7 @@ pub(super) async fn measure_instantiation(
 
 /// Instantiates the plugin once in a scratch store, checks its exports and
 /// runs its optional `init`.
-pub(super) async fn validate(version: &Version, pre: &ProxyPre) -> Result<(), String> {
+pub(super) async fn validate(version: &Version, handler: &Handler) -> Result<(), String> {
     let conn = HttpConn::new(
         Default::default(),
         false,
@@ -348,11 +358,18 @@ pub(super) async fn validate(version: &Version, pre: &ProxyPre) -> Result<(), St
         version.sandbox.limits.outgoing_timeout,
     );
     let mut store = new_store(&version.sandbox, conn).map_err(|e| format!("{e:#}"))?;
-    let instance = instantiate(pre.instance_pre(), &mut store)
+    let instance = instantiate(handler.instance_pre(), &mut store)
         .await
         .map_err(|e| format!("{e:#}"))?;
-    wasmtime_wasi_http::p2::bindings::Proxy::new(&mut store, &instance)
-        .map_err(|e| format!("its exports do not match: {e:?}"))?;
+    let exports = match handler {
+        Handler::Proxy { .. } => {
+            wasmtime_wasi_http::p2::bindings::Proxy::new(&mut store, &instance).map(drop)
+        }
+        Handler::Service(_) => {
+            wasmtime_wasi_http::p3::bindings::Service::new(&mut store, &instance).map(drop)
+        }
+    };
+    exports.map_err(|e| format!("its exports do not match: {e:?}"))?;
     version.run_init(&mut store, &instance).await
 }
 

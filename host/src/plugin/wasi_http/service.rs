@@ -20,7 +20,7 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::Request;
 use wasmtime_wasi_http::WasiHttpView;
 
-use super::super::sandbox::{bounded, instantiate, log_final_output, new_store, PluginState};
+use super::super::sandbox::{bounded, log_final_output, PluginState};
 use super::super::version::Version;
 use super::host::HttpConn;
 use super::{fail, fresh_store, incoming, is_head, refused, Failure};
@@ -110,22 +110,4 @@ pub(super) async fn run_request(
         }
         Err(why) => Err(after_head(format!("plugin failed: {why}"))),
     }
-}
-
-/// Instantiates the plugin once in a scratch store, checks its exports and
-/// runs its optional `init`.
-pub(crate) async fn validate(version: &Version, pre: &ServicePre) -> Result<(), String> {
-    let conn = HttpConn::new(
-        Default::default(),
-        false,
-        version.sandbox.limits.outgoing_in_flight,
-        version.sandbox.limits.outgoing_timeout,
-    );
-    let mut store = new_store(&version.sandbox, conn).map_err(|e| format!("{e:#}"))?;
-    let instance = instantiate(pre.instance_pre(), &mut store)
-        .await
-        .map_err(|e| format!("{e:#}"))?;
-    wasmtime_wasi_http::p3::bindings::Service::new(&mut store, &instance)
-        .map_err(|e| format!("its exports do not match: {e:?}"))?;
-    version.run_init(&mut store, &instance).await
 }
