@@ -53,6 +53,14 @@ async fn the_hello_plugin_answers_its_routes() {
     assert_eq!(r.body.len(), n);
     assert_eq!(r.header("content-length"), Some(n.to_string().as_str()));
 
+    for size in [0usize, 3 << 20] {
+        let r = client
+            .request("POST", "/discard", Some(Bytes::from(payload(size, 3))))
+            .await
+            .unwrap_or_else(|e| panic!("discard {size}: {e}"));
+        assert_eq!((r.status, r.body), (200, size.to_string().into_bytes()));
+    }
+
     let r = client.request("GET", "/nope", None).await.unwrap();
     assert_eq!(r.status, 404);
 }
@@ -497,4 +505,52 @@ async fn hostile_arguments_get_errors_and_nothing_else_is_disturbed() {
         .expect("the server stops within 8 s");
     println!("shutdown with a spinning plugin connected: {took:?}");
     drop(spinner);
+}
+
+/// The pool holds `max_instances` plugin instances (one per connection): a
+/// connection past it is closed, not left hanging (the log names
+/// --plugin-instances), and the slot of a closed connection serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_instance_limit_are_closed_and_freed_slots_serve_again() {
+    init_tracing();
+    let limits = PluginLimits {
+        max_instances: 2,
+        ..PluginLimits::default()
+    };
+    let server = PluginServer::start("hello", limits).await;
+    let one = || async {
+        let mut c = tq_e2e::H3QuinnClient::connect(server.addr, &server.cert.cert).await?;
+        let r = c.request("GET", "/", None).await?;
+        anyhow::Ok((c, r.0))
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (c, status) = one().await.expect("within the limit");
+        assert_eq!(status, 200);
+        held.push(c);
+    }
+    let third = tokio::time::timeout(Duration::from_secs(10), one())
+        .await
+        .expect("the third connection is closed, not left hanging");
+    assert!(
+        third.is_err(),
+        "a third instance was served: {:?}",
+        third.map(|r| r.1)
+    );
+
+    let first = held.remove(0);
+    first.endpoint.close(0u32.into(), b"done");
+    first.endpoint.wait_idle().await;
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), one()).await {
+            Ok(Ok((_, 200))) => break,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!(
+                "a freed slot never served again: {:?}",
+                other.map(|r| r.map(|x| x.1))
+            ),
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! | `GET /` | a short HTML page |
 //! | `POST /echo` (or `PUT`) | the request body, streamed back as it arrives |
 //! | `GET /bytes/N` | `N` bytes (up to 16 GiB), streamed in 64 KiB chunks |
+//! | `POST /discard` | the request body's length in decimal, once all of it has arrived |
 //! | anything else | 404 |
 
 use bytes::Bytes;
@@ -23,6 +24,8 @@ const PAGE: &str = "<!doctype html>
 /// Largest `/bytes/N` the page serves.
 const MAX_BYTES: u64 = 16 << 30;
 const CHUNK: usize = 64 * 1024;
+/// The bytes of a short `/bytes/N` answer, never copied.
+static XS: [u8; CHUNK] = [b'x'; CHUNK];
 
 /// The built-in site.
 #[derive(Debug, Default, Clone)]
@@ -82,7 +85,25 @@ impl WelcomePage {
                 });
                 status(200, body)
             }
+            ("POST" | "PUT", "/discard") => {
+                let mut req_body = req.into_body();
+                let mut n = 0u64;
+                while let Some(chunk) = req_body.chunk().await {
+                    match chunk {
+                        Ok(c) => n += c.len() as u64,
+                        Err(e) => return status(400, format!("the request body failed: {e}\n")),
+                    }
+                }
+                status(200, n.to_string())
+            }
             ("GET", p) if p.starts_with("/bytes/") => match p["/bytes/".len()..].parse::<u64>() {
+                // One chunk or less: the whole body at once, no task.
+                Ok(n) if n <= CHUNK as u64 => {
+                    let mut r = status(200, Bytes::from_static(&XS[..n as usize]));
+                    r.headers_mut()
+                        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+                    r
+                }
                 Ok(n) if n <= MAX_BYTES => {
                     let (writer, body) = ResponseBody::channel(4);
                     tokio::spawn(async move {

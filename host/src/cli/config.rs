@@ -84,6 +84,7 @@ pub(crate) struct LimitsConfig {
     #[serde(default, with = "humantime_serde")]
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) reuse_instances: Option<u32>,
+    pub(crate) instances: Option<u32>,
     pub(crate) core_instances: Option<u32>,
     pub(crate) memories: Option<u32>,
     pub(crate) tables: Option<u32>,

@@ -164,6 +164,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MIB")]
     plugin_memory: Option<usize>,
 
+    /// Plugins: instances alive at once. An http3-app or quic-app plugin
+    /// holds one per connection, a wasi:http component one per request in
+    /// flight; past it a connection is closed (or a request answered 500)
+    /// and the log names this flag. Address space, not memory, is reserved
+    /// for each up front. Default: 10000, as `max_connections`.
+    #[arg(long, value_name = "N")]
+    plugin_instances: Option<u32>,
+
     /// Plugins: core module instances one component may contain (the
     /// pooling allocator's slots are sized by it). Default: 32; a
     /// componentize-py component has 14, a Rust one 1 to 4.
@@ -378,6 +386,7 @@ impl ServeArgs {
             (self.app.is_some(), "--app"),
             (self.drain_timeout.is_some(), "--drain-timeout"),
             (self.plugin_memory.is_some(), "--plugin-memory"),
+            (self.plugin_instances.is_some(), "--plugin-instances"),
             (
                 self.plugin_core_instances.is_some(),
                 "--plugin-core-instances",

@@ -233,6 +233,10 @@ async fn listener(
                     .reuse_instances
                     .or(l.reuse_instances)
                     .unwrap_or(d.reuse_instances),
+                max_instances: args
+                    .plugin_instances
+                    .or(l.instances)
+                    .unwrap_or(d.max_instances),
                 component: crate::plugin::ComponentLimits {
                     core_instances: args
                         .plugin_core_instances

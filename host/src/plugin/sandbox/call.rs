@@ -255,5 +255,16 @@ pub(crate) async fn instantiate<C: Send>(
         Box::pin(pre.instantiate_async(s))
     })
     .await
-    .map_err(|why| anyhow::anyhow!("instantiating it failed: {why}"))
+    .map_err(|why| {
+        // wasmtime's words for a full pool name neither the cause nor the cure.
+        let hint = if why.contains("concurrent limit of") {
+            " (every instance slot is in use: raise --plugin-instances, or `instances` under [listener.limits])"
+        } else if why.contains("os error 12") {
+            // ENOMEM from mprotect: usually the mapping count, not memory.
+            " (the process may have reached vm.max_map_count: each live instance maps about 6 regions; see the README)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("instantiating it failed: {why}{hint}")
+    })
 }

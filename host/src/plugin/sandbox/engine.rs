@@ -40,6 +40,13 @@ pub(crate) fn build_engine(limits: &PluginLimits, concurrent: bool) -> anyhow::R
     // serving `max_instances` connections of a component with more runs
     // out of slots before instances, and that connection is refused.
     pool.total_component_instances(n);
+    // A store keeps the fiber stack of its last async call for the next
+    // one, so each live instance holds a stack: as many as instances.
+    // Each pooled stack is two mappings (stack, guard page) from the start,
+    // and a live instance maps about four more (memory and table slots
+    // split by mprotect): 10,000 instances take about 61,500 of Linux's
+    // default 65,530 (vm.max_map_count). More need that raised.
+    pool.total_stacks(n);
     pool.total_core_instances(n.saturating_mul(c.core_instances));
     pool.total_memories(n.saturating_mul(c.memories.min(2)));
     pool.total_tables(n.saturating_mul(c.tables.min(4)));

@@ -23,8 +23,12 @@ pub struct PluginLimits {
     /// to the end of the response body the guest writes. Past it the
     /// request is answered 500, or reset if its head went out. Default 60 s.
     pub request_timeout: Duration,
-    /// Instances (connections) alive at once. Default 1000; the pooling
-    /// allocator reserves slots for all of them up front.
+    /// Instances alive at once: an http3-app or quic-app plugin holds one
+    /// per connection, a wasi:http component one per request in flight.
+    /// Default 10,000, as `QuicSettings::max_connections`. The pooling
+    /// allocator reserves address space (not memory) for all of them up
+    /// front: about `memory_bytes` per instance. A connection that finds
+    /// every slot taken is closed, and the log names this limit.
     pub max_instances: u32,
     /// The shape of one component, which the pooling allocator sizes its
     /// slots by. Defaults fit what real toolchains emit: a Rust component
@@ -106,7 +110,7 @@ impl Default for PluginLimits {
             call_deadline: Duration::from_secs(1),
             call_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
-            max_instances: 1000,
+            max_instances: 10_000,
             component: ComponentLimits::default(),
             output_bytes: 64 << 10,
             reuse_instances: 0,
