@@ -6,6 +6,7 @@
 //! | `GET /count` | how many requests this connection has made (per-connection state) |
 //! | `POST /echo` | the request body, streamed back as it arrives |
 //! | `GET /bytes/N` | N bytes, generated as the client reads (never all in memory) |
+//! | `POST /discard` | the request body's length, once all of it has arrived (the benchmarks' upload) |
 //! | anything else | 404 |
 
 use std::collections::HashMap;
@@ -22,6 +23,8 @@ struct Hello {
     generating: HashMap<StreamId, u64>,
     /// `/echo` requests in flight.
     echoing: Vec<StreamId>,
+    /// `/discard` requests in flight: bytes counted so far.
+    discarding: HashMap<StreamId, u64>,
 }
 
 impl Hello {
@@ -58,6 +61,13 @@ impl App for Hello {
                     self.echoing.push(req.stream);
                 }
             }
+            ("POST", "/discard") => {
+                if req.has_body {
+                    self.discarding.insert(req.stream, 0);
+                } else {
+                    conn.respond(req.stream, 200, &text, b"0");
+                }
+            }
             ("GET", p) if p.starts_with("/bytes/") => match p["/bytes/".len()..].parse::<u64>() {
                 Ok(n) => {
                     let len = n.to_string();
@@ -79,6 +89,8 @@ impl App for Hello {
     fn on_body(&mut self, conn: &mut Conn, stream: StreamId, data: &[u8]) {
         if self.echoing.contains(&stream) {
             conn.write_body(stream, data, false);
+        } else if let Some(n) = self.discarding.get_mut(&stream) {
+            *n += data.len() as u64;
         }
     }
 
@@ -86,12 +98,16 @@ impl App for Hello {
         if let Some(i) = self.echoing.iter().position(|s| *s == stream) {
             self.echoing.swap_remove(i);
             conn.write_body(stream, &[], true);
+        } else if let Some(n) = self.discarding.remove(&stream) {
+            let text = [("content-type", "text/plain")];
+            conn.respond(stream, 200, &text, n.to_string().as_bytes());
         }
     }
 
     fn on_reset(&mut self, _conn: &mut Conn, stream: StreamId, _code: u64) {
         self.generating.remove(&stream);
         self.echoing.retain(|s| *s != stream);
+        self.discarding.remove(&stream);
     }
 
     fn on_writable(&mut self, conn: &mut Conn, stream: StreamId) {

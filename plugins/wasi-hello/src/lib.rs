@@ -7,6 +7,7 @@
 //! | `GET /` | `hello from a wasi:http component` |
 //! | `POST /echo` | the request body, streamed back as it arrives |
 //! | `GET /bytes/N` | N bytes, generated as the client reads |
+//! | `POST /discard` | the request body's length, once all of it has arrived (the benchmarks' upload) |
 //! | `GET /fetch?URL` | fetches URL (`http://...`) with `wasi:http/outgoing-handler` and answers `fetched STATUS: BODY`, or `refused: ERROR` (tq-host refuses destinations the operator did not grant with `--allow-http`) |
 //! | `GET /count` | `request N on this instance`: always 1 on tq-host's default fresh instance per request, counting up with `--reuse-instances` |
 //! | `GET /panic` | panics: the host answers 500 for this request only |
@@ -27,6 +28,7 @@ impl wasi::exports::http::incoming_handler::Guest for Hello {
         match (req.method(), path.as_str()) {
             (Method::Get, "/") => respond(out, 200, b"hello from a wasi:http component\n"),
             (Method::Post, "/echo") => echo(req, out),
+            (Method::Post, "/discard") => discard(req, out),
             (Method::Get, p) if p.starts_with("/bytes/") => match p[7..].parse::<u64>() {
                 Ok(n) => bytes(out, n),
                 Err(_) => respond(out, 400, b"N must be a number\n"),
@@ -87,6 +89,19 @@ fn echo(req: IncomingRequest, out: ResponseOutparam) {
         output.flush().expect("flush");
     }
     OutgoingBody::finish(body, None).expect("finish");
+}
+
+fn discard(req: IncomingRequest, out: ResponseOutparam) {
+    let incoming = req.consume().expect("request body");
+    let mut n = 0u64;
+    {
+        let input = incoming.stream().expect("body stream");
+        // An error is the end of the body (closed) or of the request.
+        while let Ok(chunk) = input.blocking_read(64 * 1024) {
+            n += chunk.len() as u64;
+        }
+    }
+    respond(out, 200, n.to_string().as_bytes());
 }
 
 fn bytes(out: ResponseOutparam, n: u64) {
