@@ -48,6 +48,7 @@ mod packet;
 mod retry;
 mod route;
 mod router;
+pub(crate) mod scratch;
 mod settings;
 mod socket;
 #[cfg(test)]

@@ -136,13 +136,11 @@ impl<M: Metrics> WorkerParts<M> {
         // The server's certificate did not list the address connected to:
         // the connection never counts as established.
         let mut cert_refused = false;
-        let mut out = vec![
-            0u8;
-            gso::send_buffer_len(
-                self.socket.max_gso_segments(),
-                self.conn.max_send_udp_payload_size()
-            )
-        ];
+        // Lent for each flush (see `scratch`): an idle connection holds none.
+        let out_len = gso::send_buffer_len(
+            self.socket.max_gso_segments(),
+            self.conn.max_send_udp_payload_size(),
+        );
 
         loop {
             received += self.drain_inbox();
@@ -235,7 +233,10 @@ impl<M: Metrics> WorkerParts<M> {
                 }
             }
             self.drain_path_events();
-            let more_to_send = self.flush(&mut out).await;
+            let more_to_send = {
+                let mut out = super::scratch::Scratch::take(out_len);
+                self.flush(&mut out).await
+            };
             if self.conn.is_closed() {
                 break;
             }

@@ -211,7 +211,8 @@ impl<H: DriverHooks> H3Driver<H> {
                 h3::Event::Data => {
                     if !core.streams.data(id) {
                         // Nobody wants it: drain so the stream can close.
-                        while h3.recv_body(qconn, id, core.streams.buf()).is_ok() {}
+                        let mut buf = core.streams.scratch();
+                        while h3.recv_body(qconn, id, &mut buf).is_ok() {}
                     }
                 }
                 h3::Event::Finished => {
@@ -381,9 +382,9 @@ impl<H: DriverHooks> H3Driver<H> {
 
 /// HTTP datagrams (RFC 9297): a quarter stream id, then the payload.
 fn recv_datagrams(core: &mut DriverCore, qconn: &mut quiche::Connection) {
+    let mut buf = core.streams.scratch();
     loop {
-        let buf = core.streams.buf();
-        let Ok(n) = qconn.dgram_recv(buf) else {
+        let Ok(n) = qconn.dgram_recv(&mut buf) else {
             return;
         };
         match varint::read(&buf[..n]) {

@@ -23,6 +23,7 @@ use super::super::error::{
 };
 use super::super::frames::{BodyReceiver, InboundFrame, OutboundFrame, OutboundSender, Shared};
 use crate::metrics::{RequestRecord, ServiceMetrics};
+use crate::quic::scratch::Scratch;
 use crate::quic::QuicResult;
 
 /// Body bytes read and dropped for an application that no longer wants
@@ -238,7 +239,8 @@ pub(super) struct StreamTable {
     capacity: usize,
     shared: Arc<Shared>,
     /// The read buffer for body chunks.
-    buf: Vec<u8>,
+    /// Length of the read buffer lent for each round (`Scratch`).
+    buf_len: usize,
     /// Where the next turn's outbound delivery starts (round robin).
     next_first: usize,
     /// Request streams the peer has sent on but whose header section is
@@ -262,7 +264,7 @@ impl StreamTable {
             unacked: Vec::new(),
             capacity: capacity.max(1),
             shared,
-            buf: vec![0; chunk.max(1024)],
+            buf_len: chunk.max(1024),
             next_first: 0,
             sent_in_turn: false,
             unheaded: HashMap::new(),
@@ -315,9 +317,10 @@ impl StreamTable {
         self.peer_uni.len()
     }
 
-    /// The scratch buffer, for reads outside any stream (datagrams, drains).
-    pub(super) fn buf(&mut self) -> &mut [u8] {
-        &mut self.buf
+    /// A read buffer lent for one round, for reads outside any stream
+    /// (datagrams, drains).
+    pub(super) fn scratch(&self) -> Scratch {
+        Scratch::take(self.buf_len)
     }
 
     /// Creates the channels of a new stream; returns the application ends.
@@ -449,6 +452,7 @@ impl StreamTable {
         is_server: bool,
     ) -> QuicResult<bool> {
         let mut read_any = false;
+        let mut buf = Scratch::take(self.buf_len);
         for (&id, ctx) in self.streams.iter_mut() {
             if ctx.inbound.as_ref().is_some_and(|tx| tx.is_closed()) {
                 // Receiver dropped. A server reads and drops what still
@@ -470,7 +474,7 @@ impl StreamTable {
                 // The application does not want this stream's frames (or has
                 // dropped its receiver): drain quiche so the stream can close.
                 if ctx.data_pending {
-                    while let Ok(n) = h3.recv_body(qconn, id, &mut self.buf) {
+                    while let Ok(n) = h3.recv_body(qconn, id, &mut buf) {
                         if n == 0 {
                             break;
                         }
@@ -501,7 +505,7 @@ impl StreamTable {
                     let Ok(permit) = tx.try_reserve() else {
                         break; // full: resume when the application reads
                     };
-                    match h3.recv_body(qconn, id, &mut self.buf) {
+                    match h3.recv_body(qconn, id, &mut buf) {
                         Ok(n) => {
                             read_any = true;
                             ctx.stalled_since = None;
@@ -509,7 +513,7 @@ impl StreamTable {
                             if let Some(r) = ctx.req.as_mut() {
                                 r.bytes_in += n as u64;
                             }
-                            permit.send(InboundFrame::Body(Bytes::copy_from_slice(&self.buf[..n])));
+                            permit.send(InboundFrame::Body(Bytes::copy_from_slice(&buf[..n])));
                         }
                         Err(h3::Error::Done) => {
                             ctx.data_pending = false;
