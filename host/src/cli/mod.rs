@@ -167,8 +167,10 @@ pub struct ServeArgs {
     /// Plugins: instances alive at once. An http3-app or quic-app plugin
     /// holds one per connection, a wasi:http component one per request in
     /// flight; past it a connection is closed (or a request answered 500)
-    /// and the log names this flag. Address space, not memory, is reserved
-    /// for each up front. Default: 10000, as `max_connections`.
+    /// and the log names this flag. Each costs address space (not memory)
+    /// and about 6 of Linux's 65,530 memory mappings per process
+    /// (`vm.max_map_count`), per plugin version: raise that sysctl before
+    /// going past about 5,000. Default: 1000.
     #[arg(long, value_name = "N")]
     plugin_instances: Option<u32>,
 

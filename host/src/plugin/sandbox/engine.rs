@@ -44,8 +44,9 @@ pub(crate) fn build_engine(limits: &PluginLimits, concurrent: bool) -> anyhow::R
     // one, so each live instance holds a stack: as many as instances.
     // Each pooled stack is two mappings (stack, guard page) from the start,
     // and a live instance maps about four more (memory and table slots
-    // split by mprotect): 10,000 instances take about 61,500 of Linux's
-    // default 65,530 (vm.max_map_count). More need that raised.
+    // split by mprotect): 10,000 instances of one version take about
+    // 61,500 of Linux's default 65,530 (vm.max_map_count), and a reload
+    // holds two versions. Hence 1,000 by default; more need that raised.
     pool.total_stacks(n);
     pool.total_core_instances(n.saturating_mul(c.core_instances));
     pool.total_memories(n.saturating_mul(c.memories.min(2)));
@@ -89,7 +90,15 @@ pub(crate) fn build_engine(limits: &PluginLimits, concurrent: bool) -> anyhow::R
         // Reserve no more address space per memory than the cap needs.
         .memory_reservation(limits.memory_bytes as u64)
         .memory_guard_size(64 << 10);
-    Engine::new(&cfg).map_err(|e| anyhow::anyhow!("cannot configure wasmtime: {e:?}"))
+    Engine::new(&cfg).map_err(|e| {
+        let hint = if format!("{e:?}").contains("os error 12") {
+            // ENOMEM from mprotect: the mapping count, not memory.
+            " (the instance pool did not fit in the process's memory mappings: lower --plugin-instances or raise vm.max_map_count)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot configure wasmtime: {e:?}{hint}")
+    })
 }
 
 /// Explains a component refused by the pooling allocator's per-component

@@ -25,10 +25,14 @@ pub struct PluginLimits {
     pub request_timeout: Duration,
     /// Instances alive at once: an http3-app or quic-app plugin holds one
     /// per connection, a wasi:http component one per request in flight.
-    /// Default 10,000, as `QuicSettings::max_connections`. The pooling
-    /// allocator reserves address space (not memory) for all of them up
-    /// front: about `memory_bytes` per instance. A connection that finds
-    /// every slot taken is closed, and the log names this limit.
+    /// Default 1,000. The pooling allocator reserves address space (not
+    /// memory) for all of them up front, about `memory_bytes` each, and
+    /// two memory mappings each for their fiber stacks, per plugin version
+    /// (a reload holds two versions for a while); a live instance maps
+    /// about four more. Linux allows 65,530 mappings per process by
+    /// default (`vm.max_map_count`): raise that before going much past
+    /// 5,000. A connection that finds every slot taken is closed, and the
+    /// log names this limit.
     pub max_instances: u32,
     /// The shape of one component, which the pooling allocator sizes its
     /// slots by. Defaults fit what real toolchains emit: a Rust component
@@ -110,7 +114,7 @@ impl Default for PluginLimits {
             call_deadline: Duration::from_secs(1),
             call_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
-            max_instances: 10_000,
+            max_instances: 1000,
             component: ComponentLimits::default(),
             output_bytes: 64 << 10,
             reuse_instances: 0,
