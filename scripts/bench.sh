@@ -4,7 +4,7 @@
 # tokio-quiche and quinn + h3, in a workspace of their own), then runs
 # `tq-bench`, which prints Markdown tables and writes JSON to target/bench/.
 #
-#   bash scripts/bench.sh            # every scenario and server, 3 rounds (about 30 min)
+#   bash scripts/bench.sh            # every scenario and server, 3 rounds (about 13 min on 2 cores)
 #   bash scripts/bench.sh --quick    # 1 short round, to check the set-up
 #   bash scripts/bench.sh --scenarios small --servers tq-native,tokio-quiche
 #

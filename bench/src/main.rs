@@ -141,7 +141,9 @@ struct Setup {
     cert: PathBuf,
     key: PathBuf,
     tq_config: PathBuf,
-    cpus: usize,
+    /// Servers and load generator pinned to CPUs 0 and 1: the process may
+    /// use both and `taskset` is there.
+    pin: bool,
 }
 
 /// One measurement: a server, a scenario, a round.
@@ -185,6 +187,16 @@ impl Running {
     }
 }
 
+/// Whether this process may run on CPUs 0 and 1 and `taskset` runs.
+fn can_pin() -> bool {
+    Command::new("taskset")
+        .args(["-c", "0,1", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// CPU seconds (user + system, all threads) a process has used.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -217,7 +229,7 @@ fn free_port() -> anyhow::Result<u16> {
 /// `taskset -c CPU` in front of a command, where the machine has the CPUs.
 fn pinned(setup: &Setup, cpu: Option<usize>, program: &Path) -> Command {
     match cpu {
-        Some(c) if setup.cpus >= 2 => {
+        Some(c) if setup.pin => {
             let mut cmd = Command::new("taskset");
             cmd.arg("-c").arg(c.to_string()).arg(program);
             cmd
@@ -548,7 +560,17 @@ fn print_tables(
                 .find(|s| s.metric == head)
                 .zip(reference)
                 .map(|(s, r)| format!("{:.2}x", s.median / r));
-            println!(" {} |", ratio.unwrap_or_default());
+            let runs = samples
+                .iter()
+                .filter(|s| s.server == spec.name && &s.scenario == scenario)
+                .count();
+            let ok = mine.first().map_or(0, |s| s.rounds);
+            let failed = if ok < runs {
+                format!(" (failed in {} of {runs} rounds)", runs - ok)
+            } else {
+                String::new()
+            };
+            println!(" {}{failed} |", ratio.unwrap_or_default());
         }
     }
 }
@@ -600,8 +622,11 @@ fn main() -> anyhow::Result<()> {
         key: work.join("key.pem"),
         tq_config: work.join("tq-host.toml"),
         work: work.clone(),
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        pin: can_pin(),
     };
+    if !setup.pin {
+        eprintln!("tq-bench: not pinning (needs CPUs 0 and 1 and taskset): servers and load generator share the CPUs");
+    }
     for (path, what) in [
         (&setup.tq_host, "tq-host (cargo build --release -p tq-host)"),
         (
@@ -714,7 +739,7 @@ fn main() -> anyhow::Result<()> {
             "bulk_mib": args.bulk_mib,
             "handshakes": args.handshakes,
             "idle": args.idle,
-            "pinning": if setup.cpus >= 2 { "servers on CPU 0 (but tq-native-2w), bench-load on CPU 1" } else { "none (one CPU)" },
+            "pinning": if setup.pin { "servers on CPU 0 (but tq-native-2w), bench-load on CPU 1" } else { "none (one CPU)" },
         },
         "servers": chosen.iter().map(|s| serde_json::json!({"name": s.name, "what": s.what})).collect::<Vec<_>>(),
         "samples": samples,

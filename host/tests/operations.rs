@@ -402,6 +402,12 @@ fn one_config_serves_two_plugins_and_check_names_every_error() {
                 "not a WebAssembly file",
             ],
         ),
+        (
+            "instances.toml",
+            "[[listener]]\nlisten = [\"127.0.0.1:0\"]\nplugin = \"hello.wasm\"\n\
+             [listener.limits]\ninstances = 0\n",
+            vec!["instances.toml:3", "`instances` must be at least 1"],
+        ),
     ];
     for (name, text, wanted) in cases {
         let path = dir.join(name);

@@ -24,6 +24,10 @@ struct Args {
     /// The certificate the server presents (trusted as a root).
     #[arg(long)]
     ca: PathBuf,
+    /// Give up on the scenario after this many seconds (a server that
+    /// stops answering must not stall the harness).
+    #[arg(long, default_value_t = 900)]
+    timeout_secs: u64,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -97,6 +101,9 @@ fn endpoint(ca: &std::path::Path) -> anyhow::Result<quinn::Endpoint> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
+    // Every handshake a full one: with tickets, all but the first of a
+    // run would skip the certificate and its signature.
+    tls.resumption = rustls::client::Resumption::disabled();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -157,33 +164,77 @@ async fn request(
     Ok((resp.status().as_u16(), n))
 }
 
+/// Uploads `bytes` to `POST /discard`; returns the status and the count
+/// the server answered.
+async fn discard(
+    send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    bytes: u64,
+) -> anyhow::Result<(u16, u64)> {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("https://localhost/discard")
+        .body(())?;
+    let mut stream = send.send_request(req).await?;
+    let block = tq_bench::block();
+    let mut left = bytes;
+    while left > 0 {
+        let take = left.min(block.len() as u64) as usize;
+        stream.send_data(block.slice(..take)).await?;
+        left -= take as u64;
+    }
+    stream.finish().await?;
+    let resp = stream.recv_response().await?;
+    let mut text = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await? {
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            text.extend_from_slice(c);
+            let n = c.len();
+            chunk.advance(n);
+        }
+    }
+    let counted = String::from_utf8_lossy(&text)
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX);
+    Ok((resp.status().as_u16(), counted))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let ep = endpoint(&args.ca)?;
-    let report = match args.scenario {
-        Scenario::Probe { timeout_secs } => probe(&ep, args.addr, timeout_secs).await?,
-        Scenario::Small {
-            conns,
-            in_flight,
-            requests,
-            size,
-        } => small(&ep, args.addr, conns, in_flight, requests, size).await?,
-        Scenario::Download { bytes } => bulk(&ep, args.addr, bytes, false).await?,
-        Scenario::Upload { bytes } => bulk(&ep, args.addr, bytes, true).await?,
-        Scenario::Handshakes { count, parallel } => {
-            handshakes(&ep, args.addr, count, parallel).await?
-        }
-        Scenario::Idle { conns } => {
-            let (report, held) = idle(&ep, args.addr, conns).await?;
-            println!("{}", serde_json::to_string(&report)?);
-            // Hold the connections until the harness has read the server's
-            // memory and closes our standard input.
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            while lines.next_line().await?.is_some() {}
-            drop(held);
-            return Ok(());
-        }
+    let limit = Duration::from_secs(args.timeout_secs);
+    let report = tokio::time::timeout(limit, async {
+        anyhow::Ok(match args.scenario {
+            Scenario::Probe { timeout_secs } => Some(probe(&ep, args.addr, timeout_secs).await?),
+            Scenario::Small {
+                conns,
+                in_flight,
+                requests,
+                size,
+            } => Some(small(&ep, args.addr, conns, in_flight, requests, size).await?),
+            Scenario::Download { bytes } => Some(bulk(&ep, args.addr, bytes, false).await?),
+            Scenario::Upload { bytes } => Some(bulk(&ep, args.addr, bytes, true).await?),
+            Scenario::Handshakes { count, parallel } => {
+                Some(handshakes(&ep, args.addr, count, parallel).await?)
+            }
+            Scenario::Idle { conns } => {
+                let (report, held) = idle(&ep, args.addr, conns).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                // Hold the connections until the harness has read the server's
+                // memory and closes our standard input.
+                let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+                while lines.next_line().await?.is_some() {}
+                drop(held);
+                return Ok(None);
+            }
+        })
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("gave up after {} s", args.timeout_secs))??;
+    let Some(report) = report else {
+        return Ok(());
     };
     println!("{}", serde_json::to_string(&report)?);
     ep.close(0u32.into(), b"");
@@ -289,8 +340,11 @@ async fn bulk(
     let cpu = own_cpu_seconds();
     let start = Instant::now();
     let (status, got) = if upload {
-        let (status, n) = request(&mut c.send, "POST", "/discard", bytes).await?;
-        (status, n)
+        let (status, counted) = discard(&mut c.send, bytes).await?;
+        if counted != bytes {
+            bail!("the server counted {counted} bytes of the {bytes} sent");
+        }
+        (status, counted)
     } else {
         request(&mut c.send, "GET", &format!("/bytes/{bytes}"), 0).await?
     };

@@ -171,7 +171,7 @@ pub struct ServeArgs {
     /// and about 6 of Linux's 65,530 memory mappings per process
     /// (`vm.max_map_count`), per plugin version: raise that sysctl before
     /// going past about 5,000. Default: 1000.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     plugin_instances: Option<u32>,
 
     /// Plugins: core module instances one component may contain (the

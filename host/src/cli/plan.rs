@@ -233,10 +233,13 @@ async fn listener(
                     .reuse_instances
                     .or(l.reuse_instances)
                     .unwrap_or(d.reuse_instances),
-                max_instances: args
-                    .plugin_instances
-                    .or(l.instances)
-                    .unwrap_or(d.max_instances),
+                max_instances: match args.plugin_instances.or(l.instances) {
+                    Some(0) => bail!(origin.say(format!(
+                        "{name}: `instances` must be at least 1 (the plugin could serve nothing)"
+                    ))),
+                    Some(n) => n,
+                    None => d.max_instances,
+                },
                 component: crate::plugin::ComponentLimits {
                     core_instances: args
                         .plugin_core_instances

@@ -10,7 +10,9 @@
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
-/// Freed buffers each thread keeps for the next round; more are freed.
+/// Freed buffers of one length each thread keeps for the next round;
+/// more are freed. Per length, so that send buffers and read buffers
+/// (two lengths, both about 64 KiB) never crowd each other out.
 const KEPT_PER_THREAD: usize = 8;
 
 thread_local! {
@@ -62,7 +64,8 @@ impl Drop for Scratch {
             // During thread teardown the list may be gone: then just free.
             let _ = FREE.try_with(|free| {
                 let mut free = free.borrow_mut();
-                if free.len() < KEPT_PER_THREAD {
+                let same = free.iter().filter(|b| b.len() == buf.len()).count();
+                if same < KEPT_PER_THREAD {
                     free.push(buf);
                 }
             });
@@ -87,6 +90,18 @@ mod tests {
         assert_ne!(c.as_ptr(), ptr, "a lent buffer is never lent twice");
         let d = Scratch::take(500);
         assert_eq!(d.len(), 500);
+    }
+
+    #[test]
+    fn one_length_never_crowds_out_another() {
+        let sends: Vec<Scratch> = (0..2 * KEPT_PER_THREAD)
+            .map(|_| Scratch::take(3000))
+            .collect();
+        let read = Scratch::take(3001);
+        let ptr = read.as_ptr();
+        drop(sends);
+        drop(read);
+        assert_eq!(Scratch::take(3001).as_ptr(), ptr);
     }
 
     #[test]

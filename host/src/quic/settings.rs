@@ -271,6 +271,14 @@ impl ConnectionParams {
                 s.max_send_udp_payload_size
             )));
         }
+        // A UDP payload is at most 65,527 bytes (RFC 9000 §18.2); a send
+        // buffer (64 KiB) must hold at least one packet.
+        if s.max_send_udp_payload_size > 65_527 {
+            return Err(QuicError::InvalidSettings(format!(
+                "max_send_udp_payload_size {} is above the largest UDP payload, 65527",
+                s.max_send_udp_payload_size
+            )));
+        }
         let mut c = match ticket_keys.filter(|_| is_server) {
             Some(keys) => {
                 let mut ctx = boring::ssl::SslContextBuilder::new(boring::ssl::SslMethod::tls())

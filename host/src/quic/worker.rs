@@ -136,11 +136,6 @@ impl<M: Metrics> WorkerParts<M> {
         // The server's certificate did not list the address connected to:
         // the connection never counts as established.
         let mut cert_refused = false;
-        // Lent for each flush (see `scratch`): an idle connection holds none.
-        let out_len = gso::send_buffer_len(
-            self.socket.max_gso_segments(),
-            self.conn.max_send_udp_payload_size(),
-        );
 
         loop {
             received += self.drain_inbox();
@@ -234,6 +229,13 @@ impl<M: Metrics> WorkerParts<M> {
             }
             self.drain_path_events();
             let more_to_send = {
+                // Lent for each flush (see `scratch`): an idle connection
+                // holds none. Sized now, not at the start: the packet size
+                // quiche may use grows once the peer's limits are known.
+                let out_len = gso::send_buffer_len(
+                    self.socket.max_gso_segments(),
+                    self.conn.max_send_udp_payload_size(),
+                );
                 let mut out = super::scratch::Scratch::take(out_len);
                 self.flush(&mut out).await
             };

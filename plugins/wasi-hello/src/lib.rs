@@ -19,6 +19,7 @@ use wasi::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
     ResponseOutparam, Scheme,
 };
+use wasi::io::streams::StreamError;
 
 struct Hello;
 
@@ -96,9 +97,15 @@ fn discard(req: IncomingRequest, out: ResponseOutparam) {
     let mut n = 0u64;
     {
         let input = incoming.stream().expect("body stream");
-        // An error is the end of the body (closed) or of the request.
-        while let Ok(chunk) = input.blocking_read(64 * 1024) {
-            n += chunk.len() as u64;
+        loop {
+            match input.blocking_read(64 * 1024) {
+                Ok(chunk) => n += chunk.len() as u64,
+                Err(StreamError::Closed) => break, // the body's end
+                Err(StreamError::LastOperationFailed(e)) => {
+                    let text = format!("the request body failed: {}\n", e.to_debug_string());
+                    return respond(out, 500, text.as_bytes());
+                }
+            }
         }
     }
     respond(out, 200, n.to_string().as_bytes());

@@ -47,7 +47,9 @@ pub(crate) fn build_engine(limits: &PluginLimits, concurrent: bool) -> anyhow::R
     // split by mprotect): 10,000 instances of one version take about
     // 61,500 of Linux's default 65,530 (vm.max_map_count), and a reload
     // holds two versions. Hence 1,000 by default; more need that raised.
-    pool.total_stacks(n);
+    // A concurrent (WASI 0.3) store may run several fibers at once (a new
+    // one whenever its worker fiber is busy): room for four each.
+    pool.total_stacks(n.saturating_mul(if concurrent { 4 } else { 1 }));
     pool.total_core_instances(n.saturating_mul(c.core_instances));
     pool.total_memories(n.saturating_mul(c.memories.min(2)));
     pool.total_tables(n.saturating_mul(c.tables.min(4)));
