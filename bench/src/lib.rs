@@ -15,6 +15,23 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+/// The command line both peer servers take.
+#[derive(Debug, clap::Parser)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// Certificate chain (PEM).
+    #[arg(long)]
+    pub cert: std::path::PathBuf,
+    /// Private key (PEM).
+    #[arg(long)]
+    pub key: std::path::PathBuf,
+    /// Close connections idle this long, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub idle_secs: u64,
+}
+
 /// What a request asks of the shared handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {

@@ -133,35 +133,58 @@ async fn connect(ep: &quinn::Endpoint, addr: SocketAddr) -> anyhow::Result<Conn>
     Ok(Conn { send, quic, driver })
 }
 
-/// Sends one request (with `upload` bytes of body) and returns the status
-/// and how many body bytes came back.
-async fn request(
+/// What came back: the status, how many body bytes, and the first few of
+/// them (enough for `/discard`'s count).
+struct Answer {
+    status: u16,
+    len: u64,
+    head: Vec<u8>,
+}
+
+/// Sends one request (with `upload` bytes of body) and reads the answer.
+async fn exchange(
     send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     method: &str,
     path: &str,
     upload: u64,
-) -> anyhow::Result<(u16, u64)> {
+) -> anyhow::Result<Answer> {
     let req = http::Request::builder()
         .method(method)
         .uri(format!("https://localhost{path}"))
         .body(())?;
     let mut stream = send.send_request(req).await?;
-    if upload > 0 {
-        let block = tq_bench::block();
-        let mut left = upload;
-        while left > 0 {
-            let take = left.min(block.len() as u64) as usize;
-            stream.send_data(block.slice(..take)).await?;
-            left -= take as u64;
-        }
+    let block = tq_bench::block();
+    let mut left = upload;
+    while left > 0 {
+        let take = left.min(block.len() as u64) as usize;
+        stream.send_data(block.slice(..take)).await?;
+        left -= take as u64;
     }
     stream.finish().await?;
     let resp = stream.recv_response().await?;
-    let mut n = 0u64;
+    let (mut len, mut head) = (0u64, Vec::new());
     while let Some(chunk) = stream.recv_data().await? {
-        n += chunk.remaining() as u64;
+        len += chunk.remaining() as u64;
+        if head.len() < 32 {
+            let c = chunk.chunk();
+            head.extend_from_slice(&c[..c.len().min(32 - head.len())]);
+        }
     }
-    Ok((resp.status().as_u16(), n))
+    Ok(Answer {
+        status: resp.status().as_u16(),
+        len,
+        head,
+    })
+}
+
+/// A body-less request: the status and how many body bytes came back.
+async fn request(
+    send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, u64)> {
+    let a = exchange(send, method, path, 0).await?;
+    Ok((a.status, a.len))
 }
 
 /// Uploads `bytes` to `POST /discard`; returns the status and the count
@@ -170,34 +193,12 @@ async fn discard(
     send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     bytes: u64,
 ) -> anyhow::Result<(u16, u64)> {
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("https://localhost/discard")
-        .body(())?;
-    let mut stream = send.send_request(req).await?;
-    let block = tq_bench::block();
-    let mut left = bytes;
-    while left > 0 {
-        let take = left.min(block.len() as u64) as usize;
-        stream.send_data(block.slice(..take)).await?;
-        left -= take as u64;
-    }
-    stream.finish().await?;
-    let resp = stream.recv_response().await?;
-    let mut text = Vec::new();
-    while let Some(mut chunk) = stream.recv_data().await? {
-        while chunk.has_remaining() {
-            let c = chunk.chunk();
-            text.extend_from_slice(c);
-            let n = c.len();
-            chunk.advance(n);
-        }
-    }
-    let counted = String::from_utf8_lossy(&text)
+    let a = exchange(send, "POST", "/discard", bytes).await?;
+    let counted = String::from_utf8_lossy(&a.head)
         .trim()
         .parse()
         .unwrap_or(u64::MAX);
-    Ok((resp.status().as_u16(), counted))
+    Ok((a.status, counted))
 }
 
 #[tokio::main]
@@ -250,7 +251,7 @@ async fn probe(
     loop {
         let attempt = tokio::time::timeout(Duration::from_secs(2), async {
             let mut c = connect(ep, addr).await?;
-            request(&mut c.send, "GET", "/bytes/1", 0).await
+            request(&mut c.send, "GET", "/bytes/1").await
         })
         .await;
         match attempt {
@@ -294,7 +295,7 @@ async fn small(
             let mut failed = 0u64;
             for _ in 0..n {
                 let t = Instant::now();
-                match request(&mut send, "GET", &path, 0).await {
+                match request(&mut send, "GET", &path).await {
                     Ok((200, got)) if got == size => {
                         lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32)
                     }
@@ -346,7 +347,7 @@ async fn bulk(
         }
         (status, counted)
     } else {
-        request(&mut c.send, "GET", &format!("/bytes/{bytes}"), 0).await?
+        request(&mut c.send, "GET", &format!("/bytes/{bytes}")).await?
     };
     let secs = start.elapsed().as_secs_f64();
     let cpu_secs = own_cpu_seconds() - cpu;
@@ -383,7 +384,7 @@ async fn handshakes(
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
                 let one = async {
                     let mut c = connect(&ep, addr).await?;
-                    request(&mut c.send, "GET", "/bytes/100", 0).await
+                    request(&mut c.send, "GET", "/bytes/100").await
                 };
                 match one.await {
                     Ok((200, 100)) => done += 1,
@@ -429,7 +430,7 @@ async fn idle(
             let ep = ep.clone();
             tasks.spawn(async move {
                 let mut c = connect(&ep, addr).await?;
-                match request(&mut c.send, "GET", "/bytes/100", 0).await? {
+                match request(&mut c.send, "GET", "/bytes/100").await? {
                     (200, 100) => anyhow::Ok(c),
                     other => bail!("GET /bytes/100: {other:?}"),
                 }

@@ -4,8 +4,6 @@
 //!
 //! `quinn-server --listen 127.0.0.1:4433 --cert cert.pem --key key.pem`
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,22 +11,9 @@ use bytes::{Buf, Bytes};
 use clap::Parser;
 use tq_bench::{route, Route};
 
-#[derive(Parser)]
-struct Args {
-    #[arg(long)]
-    listen: SocketAddr,
-    #[arg(long)]
-    cert: PathBuf,
-    #[arg(long)]
-    key: PathBuf,
-    /// Close connections idle this long, in seconds.
-    #[arg(long, default_value_t = 120)]
-    idle_secs: u64,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = tq_bench::ServerArgs::parse();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -6,8 +6,6 @@
 //!
 //! `tokio-quiche-server --listen 127.0.0.1:4433 --cert cert.pem --key key.pem`
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,22 +22,9 @@ use tokio_quiche::settings::{CertificateKind, Hooks, QuicSettings, TlsCertificat
 use tokio_quiche::{ConnectionParams, ServerH3Driver};
 use tq_bench::{route, Route};
 
-#[derive(Parser)]
-struct Args {
-    #[arg(long)]
-    listen: SocketAddr,
-    #[arg(long)]
-    cert: PathBuf,
-    #[arg(long)]
-    key: PathBuf,
-    /// Close connections idle this long, in seconds.
-    #[arg(long, default_value_t = 120)]
-    idle_secs: u64,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = tq_bench::ServerArgs::parse();
     let socket = tokio::net::UdpSocket::from_std(tq_bench::udp_socket(args.listen)?)?;
     let local = socket.local_addr()?;
     let mut settings = QuicSettings::default();
