@@ -313,13 +313,26 @@ fn load(setup: &Setup, addr: SocketAddr, scenario: &[&str]) -> anyhow::Result<Lo
 /// What one scenario measured on one server, as named metrics.
 type Metrics = BTreeMap<String, f64>;
 
-fn small(setup: &Setup, args: &Args, spec: &ServerSpec, log: &Path) -> anyhow::Result<Metrics> {
+/// Starts a fresh server, runs one load-generator scenario against it, and
+/// returns the load generator's report and the server's CPU seconds over it.
+fn measured(
+    setup: &Setup,
+    spec: &ServerSpec,
+    log: &Path,
+    scenario: &[&str],
+) -> anyhow::Result<(LoadReport, f64)> {
     let server = start(setup, spec, log)?;
     let before = cpu_seconds(server.pid())?;
+    let r = load(setup, server.addr, scenario)?;
+    Ok((r, cpu_seconds(server.pid())? - before))
+}
+
+fn small(setup: &Setup, args: &Args, spec: &ServerSpec, log: &Path) -> anyhow::Result<Metrics> {
     let requests = args.requests.to_string();
-    let r = load(
+    let (r, cpu) = measured(
         setup,
-        server.addr,
+        spec,
+        log,
         &[
             "small",
             "--conns",
@@ -330,7 +343,6 @@ fn small(setup: &Setup, args: &Args, spec: &ServerSpec, log: &Path) -> anyhow::R
             &requests,
         ],
     )?;
-    let cpu = cpu_seconds(server.pid())? - before;
     let mut m = Metrics::new();
     m.insert("requests_per_s".into(), r.done as f64 / r.secs);
     m.insert(
@@ -352,19 +364,17 @@ fn bulk(
     log: &Path,
     upload: bool,
 ) -> anyhow::Result<Metrics> {
-    let server = start(setup, spec, log)?;
-    let before = cpu_seconds(server.pid())?;
     let bytes = (args.bulk_mib << 20).to_string();
-    let r = load(
+    let (r, cpu) = measured(
         setup,
-        server.addr,
+        spec,
+        log,
         &[
             if upload { "upload" } else { "download" },
             "--bytes",
             &bytes,
         ],
     )?;
-    let cpu = cpu_seconds(server.pid())? - before;
     let mut m = Metrics::new();
     m.insert("mb_per_s".into(), r.bytes as f64 / r.secs / 1e6);
     m.insert("server_cpu_percent".into(), cpu / r.secs * 100.0);
@@ -379,16 +389,14 @@ fn handshakes(
     log: &Path,
     parallel: u64,
 ) -> anyhow::Result<Metrics> {
-    let server = start(setup, spec, log)?;
-    let before = cpu_seconds(server.pid())?;
     let count = args.handshakes.to_string();
     let par = parallel.to_string();
-    let r = load(
+    let (r, cpu) = measured(
         setup,
-        server.addr,
+        spec,
+        log,
         &["handshakes", "--count", &count, "--parallel", &par],
     )?;
-    let cpu = cpu_seconds(server.pid())? - before;
     let mut m = Metrics::new();
     m.insert("connections_per_s".into(), r.done as f64 / r.secs);
     m.insert(

@@ -62,13 +62,7 @@ async fn our_client_gets_and_posts_0_b_to_64_mib() {
         );
     }
     // The benchmarks' upload: the body is read to its end and counted.
-    for size in [0usize, 1, 5 << 20] {
-        let r = client
-            .request("POST", "/discard", Some(Bytes::from(payload(size, 7))))
-            .await
-            .unwrap_or_else(|e| panic!("discard {size}: {e}"));
-        assert_eq!((r.status, r.body), (200, size.to_string().into_bytes()));
-    }
+    tq_e2e::assert_discards(&client, &[0, 1, 5 << 20]).await;
     let missing = client.request("GET", "/nope", None).await.unwrap();
     assert_eq!(missing.status, 404);
 }

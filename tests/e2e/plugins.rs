@@ -53,13 +53,7 @@ async fn the_hello_plugin_answers_its_routes() {
     assert_eq!(r.body.len(), n);
     assert_eq!(r.header("content-length"), Some(n.to_string().as_str()));
 
-    for size in [0usize, 3 << 20] {
-        let r = client
-            .request("POST", "/discard", Some(Bytes::from(payload(size, 3))))
-            .await
-            .unwrap_or_else(|e| panic!("discard {size}: {e}"));
-        assert_eq!((r.status, r.body), (200, size.to_string().into_bytes()));
-    }
+    tq_e2e::assert_discards(&client, &[0, 3 << 20]).await;
 
     let r = client.request("GET", "/nope", None).await.unwrap();
     assert_eq!(r.status, 404);

@@ -32,13 +32,7 @@ async fn a_standard_wasi_http_component_answers_get_and_post() {
     let r = client.request("GET", "/bytes/1000000", None).await.unwrap();
     assert_eq!(r.body.len(), 1_000_000);
     assert_eq!(r.header("content-length"), Some("1000000"));
-    for size in [0usize, 3 << 20] {
-        let r = client
-            .request("POST", "/discard", Some(Bytes::from(payload(size, 3))))
-            .await
-            .unwrap_or_else(|e| panic!("discard {size}: {e}"));
-        assert_eq!((r.status, r.body), (200, size.to_string().into_bytes()));
-    }
+    tq_e2e::assert_discards(&client, &[0, 3 << 20]).await;
     let r = client.request("GET", "/nope", None).await.unwrap();
     assert_eq!(r.status, 404);
 

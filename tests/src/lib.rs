@@ -21,11 +21,11 @@ pub use certs::TestCert;
 pub use data::{
     bench_arg, component_path, init_tracing, payload, plugin_path, request_head, rss_kib, sha256,
 };
+pub use peers::{assert_discards, latencies, percentile, reset_pairs};
 pub use peers::{
     echo_with_our_client, h3_client, quinn_client, quinn_connect, quinn_echo, run_echo_client,
     EchoClient, H3QuinnClient, StreamResult,
 };
-pub use peers::{latencies, percentile, reset_pairs};
 pub use relay::{Impairment, LossyRelay};
 pub use servers::{
     echo_alpn, loopback, H3App, H3TestServer, LiveServer, PluginServer, QuicPluginServer,

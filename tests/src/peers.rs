@@ -358,6 +358,19 @@ impl H3QuinnClient {
     }
 }
 
+/// Checks `POST /discard` (the benchmarks' upload): for each size, the
+/// body is read to its end and its length answered, 200.
+pub async fn assert_discards(client: &tq_host::http3::H3Client, sizes: &[usize]) {
+    for (i, &size) in sizes.iter().enumerate() {
+        let body = bytes::Bytes::from(crate::data::payload(size, i as u64));
+        let r = client
+            .request("POST", "/discard", Some(body))
+            .await
+            .unwrap_or_else(|e| panic!("discard {size}: {e}"));
+        assert_eq!((r.status, r.body), (200, size.to_string().into_bytes()));
+    }
+}
+
 /// Opens `n` requests `POST path` on `client` and resets each at once
 /// (HEADERS then RESET_STREAM: the rapid-reset pattern), as fast as stream
 /// credit comes back.

@@ -452,7 +452,9 @@ impl StreamTable {
         is_server: bool,
     ) -> QuicResult<bool> {
         let mut read_any = false;
-        let mut buf = Scratch::take(self.buf_len);
+        // Lent at the first read: most turns read no stream.
+        let buf_len = self.buf_len;
+        let mut lent: Option<Scratch> = None;
         for (&id, ctx) in self.streams.iter_mut() {
             if ctx.inbound.as_ref().is_some_and(|tx| tx.is_closed()) {
                 // Receiver dropped. A server reads and drops what still
@@ -474,7 +476,8 @@ impl StreamTable {
                 // The application does not want this stream's frames (or has
                 // dropped its receiver): drain quiche so the stream can close.
                 if ctx.data_pending {
-                    while let Ok(n) = h3.recv_body(qconn, id, &mut buf) {
+                    let buf = lent.get_or_insert_with(|| Scratch::take(buf_len));
+                    while let Ok(n) = h3.recv_body(qconn, id, buf) {
                         if n == 0 {
                             break;
                         }
@@ -501,11 +504,12 @@ impl StreamTable {
                 }
             }
             if ctx.pending_in.is_empty() && ctx.data_pending {
+                let buf = lent.get_or_insert_with(|| Scratch::take(buf_len));
                 loop {
                     let Ok(permit) = tx.try_reserve() else {
                         break; // full: resume when the application reads
                     };
-                    match h3.recv_body(qconn, id, &mut buf) {
+                    match h3.recv_body(qconn, id, buf) {
                         Ok(n) => {
                             read_any = true;
                             ctx.stalled_since = None;

@@ -256,15 +256,7 @@ pub(crate) async fn instantiate<C: Send>(
     })
     .await
     .map_err(|why| {
-        // wasmtime's words for a full pool name neither the cause nor the cure.
-        let hint = if why.contains("concurrent limit of") {
-            " (every instance slot is in use: raise --plugin-instances, or `instances` under [listener.limits])"
-        } else if why.contains("os error 12") {
-            // ENOMEM from mprotect: usually the mapping count, not memory.
-            " (the process may have reached vm.max_map_count: each live instance maps about 6 regions; see the README)"
-        } else {
-            ""
-        };
+        let hint = super::engine::pool_hint(&why);
         anyhow::anyhow!("instantiating it failed: {why}{hint}")
     })
 }

@@ -93,14 +93,23 @@ pub(crate) fn build_engine(limits: &PluginLimits, concurrent: bool) -> anyhow::R
         .memory_reservation(limits.memory_bytes as u64)
         .memory_guard_size(64 << 10);
     Engine::new(&cfg).map_err(|e| {
-        let hint = if format!("{e:?}").contains("os error 12") {
-            // ENOMEM from mprotect: the mapping count, not memory.
-            " (the instance pool did not fit in the process's memory mappings: lower --plugin-instances or raise vm.max_map_count)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("cannot configure wasmtime: {e:?}{hint}")
+        let e = format!("{e:?}");
+        anyhow::anyhow!("cannot configure wasmtime: {e}{}", pool_hint(&e))
     })
+}
+
+/// What to do about a pooling allocator error that wasmtime's words leave
+/// unexplained: a full pool (at instantiation) or a mapping it could not
+/// make (ENOMEM from mprotect, at start or instantiation: the process's
+/// mapping count, not memory). Empty for any other error.
+pub(crate) fn pool_hint(message: &str) -> &'static str {
+    if message.contains("concurrent limit of") {
+        " (every instance slot is in use: raise --plugin-instances, or `instances` under [listener.limits])"
+    } else if message.contains("os error 12") {
+        " (the process may have reached vm.max_map_count: each instance slot maps about 6 regions; lower --plugin-instances or raise the sysctl, see the README)"
+    } else {
+        ""
+    }
 }
 
 /// Explains a component refused by the pooling allocator's per-component
