@@ -42,6 +42,12 @@ fn scaffold(dir: &Path, world: &str) -> PathBuf {
         name.replace('-', "_")
     ));
     assert!(wasm.exists(), "{}", wasm.display());
+    // Its .cargo/config.toml gives it a 128 KiB stack, not Rust's 1 MiB:
+    // the instance starts at 3 pages, not 17 (built outside this repository,
+    // so only the scaffold's own config applies).
+    let plugin = tq_host::plugin::Plugin::load(&wasm, Default::default()).unwrap();
+    let kib = plugin.initial_memory_bytes() >> 10;
+    assert!((64..=256).contains(&kib), "{world} starts with {kib} KiB");
     wasm
 }
 

@@ -171,6 +171,21 @@ async fn a_panic_ends_only_its_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_past_the_stack_traps_and_ends_only_its_connection() {
+    init_tracing();
+    // The example plugins are built with a 128 KiB stack (.cargo/config.toml)
+    // placed below their data: 1,000 frames of 1 KiB run past it, below
+    // address 0, and trap; nothing else in the instance is overwritten.
+    let (res, _, answered) = misbehaving_request("/deep/1000", PluginLimits::default()).await;
+    res.expect_err("the request that overflows its stack fails");
+    assert!(answered > 0);
+    // 64 frames fit.
+    let server = PluginServer::start("misbehave", PluginLimits::default()).await;
+    let r = server.client().await.request("GET", "/deep/64", None).await;
+    assert_eq!(r.expect("64 KiB of stack fits").body, b"deep 64");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_output_is_bounded_and_never_fatal() {
     init_tracing();
     // 1 MiB of stdout in one call against a 64 KiB window: the oldest

@@ -236,6 +236,19 @@ async fn a_granted_name_reaches_internal_addresses_only_when_allowed() {
     assert_eq!(String::from_utf8_lossy(&r.body), "fetched 200: hello");
 }
 
+#[test]
+fn the_example_components_start_small() {
+    // Built with a 128 KiB stack (the repository's .cargo/config.toml)
+    // instead of Rust's 1 MiB: 3 pages of 64 KiB, not 17. A fresh instance
+    // per request resets all of it, so this is most of that cost.
+    for name in ["wasi_hello", "hello", "sdk_http"] {
+        let path = tq_e2e::plugin_path(name);
+        let plugin = tq_host::plugin::Plugin::load(&path, PluginLimits::default()).unwrap();
+        let kib = plugin.initial_memory_bytes() >> 10;
+        assert!((64..=256).contains(&kib), "{name} starts with {kib} KiB");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tq_sdk_http_handler_is_a_standard_wasi_http_component() {
     init_tracing();

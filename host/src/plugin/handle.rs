@@ -264,6 +264,7 @@ impl Plugin {
                 has_init: exports.iter().any(|e| e == INIT_EXPORT),
                 has_migrate: exports.iter().any(|e| e == MIGRATE_EXPORT),
                 compiled: how,
+                initial_memory: initial_memory(&component),
                 live: Live::new(),
             }),
         })
@@ -283,6 +284,14 @@ impl Plugin {
     /// its SHA-256.
     pub fn version_label(&self) -> &str {
         &self.inner.sandbox.version_label
+    }
+
+    /// The memory an instance starts with, in bytes: its largest linear
+    /// memory's initial size. A fresh instance's start and reset cost
+    /// grows with it (for a Rust plugin, mostly its stack: see the
+    /// README's "Plugin memory").
+    pub fn initial_memory_bytes(&self) -> u64 {
+        self.inner.initial_memory
     }
 
     /// When it was loaded.
@@ -549,6 +558,15 @@ fn async_hint(reason: String, concurrent: bool) -> String {
          for WASI 0.3 wasi:http/service components, exporting {})",
         World::WasiHttpService.export()
     )
+}
+
+/// The largest initial linear memory of `component`'s instances, in bytes.
+fn initial_memory(component: &wasmtime::component::Component) -> u64 {
+    component
+        .resources_required()
+        .and_then(|r| r.max_initial_memory_size)
+        .unwrap_or(0)
+        .saturating_mul(64 << 10)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -38,6 +38,8 @@ pub(crate) struct Version {
     pub(crate) has_migrate: bool,
     /// Whether its code came from the compilation cache.
     pub(crate) compiled: super::Compiled,
+    /// The largest linear memory an instance starts with, in bytes.
+    pub(crate) initial_memory: u64,
     pub(crate) live: Live,
 }
 

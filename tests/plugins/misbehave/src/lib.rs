@@ -18,6 +18,7 @@
 //! | `GET /spin-timer` | asks to be woken at once, every time, from now on (and answers) |
 //! | `GET /timer-count` | answers how many timer events this connection has had |
 //! | `GET /sleep-on-close` | answers, and sleeps for an hour when the connection closes |
+//! | `GET /deep/N` | recurses N deep with 1 KiB of stack per call (in linear memory), then answers `deep N` |
 
 use tq_sdk::bindings::tq::plugin::h3_connection as host;
 use tq_sdk::bindings::tq::plugin::types::Header;
@@ -29,6 +30,21 @@ struct Misbehave {
     spin: bool,
     timers: u64,
     sleep_on_close: bool,
+}
+
+/// Recurses `n` deep, each call holding 1 KiB on the stack in linear
+/// memory (its address escapes, so it cannot live in registers): past the
+/// 128 KiB stack the build gives plugins, this runs below address 0 and
+/// traps.
+fn deep(n: u32) -> u8 {
+    let mut frame = [0u8; 1024];
+    frame[n as usize % 1024] = n as u8;
+    let frame = std::hint::black_box(&mut frame);
+    if n == 0 {
+        frame[0]
+    } else {
+        deep(n - 1).wrapping_add(frame[1])
+    }
 }
 
 /// Calls every stream-taking host function on made-up streams with codes
@@ -136,6 +152,13 @@ impl App for Misbehave {
                 self.sleep_on_close = true;
                 conn.respond(req.stream, 200, &[], b"will sleep");
             }
+            p if p.starts_with("/deep/") => match p["/deep/".len()..].parse::<u32>() {
+                Ok(n) => {
+                    std::hint::black_box(deep(n));
+                    conn.respond(req.stream, 200, &[], format!("deep {n}").as_bytes());
+                }
+                Err(_) => conn.respond(req.stream, 400, &[], b"N must be a number"),
+            },
             _ => conn.respond(req.stream, 404, &[], b"not found"),
         }
     }
