@@ -3,8 +3,8 @@
 //! what the [`Service`] says (a native HTTP/3 handler, the raw-QUIC echo,
 //! or the plugin version current at that moment); on shutdown the listener
 //! stops accepting, every live connection is asked to finish (GOAWAY for
-//! HTTP/3, `shutdown` for raw-QUIC plugins; the built-in echo has no such
-//! signal and simply runs on), and they get a grace period.
+//! HTTP/3, `shutdown` for raw-QUIC plugins; the built-in echo and
+//! `hq-interop` have no such signal and simply run on), and they get a grace period.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn, Instrument};
 
-use crate::builtin::{EchoApplication, WelcomePage};
+use crate::builtin::{EchoApplication, HqApplication, WelcomePage};
 use crate::http3::{serve_connection_until, Http3Settings, RequestHandler, ServerH3Driver};
 use crate::metrics::{Metrics, NoMetrics, ServiceMetrics};
 use crate::plugin::{LivePlugin, Plugin};
@@ -26,6 +26,9 @@ pub enum Service<H: RequestHandler = WelcomePage> {
     Http3(Arc<H>),
     /// The built-in raw-QUIC echo (ALPN `tq-echo`).
     Echo,
+    /// A directory's files over HTTP/0.9 on raw QUIC (ALPN `hq-interop`,
+    /// the QUIC Interop Runner's protocol): [`HqApplication`].
+    Hq(std::path::PathBuf),
     /// A plugin, whichever its world.
     Plugin(PluginSource),
 }
@@ -144,6 +147,9 @@ pub async fn serve<M: Metrics, H: RequestHandler>(
                 match &service {
                     Service::Echo => {
                         c.start(EchoApplication::default());
+                    }
+                    Service::Hq(root) => {
+                        c.start(HqApplication::new(root.clone()));
                     }
                     Service::Http3(handler) => {
                         let (driver, controller) = ServerH3Driver::new_server(options.http3.clone());

@@ -49,6 +49,81 @@ fn serves_the_built_in_site_and_get_fetches_it() {
 }
 
 #[test]
+fn www_serves_a_directory_s_files_and_nothing_outside_it() {
+    let dir = tempfile_dir("www");
+    let www = dir.join("site");
+    std::fs::create_dir_all(www.join("docs")).unwrap();
+    std::fs::write(www.join("index.html"), "<p>home</p>").unwrap();
+    std::fs::write(www.join("docs/big.bin"), vec![7u8; 200_000]).unwrap();
+    std::fs::write(dir.join("secret.txt"), "outside").unwrap();
+    let (_server, addr) = serve(&["--www", www.to_str().unwrap()]);
+    let get = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["get", "-k", "-s"])
+            .args(args)
+            .output()
+            .expect("run get")
+    };
+    let out = get(&[&format!("https://{addr}/")]);
+    assert_eq!(
+        out.stdout,
+        b"<p>home</p>",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Larger than one read: streamed, whole.
+    let out = get(&[&format!("https://{addr}/docs/big.bin")]);
+    assert_eq!(out.stdout, vec![7u8; 200_000]);
+    let out = get(&["-I", &format!("https://{addr}/docs/big.bin")]);
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        head.contains("content-length: 200000") && head.contains("application/octet-stream"),
+        "{head}"
+    );
+    for path in [
+        "/../secret.txt",
+        "/docs/../../secret.txt",
+        "/missing",
+        "/docs",
+    ] {
+        let out = get(&[&format!("https://{addr}{path}")]);
+        assert_eq!(out.status.code(), Some(22), "{path}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("404"),
+            "{path}"
+        );
+    }
+    let out = get(&["-d", "x", &format!("https://{addr}/index.html")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("405"));
+
+    // Refused at start: not a directory, with a plugin, hq without a directory.
+    for (args, says) in [
+        (vec!["--www", "/nonexistent"], "is not a directory"),
+        (
+            vec!["--www", www.to_str().unwrap(), "--plugin", "x.wasm"],
+            "not both",
+        ),
+        (vec!["--app", "hq"], "--www DIR"),
+        (
+            vec!["--app", "echo", "--www", www.to_str().unwrap()],
+            "the echo serves no files",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_echo_app_answers_tq_host_echo() {
     let (_server, addr) = serve(&["--app", "echo"]);
     let out = Command::new(BIN)

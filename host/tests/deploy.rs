@@ -1,7 +1,10 @@
 //! The files in `deploy/` stay true to the binary: every flag they pass
 //! exists in `tq-host --help`, every config they ship passes `tq-host
 //! check`, the drain arithmetic of the unit and the Deployment holds, and
-//! every metric the dashboard queries is one the server exports.
+//! every metric the dashboard queries is one the server exports. And
+//! `interop/run_endpoint.sh`, the QUIC Interop Runner's entry point, maps
+//! each case as the runner expects and serves it to an independent client
+//! (aioquic).
 
 mod common;
 
@@ -353,4 +356,234 @@ fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
         serde_json::Value::Array(a) => a.iter().for_each(|x| collect_exprs(x, out)),
         _ => {}
     }
+}
+
+/// `interop/run_endpoint.sh` with `env`: its exit code and output.
+fn endpoint(env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("interop/run_endpoint.sh"))
+        .env("INTEROP_DRY_RUN", "1")
+        .env("TQ_HOST", BIN)
+        .env_remove("SSLKEYLOGFILE")
+        .env_remove("QLOGDIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run run_endpoint.sh");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn the_interop_endpoint_maps_the_runner_s_cases_onto_real_flags() {
+    let help = help();
+    for (case, want, not) in [
+        (
+            "handshake",
+            &["--app hq", "--no-retry", "--www /www"][..],
+            &["--config"][..],
+        ),
+        ("transfer", &["--app hq", "--no-retry"], &[]),
+        ("multiconnect", &["--app hq", "--no-retry"], &[]),
+        ("chacha20", &["--app hq"], &[]),
+        ("keyupdate", &["--app hq"], &[]),
+        ("resumption", &["--app hq", "--no-retry"], &[]),
+        ("retry", &["--app hq"], &["--no-retry"]),
+        (
+            "zerortt",
+            &["--app hq", "--config", "enable_early_data = true"],
+            &[],
+        ),
+        ("http3", &["--app page", "--www /www"], &[]),
+    ] {
+        let (code, out) = endpoint(&[("ROLE", "server"), ("TESTCASE", case)]);
+        assert_eq!(code, 0, "{case}: {out}");
+        for w in want {
+            assert!(out.contains(w), "{case}: no {w:?} in {out}");
+        }
+        for n in not {
+            assert!(!out.contains(n), "{case}: {n:?} in {out}");
+        }
+        let args: Vec<String> = out
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_owned)
+            .collect();
+        assert_flags_exist(case, &args, &help);
+        if case == "zerortt" {
+            let toml_text: String = out.lines().skip(1).collect::<Vec<_>>().join("\n");
+            assert_config_checks("the zerortt config", &toml_text);
+        }
+    }
+    // Cases it cannot play exit 127, as the runner asks.
+    for (role, case) in [
+        ("server", "v2"),
+        ("server", "ecn"),
+        ("server", "no-such-case"),
+        ("server", ""),
+        ("client", "handshake"),
+        ("client", "http3"),
+    ] {
+        let (code, out) = endpoint(&[("ROLE", role), ("TESTCASE", case)]);
+        assert_eq!(code, 127, "{role} {case}: {out}");
+        assert!(out.contains("not supported"), "{out}");
+    }
+}
+
+/// The aioquic client of the interop tests (`scripts/interop-peers.sh`).
+fn aioquic() -> PathBuf {
+    let p = repo().join("target/toolchains/interop/bin/python");
+    assert!(
+        p.exists(),
+        "aioquic is missing: bash scripts/interop-peers.sh (scripts/test.sh runs it)"
+    );
+    p
+}
+
+/// `tests/interop/client.py CASE` against `addr` with `alpn`: its JSON.
+fn interop_client(
+    alpn: &str,
+    case: &str,
+    addr: &str,
+    cert: &Path,
+    paths: &[&str],
+) -> serde_json::Value {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = Command::new(aioquic())
+        .arg(repo().join("tests/interop/client.py"))
+        .args([case, host, port])
+        .arg(cert)
+        .args(paths)
+        .env("TQ_INTEROP_ALPN", alpn)
+        .output()
+        .expect("run the aioquic client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{case}: no report ({e}): {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn the_interop_endpoint_serves_www_over_http_0_9_and_http_3() {
+    let dir = tempfile_dir("interop");
+    let (www, certs) = (dir.join("www"), dir.join("certs"));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::create_dir_all(&certs).unwrap();
+    let cert = tq_host::tls::SelfSignedCertificate::generate(&["localhost"]).unwrap();
+    std::fs::write(certs.join("cert.pem"), &cert.cert_pem).unwrap();
+    std::fs::write(certs.join("priv.key"), &cert.key_pem).unwrap();
+    // Files as the runner makes them: random names and bytes.
+    let mut files = Vec::new();
+    for (i, size) in [1024usize, 0, 300 << 10, 3 << 20].into_iter().enumerate() {
+        let data: Vec<u8> = (0..size)
+            .map(|j| (j * 31 + i * 7 + j / 251) as u8)
+            .collect();
+        let name = format!("f{i}-{size}");
+        std::fs::write(www.join(&name), &data).unwrap();
+        files.push((format!("/{name}"), data));
+    }
+    let sha = |d: &[u8]| -> String {
+        boring::sha::sha256(d)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    let check = |what: &str, report: &serde_json::Value, version: u64| {
+        assert!(report["error"].is_null(), "{what}: {report}");
+        let got = report["responses"].as_array().expect("responses");
+        assert_eq!(got.len(), files.len(), "{what}: {report}");
+        for (r, (p, data)) in got.iter().zip(&files) {
+            assert_eq!(r["path"], p.as_str(), "{what}");
+            assert_eq!(r["status"], 200, "{what}: {p}");
+            assert_eq!(r["length"], data.len(), "{what}: {p}");
+            assert_eq!(r["sha256"], sha(data).as_str(), "{what}: {p}");
+        }
+        assert_eq!(report["version"], version, "{what}");
+    };
+    let start = |case: &str| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("interop/run_endpoint.sh"))
+            .env("ROLE", "server")
+            .env("TESTCASE", case)
+            .env("WWW", &www)
+            .env("CERTS", &certs)
+            .env("LISTEN", "127.0.0.1:0")
+            .env("TQ_HOST", BIN);
+        spawn_listening(cmd)
+    };
+    let cert_file = certs.join("cert.pem");
+
+    // transfer: HTTP/0.9 (ALPN hq-interop), the files on one connection.
+    let (server, addr, log) = start("transfer");
+    assert!(log.iter().any(|l| l.contains("hq-interop")), "{log:?}");
+    let r = interop_client("hq-interop", "transfer", &addr, &cert_file, &paths);
+    check("transfer", &r, 1);
+    assert_eq!(r["retries"], 0, "no Retry outside the retry case");
+    // multiplexing (as `transfer`): 400 files at once, above the stream limit.
+    let many: Vec<(String, Vec<u8>)> = (0..400)
+        .map(|i| (format!("/m{i}"), vec![(i % 251) as u8; 50 + i]))
+        .collect();
+    for (p, d) in &many {
+        std::fs::write(www.join(&p[1..]), d).unwrap();
+    }
+    let many_paths: Vec<&str> = many.iter().map(|(p, _)| p.as_str()).collect();
+    let r = interop_client("hq-interop", "multiplexing", &addr, &cert_file, &many_paths);
+    let got = r["responses"].as_array().expect("responses");
+    assert_eq!(got.len(), many.len(), "{r}");
+    for (g, (p, d)) in got.iter().zip(&many) {
+        assert_eq!(
+            (&g["status"], &g["sha256"]),
+            (&serde_json::json!(200), &serde_json::json!(sha(d))),
+            "{p}"
+        );
+    }
+    // A path out of /www, or to nothing, resets its stream; the rest of
+    // the connection is served.
+    let r = interop_client(
+        "hq-interop",
+        "handshake",
+        &addr,
+        &cert_file,
+        &["/../certs/priv.key", "/missing", paths[0]],
+    );
+    let statuses: Vec<_> = r["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["status"].clone())
+        .collect();
+    assert_eq!(statuses, [0, 0, 200], "{r}");
+    drop(server);
+
+    // retry: the server sends one.
+    let (server, addr, _) = start("retry");
+    let r = interop_client("hq-interop", "retry", &addr, &cert_file, &paths[..1]);
+    assert_eq!(r["retries"], 1, "{r}");
+    drop(server);
+
+    // zerortt: the second connection resumes and its request goes in 0-RTT.
+    let (server, addr, _) = start("zerortt");
+    let r = interop_client("hq-interop", "zerortt", &addr, &cert_file, &paths[..2]);
+    assert!(r["error"].is_null(), "{r}");
+    assert_eq!(
+        (&r["session_resumed"], &r["early_data_accepted"]),
+        (&serde_json::json!(true), &serde_json::json!(true)),
+        "{r}"
+    );
+    drop(server);
+
+    // http3: the same files over HTTP/3.
+    let (server, addr, _) = start("http3");
+    let r = interop_client("h3", "http3", &addr, &cert_file, &paths);
+    check("http3", &r, 1);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,9 @@
 //! Applications that ship inside the binary, so a first run needs no plugin.
 
 mod echo;
+mod files;
 mod page;
 
 pub use echo::EchoApplication;
+pub use files::{HqApplication, StaticFiles, HQ_NOT_FOUND};
 pub use page::WelcomePage;

@@ -59,8 +59,10 @@ pub(crate) struct ListenerConfig {
     pub(crate) cert: Option<Spanned<PathBuf>>,
     pub(crate) key: Option<Spanned<PathBuf>>,
     pub(crate) alpn: Option<Vec<String>>,
-    /// `page` or `echo`, when no plugin is given.
+    /// `page`, `echo` or `hq`, when no plugin is given.
     pub(crate) app: Option<super::App>,
+    /// A directory whose files `page` (HTTP/3) or `hq` (HTTP/0.9) serves.
+    pub(crate) www: Option<Spanned<PathBuf>>,
     pub(crate) plugin: Option<Spanned<PathBuf>>,
     /// Reload the plugin when its file changes. Default: true.
     pub(crate) watch: Option<bool>,

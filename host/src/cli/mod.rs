@@ -20,8 +20,8 @@ use clap::{Args, Parser, Subcommand};
 /// A programmable QUIC and HTTP/3 server.
 ///
 /// With no subcommand, `tq-host` serves: by default a built-in HTTP/3 site
-/// (`GET /`, `POST /echo`, `GET /bytes/N`), or with `--app echo` a raw-QUIC
-/// echo (ALPN `tq-echo`). Without --cert/--key it makes a self-signed
+/// (`GET /`, `POST /echo`, `GET /bytes/N`), with `--www DIR` a directory's
+/// files, or with `--app echo` a raw-QUIC echo (ALPN `tq-echo`). Without --cert/--key it makes a self-signed
 /// certificate for localhost and prints where it is.
 ///
 /// Try it: `tq-host` in one terminal, `tq-host get -k https://127.0.0.1:4433/`
@@ -101,6 +101,9 @@ pub enum App {
     Page,
     /// The raw-QUIC echo (ALPN `tq-echo`).
     Echo,
+    /// The `--www` directory's files over HTTP/0.9 on raw QUIC (ALPN
+    /// `hq-interop`), the protocol of the QUIC Interop Runner.
+    Hq,
 }
 
 /// Flags of `tq-host serve`.
@@ -155,7 +158,8 @@ pub struct ServeArgs {
     admin_token_file: Option<PathBuf>,
 
     /// Application protocol (ALPN) clients must offer; repeatable. Default:
-    /// `h3`, or `tq-echo` with `--app echo`. Required for a raw QUIC plugin.
+    /// `h3`, `tq-echo` with `--app echo`, `hq-interop` with `--app hq`.
+    /// Required for a raw QUIC plugin.
     #[arg(long, value_name = "NAME")]
     alpn: Vec<String>,
 
@@ -243,10 +247,18 @@ pub struct ServeArgs {
     #[arg(long = "allow-http-private")]
     allow_http_private: bool,
 
-    /// What to serve: `page` (built-in HTTP/3 site) or `echo` (raw-QUIC
-    /// echo). Default: page.
+    /// What to serve: `page` (built-in HTTP/3 site, or the --www
+    /// directory), `echo` (raw-QUIC echo) or `hq` (the --www directory
+    /// over HTTP/0.9, ALPN `hq-interop`). Default: page.
     #[arg(long, value_enum)]
     app: Option<App>,
+
+    /// Serve this directory's files (GET and HEAD; nothing outside it, no
+    /// names starting with a dot, `index.html` for a path ending in `/`)
+    /// instead of the built-in site, over HTTP/3, or over HTTP/0.9 with
+    /// `--app hq`. Not with a plugin. Default: none.
+    #[arg(long, value_name = "DIR")]
+    www: Option<PathBuf>,
 
     /// Address to listen on; repeat for several sockets. Default:
     /// 127.0.0.1:4433.

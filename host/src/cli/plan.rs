@@ -50,6 +50,8 @@ pub(super) struct ListenerPlan {
     pub(super) listen: Vec<SocketAddr>,
     pub(super) params: ConnectionParams,
     pub(super) app: App,
+    /// The directory `page` or `hq` serves, if any.
+    pub(super) www: Option<PathBuf>,
     pub(super) plugin: Option<PluginPlan>,
 }
 
@@ -210,7 +212,39 @@ async fn listener(
         settings.alpn = alpn;
     } else if plugin_path.is_none() && app == App::Echo {
         settings.alpn = vec!["tq-echo".into()];
+    } else if plugin_path.is_none() && app == App::Hq {
+        settings.alpn = vec!["hq-interop".into()];
     }
+    let www = match (&args.www, &cfg.www) {
+        (Some(d), _) => Some((d.clone(), Origin::Flag("--www"))),
+        (None, Some(d)) => Some((resolve(d.get_ref()), file_origin("www", d.span()))),
+        (None, None) => None,
+    };
+    let www = match www {
+        Some((dir, origin)) => {
+            if plugin_path.is_some() {
+                bail!(origin.say(format!(
+                    "{} is served by the built-in file server, which a plugin replaces: \
+                     give --www or a plugin, not both",
+                    dir.display()
+                )));
+            }
+            if app == App::Echo {
+                bail!(origin.say("the echo serves no files: --www goes with --app page or hq"));
+            }
+            if !dir.is_dir() {
+                bail!(origin.say(format!(
+                    "{} is not a directory (--www serves a directory's files)",
+                    dir.display()
+                )));
+            }
+            Some(dir)
+        }
+        None if app == App::Hq && plugin_path.is_none() => bail!(
+            "{name}: --app hq serves a directory's files: say which with --www DIR (or `www` in the listener)"
+        ),
+        None => None,
+    };
     let alpn_given = args.alpn_given().is_some() || cfg.alpn.is_some();
 
     let plugin = match plugin_path {
@@ -401,6 +435,7 @@ async fn listener(
         listen,
         params,
         app,
+        www,
         plugin,
     })
 }

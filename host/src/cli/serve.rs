@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::plan::{self, ListenerPlan};
 use super::{App, ServeArgs};
-use crate::builtin::WelcomePage;
+use crate::builtin::{StaticFiles, WelcomePage};
 use crate::metrics::{AccessLog, PrometheusMetrics, ServiceMetrics, Tee};
 use crate::plugin::{LivePlugin, World};
 use crate::quic::{
@@ -151,7 +151,14 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let service = match l.plugin {
             Some(p) => Service::Plugin(PluginSource::Live(p.live)),
             None if l.app == App::Echo => Service::Echo,
-            None => Service::Http3(Arc::new(WelcomePage)),
+            None if l.app == App::Hq => match l.www {
+                Some(dir) => Service::Hq(dir),
+                None => anyhow::bail!("{}: --app hq needs --www", l.name),
+            },
+            None => Service::Http3(Arc::new(match l.www {
+                Some(dir) => Site::Files(StaticFiles::new(dir)),
+                None => Site::Welcome(WelcomePage),
+            })),
         };
         let options = ServeOptions {
             http3: plan.http3.clone(),
@@ -204,16 +211,35 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a listener without a plugin serves over HTTP/3.
+enum Site {
+    Welcome(WelcomePage),
+    Files(StaticFiles),
+}
+
+impl crate::http3::RequestHandler for Site {
+    async fn handle(
+        &self,
+        req: http::Request<crate::http3::RequestBody>,
+    ) -> http::Response<crate::http3::ResponseBody> {
+        match self {
+            Site::Welcome(p) => p.handle(req).await,
+            Site::Files(f) => f.handle(req).await,
+        }
+    }
+}
+
 /// Logs where a listener listens and how to try it.
 fn announce<M: crate::metrics::Metrics>(
     l: &ListenerPlan,
     listener: &quic::Listener<M>,
     workers: usize,
 ) {
-    let app = l.plugin.as_ref().map_or_else(
-        || format!("{:?}", l.app),
-        |p| p.live.path().display().to_string(),
-    );
+    let app = match (&l.plugin, &l.www) {
+        (Some(p), _) => p.live.path().display().to_string(),
+        (None, Some(dir)) => format!("{:?} {}", l.app, dir.display()),
+        (None, None) => format!("{:?}", l.app),
+    };
     let mut addrs: Vec<_> = listener.local_addrs().to_vec();
     addrs.dedup();
     for a in &addrs {
@@ -227,6 +253,9 @@ fn announce<M: crate::metrics::Metrics>(
             ),
             _ if l.app == App::Page || l.plugin.is_some() => {
                 info!("try: tq-host get -k https://{a}/")
+            }
+            _ if l.app == App::Hq => {
+                info!("serving HTTP/0.9 (hq-interop): a client sends `GET /path` on a stream")
             }
             _ => info!("try: tq-host echo -k {a}"),
         }

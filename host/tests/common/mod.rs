@@ -27,10 +27,17 @@ pub fn serve(extra: &[&str]) -> (Server, String) {
 
 /// As [`serve`], also returning the log lines up to the listening one.
 pub fn serve_logging(extra: &[&str]) -> (Server, String, Vec<String>) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--listen", "127.0.0.1:0"]).args(extra);
+    spawn_listening(cmd)
+}
+
+/// Starts `cmd` (tq-host serving, or a script that runs it) and waits for
+/// its `listening` line: the server, its address and the log lines up to
+/// there.
+pub fn spawn_listening(mut cmd: Command) -> (Server, String, Vec<String>) {
     let mut seen = Vec::new();
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
+    let mut child = cmd
         .env("TQ_LOG", "info")
         .env("TQ_CACHE_DIR", test_cache())
         .stderr(Stdio::piped())

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# tq-host as an endpoint of the QUIC Interop Runner
+# (github.com/quic-interop/quic-interop-runner): the image's entry point.
+#
+# The runner starts this with ROLE=server or ROLE=client and TESTCASE set
+# to the name of a case as the endpoint sees it (testcases_quic.py's
+# `testname`: the runner's multiplexing, amplificationlimit, blackhole,
+# transferloss, rebind-* and ipv6 all arrive as `transfer`, handshakeloss
+# as `multiconnect`, longrtt as `handshake`). The server serves /www on port
+# 443 with /certs/cert.pem and /certs/priv.key. A case this endpoint cannot
+# play exits 127, as the runner asks.
+#
+# HTTP/0.9 (ALPN hq-interop) for every case but `http3`, as the runner's
+# cases expect; HTTP/3 for `http3`.
+#
+# Server cases:   handshake transfer multiconnect chacha20 keyupdate retry
+#                 resumption zerortt http3 versionnegotiation
+# Unsupported:    v2 (quiche speaks QUIC v1 only), ecn (no ECN marking),
+#                 connectionmigration's preferred address; and every client
+#                 case (tq-host's client speaks HTTP/3 only and fetches one
+#                 URL at a time).
+#
+# Outside the runner's image the paths, port and binary can be moved with
+# WWW, CERTS, LISTEN and TQ_HOST; INTEROP_DRY_RUN=1 prints the command
+# instead of running it (tests/interop checks both ways).
+set -euo pipefail
+
+ROLE=${ROLE:-server}
+TESTCASE=${TESTCASE:-}
+WWW=${WWW:-/www}
+CERTS=${CERTS:-/certs}
+LISTEN=${LISTEN:-[::]:443}
+TQ_HOST=${TQ_HOST:-/tq-host/tq-host}
+
+unsupported() {
+  echo "tq-host: test case '$TESTCASE' is not supported as $ROLE: $1"
+  exit 127
+}
+
+# The runner's image sets up the simulated network's routes.
+if [ -x /setup.sh ] && [ -z "${INTEROP_DRY_RUN:-}" ]; then
+  /setup.sh
+fi
+
+if [ "$ROLE" != "server" ]; then
+  unsupported "tq-host's client fetches one URL over HTTP/3 at a time, and the runner's client cases need HTTP/0.9, several URLs per connection and session reuse"
+fi
+
+args=(--listen "$LISTEN" --cert "$CERTS/cert.pem" --key "$CERTS/priv.key" --www "$WWW")
+app=hq
+retry=off
+config=""
+case "$TESTCASE" in
+  handshake | transfer | multiconnect | chacha20 | keyupdate | resumption | versionnegotiation) ;;
+  retry) retry=on ;;
+  zerortt) config=$'[quic]\nenable_early_data = true\n' ;;
+  http3) app=page ;;
+  v2) unsupported "quiche 0.30 speaks QUIC version 1 only" ;;
+  ecn) unsupported "tq-host neither marks packets ECT(0) nor reports ECN counts" ;;
+  "") unsupported "TESTCASE is not set" ;;
+  *) unsupported "unknown case" ;;
+esac
+args+=(--app "$app")
+[ "$retry" = off ] && args+=(--no-retry)
+[ -n "${SSLKEYLOGFILE:-}" ] && args+=(--keylog-file "$SSLKEYLOGFILE")
+[ -n "${QLOGDIR:-}" ] && args+=(--qlog-dir "$QLOGDIR")
+if [ -n "$config" ]; then
+  conf=$(mktemp --suffix .toml)
+  printf '%s' "$config" > "$conf"
+  args+=(--config "$conf")
+fi
+
+if [ -n "${INTEROP_DRY_RUN:-}" ]; then
+  echo "$TQ_HOST ${args[*]}"
+  [ -n "$config" ] && printf '%s' "$config"
+  exit 0
+fi
+echo "tq-host: serving test case $TESTCASE: $TQ_HOST ${args[*]}"
+exec "$TQ_HOST" "${args[@]}" ${SERVER_PARAMS:-}
