@@ -19,6 +19,7 @@ fn impaired(seed: u64) -> Impairment {
         drop_percent: 5,
         reorder_percent: 5,
         seed,
+        ..Default::default()
     }
 }
 

@@ -4,7 +4,8 @@
 //! installs it). Each case asserts what the runner checks: every file
 //! arrives byte for byte, and the case's own condition (the cipher, a
 //! Retry, a resumed session, early data, key updates, the version), with
-//! a lossy relay between them for the loss cases. (Migration is tested
+//! an impairing relay between them for the loss, corruption, delay,
+//! blackout and amplification cases. (Migration is tested
 //! with quinn in the end-to-end tests; what cannot run here is in the
 //! README's interop table.)
 //!
@@ -216,6 +217,7 @@ async fn transfer_through_loss_and_reordering() {
                 drop_percent,
                 reorder_percent: 5,
                 seed: drop_percent,
+                ..Default::default()
             },
         )
         .await;
@@ -227,4 +229,132 @@ async fn transfer_through_loss_and_reordering() {
         let r = run("transfer", relay.addr, &s.cert.paths.cert, &f).await;
         expect_bytes(case, &r, &f);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_long_rtt_and_blackouts() {
+    let s = server(QuicSettings::default()).await;
+    let cert = &s.cert.paths.cert;
+    // handshakecorruption and transfercorruption: 30 % and 2 % of the
+    // datagrams each way get a flipped bit (the runner's corrupt-rate);
+    // quiche must drop them (AEAD) and recover, never take them.
+    for (case, corrupt_percent, f) in [
+        ("handshakecorruption", 30, files(&[1000])),
+        ("transfercorruption", 2, files(&[2_000_000])),
+    ] {
+        let relay = LossyRelay::start(
+            s.addr,
+            Impairment {
+                corrupt_percent,
+                seed: corrupt_percent + 1,
+                ..Default::default()
+            },
+        )
+        .await;
+        let r = run("transfer", relay.addr, cert, &f).await;
+        expect_bytes(case, &r, &f);
+        let corrupted = relay
+            .counts
+            .corrupted
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(corrupted > 0, "{case}: nothing was corrupted");
+    }
+
+    // longrtt: 750 ms each way (an RTT of 1.5 s, past the client's first
+    // retransmission timer).
+    let relay = LossyRelay::start(
+        s.addr,
+        Impairment {
+            delay: std::time::Duration::from_millis(750),
+            ..Default::default()
+        },
+    )
+    .await;
+    let f = files(&[1000]);
+    let r = run("handshake", relay.addr, cert, &f).await;
+    expect_bytes("longrtt", &r, &f);
+
+    // blackhole: from the first datagram the link works 250 ms, then drops
+    // everything for 250 ms, and again (the runner: 5 s on, 2 s off, over
+    // a 10 Mbps link; loopback is faster, so the periods are shorter); a
+    // 10 MB download goes through blackouts.
+    let relay = LossyRelay::start(
+        s.addr,
+        Impairment {
+            blackout: Some((
+                std::time::Duration::from_millis(250),
+                std::time::Duration::from_millis(250),
+            )),
+            ..Default::default()
+        },
+    )
+    .await;
+    let f = files(&[10_000_000]);
+    let r = run("transfer", relay.addr, cert, &f).await;
+    expect_bytes("blackhole", &r, &f);
+    let dropped = relay
+        .counts
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        dropped > 0,
+        "blackhole: no blackout fell during the transfer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amplificationlimit_the_server_sends_at_most_three_times_what_it_received() {
+    // A certificate of about 9 KB (300 names): the server's first flight
+    // is larger than three times the client's first Initial, so the limit
+    // binds. The client's datagrams 2 to 7 never arrive (the runner's
+    // droplist), so for a while the server has heard only the first.
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("host-{i}.amplification.test"))
+        .collect();
+    let mut refs: Vec<&str> = vec!["localhost", "127.0.0.1"];
+    refs.extend(names.iter().map(String::as_str));
+    let s = H3TestServer::start_with_cert(
+        tq_e2e::TestCert::for_names(&refs),
+        QuicSettings {
+            enable_retry: false,
+            ..QuicSettings::default()
+        },
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+    assert!(
+        s.cert.cert.cert_der.len() > 8000,
+        "{}",
+        s.cert.cert.cert_der.len()
+    );
+    let relay = LossyRelay::start(
+        s.addr,
+        Impairment {
+            delay: std::time::Duration::from_millis(15),
+            drop_to_server: (2..=7).collect(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let f = files(&[5_000]);
+    let r = run("transfer", relay.addr, &s.cert.paths.cert, &f).await;
+    expect_bytes("amplificationlimit", &r, &f);
+    let (received, sent) = relay
+        .counts
+        .before_list_ends
+        .lock()
+        .unwrap()
+        .expect("the client sent past its dropped datagrams");
+    assert!(received > 0 && sent > 0, "received {received}, sent {sent}");
+    assert!(
+        sent <= 3 * received,
+        "the server sent {sent} bytes having received {received}"
+    );
+    // And the limit did bind: the certificate alone is more than the server
+    // could send for what it had received.
+    assert!(
+        s.cert.cert.cert_der.len() as u64 > 3 * received,
+        "received {received}"
+    );
 }

@@ -16,7 +16,12 @@ pub struct TestCert {
 impl TestCert {
     /// A fresh certificate for localhost and 127.0.0.1.
     pub fn new() -> Self {
-        let cert = SelfSignedCertificate::generate(&["localhost", "127.0.0.1"]).expect("cert");
+        Self::for_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A fresh certificate for `names` (many names make a large one).
+    pub fn for_names(names: &[&str]) -> Self {
+        let cert = SelfSignedCertificate::generate(names).expect("cert");
         let dir = tempfile::tempdir().expect("tempdir");
         let paths = cert.write_to(dir.path()).expect("write cert");
         Self {

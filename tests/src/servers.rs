@@ -27,8 +27,15 @@ async fn loopback_listener(
     settings: QuicSettings,
     metrics: DefaultMetrics,
 ) -> (TestCert, Listener<DefaultMetrics>, SocketAddr) {
+    loopback_listener_with(settings, metrics, TestCert::new()).await
+}
+
+async fn loopback_listener_with(
+    settings: QuicSettings,
+    metrics: DefaultMetrics,
+    cert: TestCert,
+) -> (TestCert, Listener<DefaultMetrics>, SocketAddr) {
     let settings = loopback(settings);
-    let cert = TestCert::new();
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     let params = ConnectionParams::new_server(settings, cert.paths.clone());
     let listener = quic::listen([socket], params, metrics).expect("listen");
@@ -152,8 +159,19 @@ impl H3TestServer {
         h3: tq_host::http3::Http3Settings,
         app: H3App<H>,
     ) -> Self {
+        Self::start_with_cert(TestCert::new(), quic_settings, h3, app).await
+    }
+
+    /// As [`start`](Self::start), presenting `cert`.
+    pub async fn start_with_cert<H: tq_host::http3::RequestHandler>(
+        cert: TestCert,
+        quic_settings: QuicSettings,
+        h3: tq_host::http3::Http3Settings,
+        app: H3App<H>,
+    ) -> Self {
         let metrics = DefaultMetrics::default();
-        let (cert, mut listener, addr) = loopback_listener(quic_settings, metrics.clone()).await;
+        let (cert, mut listener, addr) =
+            loopback_listener_with(quic_settings, metrics.clone(), cert).await;
         let (htx, handles) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut services = tokio::task::JoinSet::new();
