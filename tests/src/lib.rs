@@ -23,8 +23,8 @@ pub use data::{
 };
 pub use peers::{assert_discards, latencies, percentile, reset_pairs};
 pub use peers::{
-    echo_with_our_client, h3_client, quinn_client, quinn_connect, quinn_echo, run_echo_client,
-    EchoClient, H3QuinnClient, StreamResult,
+    echo_with_our_client, h3_client, quinn_client, quinn_client_with, quinn_connect, quinn_echo,
+    run_echo_client, EchoClient, H3QuinnClient, StreamResult,
 };
 pub use relay::{Impairment, LossyRelay};
 pub use servers::{

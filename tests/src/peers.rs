@@ -235,6 +235,16 @@ pub async fn h3_client(addr: SocketAddr, cert: &TestCert) -> tq_host::http3::H3C
 
 /// A quinn client endpoint that trusts `cert` and speaks `alpn`.
 pub fn quinn_client(cert: &SelfSignedCertificate, alpn: &[u8]) -> quinn::Endpoint {
+    quinn_client_with(cert, alpn, false)
+}
+
+/// As [`quinn_client`], offering 0-RTT on resumed sessions if
+/// `early_data` (the endpoint keeps its session tickets).
+pub fn quinn_client_with(
+    cert: &SelfSignedCertificate,
+    alpn: &[u8],
+    early_data: bool,
+) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(rustls::pki_types::CertificateDer::from(
@@ -248,6 +258,7 @@ pub fn quinn_client(cert: &SelfSignedCertificate, alpn: &[u8]) -> quinn::Endpoin
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.enable_early_data = early_data;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
