@@ -35,6 +35,8 @@ from aioquic.tls import CipherSuite
 
 TIMEOUT = 60.0
 HQ = os.environ.get("TQ_INTEROP_ALPN") == "hq-interop"
+# POST (with a 5-byte body) instead of GET, for HTTP/3.
+POST = os.environ.get("TQ_INTEROP_METHOD") == "POST"
 
 
 class Client(QuicConnectionProtocol):
@@ -72,12 +74,16 @@ class Client(QuicConnectionProtocol):
     def send_get(self, authority, path):
         sid = self._quic.get_next_available_stream_id()
         headers = [
-            (b":method", b"GET"),
+            (b":method", b"POST" if POST else b"GET"),
             (b":scheme", b"https"),
             (b":authority", authority.encode()),
             (b":path", path.encode()),
         ]
-        self.h3.send_headers(sid, headers, end_stream=True)
+        if POST:
+            self.h3.send_headers(sid, headers, end_stream=False)
+            self.h3.send_data(sid, b"hello", end_stream=True)
+        else:
+            self.h3.send_headers(sid, headers, end_stream=True)
         req = {
             "path": path,
             "status": None,

@@ -67,8 +67,20 @@ fn python() -> PathBuf {
 
 /// Runs `client.py CASE` against `addr` for `paths`; the report.
 async fn run(case: &str, addr: SocketAddr, cert: &std::path::Path, paths: &[String]) -> Report {
+    run_with(case, addr, cert, paths, &[]).await
+}
+
+/// As [`run`], with `env` set for the client.
+async fn run_with(
+    case: &str,
+    addr: SocketAddr,
+    cert: &std::path::Path,
+    paths: &[String],
+    env: &[(&str, &str)],
+) -> Report {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/client.py");
     let out = tokio::process::Command::new(python())
+        .envs(env.iter().copied())
         .arg(script)
         .args([case, &addr.ip().to_string(), &addr.port().to_string()])
         .arg(cert)
@@ -358,4 +370,65 @@ async fn amplificationlimit_the_server_sends_at_most_three_times_what_it_receive
         s.cert.cert.cert_der.len() as u64 > 3 * received,
         "received {received}"
     );
+}
+
+/// Answers whether the request was marked as early data, and takes POSTs.
+struct EarlyProbe;
+
+impl tq_host::http3::RequestHandler for EarlyProbe {
+    async fn handle(
+        &self,
+        req: http::Request<tq_host::http3::RequestBody>,
+    ) -> http::Response<tq_host::http3::ResponseBody> {
+        let early = req.headers().get("early-data").is_some_and(|v| v == "1");
+        let body = format!("{} early={early}", req.method());
+        http::Response::new(tq_host::http3::ResponseBody::Full(body.into()))
+    }
+}
+
+fn sha_hex(data: &[u8]) -> String {
+    tq_e2e::sha256(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_0_rtt_are_marked_and_unsafe_ones_get_425() {
+    let s = H3TestServer::start(
+        QuicSettings {
+            enable_early_data: true,
+            enable_retry: false,
+            ..QuicSettings::default()
+        },
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(EarlyProbe)),
+    )
+    .await;
+    let cert = &s.cert.paths.cert;
+    let paths = vec!["/probe".to_owned(), "/probe".to_owned()];
+    // GET: the first connection's request is not early; the second's,
+    // sent in 0-RTT, reaches the handler with `early-data: 1`.
+    let r = run("zerortt", s.addr, cert, &paths).await;
+    assert!(r.session_resumed && r.early_data_accepted, "{r:?}");
+    let shas: Vec<&str> = r.responses.iter().map(|x| x.sha256.as_str()).collect();
+    assert_eq!(
+        shas,
+        [sha_hex(b"GET early=false"), sha_hex(b"GET early=true")],
+        "{r:?}"
+    );
+    // POST: served after the handshake, 425 Too Early in 0-RTT (the
+    // handler never sees it).
+    let r = run_with(
+        "zerortt",
+        s.addr,
+        cert,
+        &paths,
+        &[("TQ_INTEROP_METHOD", "POST")],
+    )
+    .await;
+    assert!(r.early_data_accepted, "{r:?}");
+    let statuses: Vec<_> = r.responses.iter().map(|x| x.status).collect();
+    assert_eq!(statuses, [Some(200), Some(425)], "{r:?}");
+    assert_eq!(r.responses[0].sha256, sha_hex(b"POST early=false"));
 }

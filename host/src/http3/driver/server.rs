@@ -1,7 +1,8 @@
 //! The server role: request streams open on the peer's HEADERS, a request
-//! after our GOAWAY is refused, `max_requests_per_connection` and the
-//! first-request timeout apply, and a going-away connection lingers a little
-//! before closing.
+//! after our GOAWAY is refused, a request that came in 0-RTT is marked
+//! (or refused with 425 if its method is unsafe), `max_requests_per_connection`
+//! and the first-request timeout apply, and a going-away connection lingers
+//! a little before closing.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use super::core::{earliest, DriverCore};
 use super::hooks::{sealed, DriverHooks};
 use crate::http3::controller::{H3Event, IncomingRequest, PendingRequest};
 use crate::http3::error::{H3Error, H3_NO_ERROR, H3_REQUEST_REJECTED};
+use crate::http3::frames::OutboundFrame;
 use crate::quic::{ApplicationClose, QuicResult};
 
 /// The least a server waits after its GOAWAY before closing an idle
@@ -65,8 +67,41 @@ impl DriverHooks for ServerHooks {
                 return;
             }
         }
-        let n = core.shared.requests.fetch_add(1, Ordering::Relaxed) + 1;
         self.next_request_id = self.next_request_id.max(id.saturating_add(4));
+        let mut list = list;
+        // While the handshake is incomplete, the request came in 0-RTT, and
+        // an attacker who captured it can replay it (RFC 8470): a method
+        // that changes state is refused with 425 Too Early (the client
+        // retries once the handshake is done); the others reach the handler
+        // marked `early-data: 1`, to refuse or serve as it knows best.
+        if qconn.is_in_early_data() {
+            let method = list
+                .iter()
+                .find(|h| h.name() == b":method")
+                .map(|h| h.value().to_vec());
+            if !matches!(
+                method.as_deref(),
+                Some(b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE")
+            ) {
+                debug!(stream = id, "unsafe request in 0-RTT: 425 Too Early");
+                core.streams.track_request(id, &list);
+                let (_, response) = core.streams.open(id, false, true);
+                let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, H3_NO_ERROR);
+                if let Some(r) = response {
+                    let _ = r.try_send(OutboundFrame::Headers {
+                        headers: vec![
+                            Header::new(b":status", b"425"),
+                            Header::new(b"content-length", b"0"),
+                        ],
+                        fin: true,
+                    });
+                }
+                return;
+            }
+            list.retain(|h| !h.name().eq_ignore_ascii_case(b"early-data"));
+            list.push(Header::new(b"early-data", b"1"));
+        }
+        let n = core.shared.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let (body, response) = core.streams.open(id, more_frames, true);
         let Some(response) = response else { return };
         core.streams.track_request(id, &list);
