@@ -432,3 +432,131 @@ async fn requests_in_0_rtt_are_marked_and_unsafe_ones_get_425() {
     assert_eq!(statuses, [Some(200), Some(425)], "{r:?}");
     assert_eq!(r.responses[0].sha256, sha_hex(b"POST early=false"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_resumes_and_sends_only_safe_requests_in_0_rtt() {
+    let s = H3TestServer::start(
+        QuicSettings {
+            enable_early_data: true,
+            enable_retry: false,
+            ..QuicSettings::default()
+        },
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(EarlyProbe)),
+    )
+    .await;
+    let params = tq_host::quic::ConnectionParams::new_client(QuicSettings {
+        enable_early_data: true,
+        ..QuicSettings::default()
+    })
+    .ca_file(&s.cert.paths.cert);
+    let connector =
+        tq_host::quic::Connector::new(params, tq_host::metrics::DefaultMetrics::default()).unwrap();
+    // 30 ms each way: the client's early requests go out before the
+    // server's answer completes the handshake (on bare loopback that is a
+    // race the requests can lose).
+    let relay = LossyRelay::start(
+        s.addr,
+        Impairment {
+            delay: std::time::Duration::from_millis(30),
+            ..Default::default()
+        },
+    )
+    .await;
+    let connect = || {
+        tq_host::http3::H3Client::connect_with(
+            &connector,
+            relay.addr,
+            "localhost",
+            Http3Settings::default(),
+        )
+    };
+    let first = connect().await.expect("first connection");
+    let r = first.request("GET", "/probe", None).await.unwrap();
+    assert_eq!(r.body, b"GET early=false");
+    assert!(!first.connection().established().await.unwrap().is_resumed);
+    // The server's ticket comes after the handshake.
+    for _ in 0..200 {
+        if connector.resumable_servers() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(connector.resumable_servers(), 1, "no session kept");
+    drop(first);
+
+    // The second connection resumes; its GET goes in 0-RTT (the handler
+    // sees it marked), its POST waits for the handshake (never a 425).
+    let second = connect().await.expect("second connection");
+    let (get, post) = tokio::join!(
+        second.request("GET", "/probe", None),
+        second.request("POST", "/probe", Some(bytes::Bytes::from_static(b"x"))),
+    );
+    assert_eq!(get.unwrap().body, b"GET early=true");
+    let post = post.unwrap();
+    assert_eq!(
+        (post.status, post.body.as_slice()),
+        (200, &b"POST early=false"[..])
+    );
+    assert!(second.connection().established().await.unwrap().is_resumed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_early_data_to_a_server_without_it_resumes_and_is_served() {
+    // The server resumes sessions but takes no early data (its tickets do
+    // not allow it): the client asks for early data, sends its request
+    // after the handshake, and is answered. (A ticket that allows early data
+    // and is then refused is not produced here: that takes a server whose
+    // settings change under the same ticket keys.)
+    let s = H3TestServer::start(
+        QuicSettings {
+            enable_early_data: false,
+            enable_retry: false,
+            ..QuicSettings::default()
+        },
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(EarlyProbe)),
+    )
+    .await;
+    let params = tq_host::quic::ConnectionParams::new_client(QuicSettings {
+        enable_early_data: true,
+        ..QuicSettings::default()
+    })
+    .ca_file(&s.cert.paths.cert);
+    let connector =
+        tq_host::quic::Connector::new(params, tq_host::metrics::DefaultMetrics::default()).unwrap();
+    let relay = LossyRelay::start(
+        s.addr,
+        Impairment {
+            delay: std::time::Duration::from_millis(30),
+            ..Default::default()
+        },
+    )
+    .await;
+    for round in 0..2 {
+        let c = tq_host::http3::H3Client::connect_with(
+            &connector,
+            relay.addr,
+            "localhost",
+            Http3Settings::default(),
+        )
+        .await
+        .expect("connect");
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            c.request("GET", "/probe", None),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the request was never answered"))
+        .unwrap();
+        assert_eq!(r.body, b"GET early=false", "round {round}");
+        let resumed = c.connection().established().await.unwrap().is_resumed;
+        assert_eq!(resumed, round == 1, "round {round}");
+        for _ in 0..200 {
+            if connector.resumable_servers() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}

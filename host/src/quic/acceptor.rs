@@ -217,6 +217,7 @@ impl<M: Metrics> Acceptor<M> {
                 shared_routes: routes.shared_arc().map(|t| (t, inbox_tx.downgrade())),
                 expect_ip: None,
                 unvalidated,
+                session_sink: None,
             }),
             handle,
             tracker: self.tracker.clone(),

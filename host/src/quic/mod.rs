@@ -49,6 +49,7 @@ mod retry;
 mod route;
 mod router;
 pub(crate) mod scratch;
+mod session;
 mod settings;
 mod socket;
 #[cfg(test)]
@@ -393,6 +394,8 @@ pub async fn connect_with_config<A: ApplicationOverQuic, M: Metrics>(
 pub struct Connector<M: Metrics> {
     params: ConnectionParams,
     config: std::sync::Mutex<quiche::Config>,
+    /// Each server's latest TLS session, for the next connection to it.
+    sessions: Arc<session::SessionCache>,
     cid_generator: Arc<dyn ConnectionIdGenerator>,
     metrics: M,
 }
@@ -415,13 +418,23 @@ impl<M: Metrics> Connector<M> {
         Ok(Self {
             params,
             config: std::sync::Mutex::new(config),
+            sessions: Arc::new(session::SessionCache::default()),
             cid_generator: Arc::new(SimpleConnectionIdGenerator::default()),
             metrics,
         })
     }
 
+    /// How many servers this connector holds a TLS session for: its next
+    /// connection to any of them resumes (and may send early data if the
+    /// settings allow it; only requests that change nothing go in it).
+    pub fn resumable_servers(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// Opens a connection over `socket` (connected to the server) and waits
-    /// for the handshake; see [`connect_with_config`].
+    /// for the handshake; see [`connect_with_config`]. With a session from
+    /// an earlier connection to the same server and `enable_early_data`,
+    /// it returns as soon as 0-RTT data can be sent.
     ///
     /// # Errors
     /// As [`connect_with_config`].
@@ -484,6 +497,14 @@ impl<M: Metrics> Connector<M> {
             })?
         };
         attach_logs(&mut conn, s, "client");
+        // A session from an earlier connection to this server resumes it
+        // (and, with `enable_early_data`, lets requests go in 0-RTT).
+        let server = format!("{}|{peer}", host.unwrap_or(""));
+        if let Some(session) = self.sessions.get(&server) {
+            if conn.set_session(&session).is_err() {
+                self.sessions.remove(&server);
+            }
+        }
 
         let conn_id = next_conn_id();
         let (inbox_tx, inbox) = mpsc::channel(s.connection_queue_len.max(16));
@@ -526,6 +547,7 @@ impl<M: Metrics> Connector<M> {
             shared_routes: None,
             unvalidated: None,
             expect_ip,
+            session_sink: Some(session::SessionSink::new(self.sessions.clone(), server)),
         };
         self.metrics.connection_opened();
         // The router ends when its only connection does, the worker when the

@@ -71,6 +71,9 @@ pub(crate) struct WorkerParts<M: Metrics> {
     /// the server's certificate must list (checked when the handshake
     /// completes; taken once checked).
     pub(crate) expect_ip: Option<std::net::IpAddr>,
+    /// Client connections: where the TLS session goes once the server
+    /// sends one, for the connector's next connection to it.
+    pub(crate) session_sink: Option<super::session::SessionSink>,
 }
 
 /// Where the connection is in its life, as the worker's loop sees it.
@@ -225,6 +228,9 @@ impl<M: Metrics> WorkerParts<M> {
                     if !self.conn.is_closed() {
                         self.refresh_connection_ids();
                     }
+                    if let Some(sink) = &mut self.session_sink {
+                        sink.observe(&self.conn);
+                    }
                 }
             }
             self.drain_path_events();
@@ -249,6 +255,12 @@ impl<M: Metrics> WorkerParts<M> {
             if more_to_send {
                 // Yield so that a bulk sender shares the runtime fairly.
                 tokio::task::yield_now().await;
+                continue;
+            }
+            // A resuming client enters 0-RTT once its ClientHello is out:
+            // start the application now, not when the server answers, so
+            // its first requests go in early data.
+            if stage.is_handshake() && !self.conn.is_server() && self.conn.is_in_early_data() {
                 continue;
             }
 

@@ -1,6 +1,8 @@
 //! The client role: requests are opened on the application's command, and
 //! one beyond the peer's concurrent stream limit waits in a queue until a
-//! stream frees; GOAWAY (either way) fails what still waits.
+//! stream frees (one with an unsafe method, while the connection is in
+//! 0-RTT, until the handshake is done); GOAWAY (either way) fails what
+//! still waits.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -63,6 +65,12 @@ impl DriverHooks for ClientHooks {
             if r.reply.is_closed() {
                 continue;
             }
+            // In 0-RTT only methods that change nothing go out: early data
+            // can be replayed (RFC 8470). The rest wait for the handshake.
+            if qconn.is_in_early_data() && !is_safe(&r.headers) {
+                self.waiting.push_front(r);
+                return;
+            }
             if qconn.peer_streams_left_bidi() == 0 {
                 // At the peer's limit: wait for a stream to free.
                 self.waiting.push_front(r);
@@ -112,4 +120,12 @@ impl DriverHooks for ClientHooks {
             let _ = r.reply.send(Err(H3Error::ConnectionClosed));
         }
     }
+}
+
+/// Whether the request's method is safe (RFC 9110 §9.2.1): sent in 0-RTT.
+fn is_safe(headers: &[Header]) -> bool {
+    use quiche::h3::NameValue;
+    headers.iter().any(|h| {
+        h.name() == b":method" && matches!(h.value(), b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE")
+    })
 }
