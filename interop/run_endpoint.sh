@@ -16,7 +16,7 @@
 # Server cases:   handshake transfer multiconnect chacha20 keyupdate retry
 #                 resumption zerortt http3 versionnegotiation
 # Unsupported:    v2 (quiche speaks QUIC v1 only), ecn (no ECN marking),
-#                 connectionmigration's preferred address; and every client
+#                 connectionmigration (no preferred address); and every client
 #                 case (tq-host's client speaks HTTP/3 only and fetches one
 #                 URL at a time).
 #
@@ -57,6 +57,7 @@ case "$TESTCASE" in
   http3) app=page ;;
   v2) unsupported "quiche 0.30 speaks QUIC version 1 only" ;;
   ecn) unsupported "tq-host neither marks packets ECT(0) nor reports ECN counts" ;;
+  connectionmigration) unsupported "quiche 0.30 cannot offer the client a preferred_address to move to" ;;
   "") unsupported "TESTCASE is not set" ;;
   *) unsupported "unknown case" ;;
 esac
@@ -64,16 +65,20 @@ args+=(--app "$app")
 [ "$retry" = off ] && args+=(--no-retry)
 [ -n "${SSLKEYLOGFILE:-}" ] && args+=(--keylog-file "$SSLKEYLOGFILE")
 [ -n "${QLOGDIR:-}" ] && args+=(--qlog-dir "$QLOGDIR")
+if [ -n "${INTEROP_DRY_RUN:-}" ]; then
+  [ -n "$config" ] && args+=(--config CONFIG.toml)
+  echo "$TQ_HOST ${args[*]}"
+  [ -n "$config" ] && printf '%s' "$config"
+  exit 0
+fi
 if [ -n "$config" ]; then
   conf=$(mktemp --suffix .toml)
   printf '%s' "$config" > "$conf"
   args+=(--config "$conf")
 fi
-
-if [ -n "${INTEROP_DRY_RUN:-}" ]; then
-  echo "$TQ_HOST ${args[*]}"
-  [ -n "$config" ] && printf '%s' "$config"
-  exit 0
-fi
 echo "tq-host: serving test case $TESTCASE: $TQ_HOST ${args[*]}"
+# SERVER_PARAMS is the runner's free-form string of extra flags: split on
+# spaces, never glob-expanded.
+set -f
+# shellcheck disable=SC2086
 exec "$TQ_HOST" "${args[@]}" ${SERVER_PARAMS:-}

@@ -423,6 +423,7 @@ fn the_interop_endpoint_maps_the_runner_s_cases_onto_real_flags() {
     for (role, case) in [
         ("server", "v2"),
         ("server", "ecn"),
+        ("server", "connectionmigration"),
         ("server", "no-such-case"),
         ("server", ""),
         ("client", "handshake"),

@@ -452,13 +452,13 @@ async fn our_client_resumes_and_sends_only_safe_requests_in_0_rtt() {
     .ca_file(&s.cert.paths.cert);
     let connector =
         tq_host::quic::Connector::new(params, tq_host::metrics::DefaultMetrics::default()).unwrap();
-    // 30 ms each way: the client's early requests go out before the
-    // server's answer completes the handshake (on bare loopback that is a
-    // race the requests can lose).
+    // 100 ms each way: the client's early requests go out before the
+    // server's answer completes the handshake, with 200 ms to spare (on
+    // bare loopback that is a race the requests can lose).
     let relay = LossyRelay::start(
         s.addr,
         Impairment {
-            delay: std::time::Duration::from_millis(30),
+            delay: std::time::Duration::from_millis(100),
             ..Default::default()
         },
     )

@@ -185,7 +185,7 @@ async fn run(front: UdpSocket, back: UdpSocket, how: Impairment, counts: Arc<Rel
     const HOLD: Duration = Duration::from_millis(5);
     let mut started: Option<Instant> = None;
     let mut up = Lane::new(&how, how.seed);
-    let mut down = Lane::new(&how, how.seed.rotate_left(17));
+    let mut down = Lane::new(&how, how.seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15);
     let list_end = how.drop_to_server.iter().copied().max().unwrap_or(0);
     let mut from_client = 0u64;
     let mut client: Option<SocketAddr> = None;
@@ -209,7 +209,10 @@ async fn run(front: UdpSocket, back: UdpSocket, how: Impairment, counts: Arc<Rel
         };
         tokio::select! {
             r = front.recv_from(&mut a) => {
-                let Ok((n, from)) = r else { return };
+                // An error (ICMP unreachable for an earlier send) is not the
+                // end of the relay: a test must fail on its own terms, not
+                // hang on a relay that stopped.
+                let Ok((n, from)) = r else { continue };
                 client = Some(from);
                 started.get_or_insert_with(Instant::now);
                 from_client += 1;
@@ -229,7 +232,7 @@ async fn run(front: UdpSocket, back: UdpSocket, how: Impairment, counts: Arc<Rel
                 }
             }
             r = back.recv(&mut b) => {
-                let Ok(n) = r else { return };
+                let Ok(n) = r else { continue };
                 counts.bytes_from_server.fetch_add(n as u64, Ordering::Relaxed);
                 if client.is_none() {
                     continue;

@@ -43,7 +43,66 @@ pub(crate) fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
     }
     let real = file.canonicalize().ok()?;
     let root = root.canonicalize().ok()?;
-    (real.starts_with(&root) && real.is_file()).then_some(real)
+    // Where symbolic links led, the same rules: inside the root, no names
+    // starting with a dot.
+    let inside = real.strip_prefix(&root).ok()?;
+    let hidden = inside
+        .components()
+        .any(|c| c.as_os_str().as_encoded_bytes().starts_with(b"."));
+    (!hidden && real.is_file()).then_some(real)
+}
+
+/// How many files the file servers of this process hold open at once
+/// (streams being sent, slow readers included): past it, a request is
+/// refused (503, or a reset for HTTP/0.9) rather than the process running
+/// out of descriptors for its sockets.
+pub const MAX_OPEN_FILES: usize = 512;
+
+fn open_files() -> &'static Arc<tokio::sync::Semaphore> {
+    static OPEN: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    OPEN.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_FILES)))
+}
+
+/// A file opened for sending, with its place under [`MAX_OPEN_FILES`].
+struct Opened {
+    file: std::fs::File,
+    len: u64,
+    path: PathBuf,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Why a file is not sent.
+enum Refused {
+    NotFound,
+    Busy,
+}
+
+/// Resolves `path` under `root` and opens it (blocking: call off the async
+/// runtime, or for local files only). Opened without following a last
+/// symbolic link and without blocking (a FIFO swapped in after `resolve`
+/// cannot hang the caller), and checked to be a regular file once open.
+fn open(root: &Path, path: &str) -> Result<Opened, Refused> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let permit = open_files()
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refused::Busy)?;
+    let path = resolve(root, path).ok_or(Refused::NotFound)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|_| Refused::NotFound)?;
+    let meta = file.metadata().map_err(|_| Refused::NotFound)?;
+    if !meta.is_file() {
+        return Err(Refused::NotFound);
+    }
+    Ok(Opened {
+        file,
+        len: meta.len(),
+        path,
+        _permit: permit,
+    })
 }
 
 /// A content type from the file name's extension; `application/octet-stream`
@@ -113,7 +172,18 @@ fn answer(code: http::StatusCode, text: &'static str) -> http::Response<Response
 impl RequestHandler for StaticFiles {
     async fn handle(&self, req: http::Request<RequestBody>) -> http::Response<ResponseBody> {
         let head = req.method() == http::Method::HEAD;
-        if req.method() != http::Method::GET && !head {
+        let mut r = self.answer(req).await;
+        // HEAD is GET without a body, on every path (RFC 9110 §9.3.2).
+        if head {
+            *r.body_mut() = ResponseBody::Empty;
+        }
+        r
+    }
+}
+
+impl StaticFiles {
+    async fn answer(&self, req: http::Request<RequestBody>) -> http::Response<ResponseBody> {
+        if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
             let mut r = answer(http::StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
             r.headers_mut().insert(
                 http::header::ALLOW,
@@ -121,16 +191,28 @@ impl RequestHandler for StaticFiles {
             );
             return r;
         }
-        let not_found = || answer(http::StatusCode::NOT_FOUND, "not found\n");
-        let Some(path) = resolve(&self.root, req.uri().path()) else {
-            return not_found();
+        let head = req.method() == http::Method::HEAD;
+        let root = self.root.clone();
+        let path = req.uri().path().to_owned();
+        let opened = tokio::task::spawn_blocking(move || open(&root, &path)).await;
+        let Opened {
+            file,
+            len,
+            path,
+            _permit: permit,
+        } = match opened {
+            Ok(Ok(o)) => o,
+            Ok(Err(Refused::Busy)) => {
+                return answer(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "too many files being sent; try again\n",
+                )
+            }
+            Ok(Err(Refused::NotFound)) | Err(_) => {
+                return answer(http::StatusCode::NOT_FOUND, "not found\n")
+            }
         };
-        let Ok(mut file) = tokio::fs::File::open(&path).await else {
-            return not_found();
-        };
-        let Ok(len) = file.metadata().await.map(|m| m.len()) else {
-            return not_found();
-        };
+        let mut file = tokio::fs::File::from_std(file);
         let body = if head {
             ResponseBody::Empty
         } else if len <= CHUNK as u64 {
@@ -145,8 +227,10 @@ impl RequestHandler for StaticFiles {
         } else {
             let (writer, body) = ResponseBody::channel(4);
             // Owned by the response: it ends at the end of the file, or when
-            // the client goes away (the writer's channel closes).
+            // the client goes away (the writer's channel closes). The file's
+            // place under MAX_OPEN_FILES goes with it.
             tokio::spawn(async move {
+                let _permit = permit;
                 let mut left = len;
                 while left > 0 {
                     let mut chunk = vec![0u8; CHUNK.min(left as usize)];
@@ -177,6 +261,8 @@ impl RequestHandler for StaticFiles {
 /// The application error code an `hq-interop` stream is reset with when
 /// its request names no file or is malformed.
 pub const HQ_NOT_FOUND: u64 = 0x100;
+/// The code when [`MAX_OPEN_FILES`] are already being sent.
+pub const HQ_BUSY: u64 = 0x101;
 
 /// Serves the files of one directory over HTTP/0.9 on raw QUIC (ALPN
 /// `hq-interop`): on each client bidirectional stream the client sends
@@ -184,10 +270,10 @@ pub const HQ_NOT_FOUND: u64 = 0x100;
 /// end. A request line longer than 1 KiB, or a path that leaves the
 /// directory or names no file, resets the stream with [`HQ_NOT_FOUND`].
 ///
-/// Files are read on the connection's task (local files, from the page
-/// cache in practice), and only as much as the stream can send at once,
-/// into one buffer the connection's streams share: nothing is held for a
-/// slow reader but the open file.
+/// Files are opened and read on the connection's task (local files, from
+/// the page cache in practice), and only as much as the stream can send at
+/// once, into one buffer the connection's streams share: nothing is held
+/// for a slow reader but the open file, under [`MAX_OPEN_FILES`].
 #[derive(Debug)]
 pub struct HqApplication {
     root: Arc<Path>,
@@ -195,13 +281,34 @@ pub struct HqApplication {
     scratch: Vec<u8>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HqStream {
-    /// The request line so far, until the file is open.
-    request: Vec<u8>,
-    file: Option<std::fs::File>,
-    /// Bytes of the file not sent yet.
-    left: u64,
+    state: HqState,
+    /// The client's side of the stream is over (its FIN, or a reset).
+    client_done: bool,
+}
+
+enum HqState {
+    /// The request line so far.
+    Request(Vec<u8>),
+    /// Sending the file: what is left of it.
+    Sending(Opened, u64),
+    /// All sent; the entry stays until the client's side ends, so that
+    /// what still comes on the stream is read and dropped, not taken for a
+    /// new request.
+    Answered,
+}
+
+impl std::fmt::Debug for HqState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HqState::Request(r) => write!(f, "Request({} bytes)", r.len()),
+            HqState::Sending(o, left) => {
+                write!(f, "Sending({}, {left} left)", o.path.display())
+            }
+            HqState::Answered => f.write_str("Answered"),
+        }
+    }
 }
 
 /// The longest request line taken.
@@ -217,60 +324,73 @@ impl HqApplication {
         }
     }
 
-    /// Reads what the client sent on `id`; opens the file once the request
-    /// line is whole, or resets the stream.
-    fn read_request(&mut self, qconn: &mut quiche::Connection, id: u64) {
-        let stream = self.streams.entry(id).or_default();
+    /// Reads what the client sent on `id`: the request line (then opens the
+    /// file, or resets the stream), or anything after it, dropped.
+    fn read_stream(&mut self, qconn: &mut quiche::Connection, id: u64) {
+        let stream = self.streams.entry(id).or_insert(HqStream {
+            state: HqState::Request(Vec::new()),
+            client_done: false,
+        });
         let mut buf = [0u8; 512];
-        if stream.file.is_some() {
-            // Anything after the request line is read and dropped.
-            while let Ok((_, false)) = qconn.stream_recv(id, &mut buf) {}
-            return;
-        }
-        let mut fin = false;
         loop {
             match qconn.stream_recv(id, &mut buf) {
-                Ok((n, f)) => {
-                    stream.request.extend_from_slice(&buf[..n]);
-                    fin = f;
-                    if stream.request.len() > MAX_REQUEST || f {
+                Ok((n, fin)) => {
+                    if let HqState::Request(line) = &mut stream.state {
+                        line.extend_from_slice(&buf[..n]);
+                        if line.len() > MAX_REQUEST {
+                            break;
+                        }
+                    }
+                    if fin {
+                        stream.client_done = true;
                         break;
                     }
                 }
                 Err(quiche::Error::Done) => break,
+                // Reset by the client, or gone: no more to read.
                 Err(_) => {
-                    // Reset by the client, or gone: nothing to answer.
-                    self.streams.remove(&id);
-                    return;
+                    stream.client_done = true;
+                    break;
                 }
             }
         }
-        let line_end = stream.request.iter().position(|&b| b == b'\n');
-        if line_end.is_none() && !fin && stream.request.len() <= MAX_REQUEST {
-            return; // more to come
-        }
-        let line = &stream.request[..line_end.unwrap_or(stream.request.len())];
-        let path = std::str::from_utf8(line)
-            .ok()
-            .map(str::trim_end)
-            .and_then(|l| l.strip_prefix("GET "))
-            .map(str::trim);
-        let opened = path
-            .filter(|_| line.len() <= MAX_REQUEST)
-            .and_then(|p| resolve(&self.root, p))
-            .and_then(|p| std::fs::File::open(p).ok())
-            .and_then(|f| Some((f.metadata().ok()?.len(), f)));
-        match opened {
-            Some((len, f)) => {
-                stream.file = Some(f);
-                stream.left = len;
-                stream.request = Vec::new();
+        match &stream.state {
+            HqState::Request(line) => {
+                let end = line.iter().position(|&b| b == b'\n');
+                if end.is_none() && !stream.client_done && line.len() <= MAX_REQUEST {
+                    return; // more to come
+                }
+                let line = &line[..end.unwrap_or(line.len())];
+                let path = std::str::from_utf8(line)
+                    .ok()
+                    .filter(|_| line.len() <= MAX_REQUEST)
+                    .map(str::trim_end)
+                    .and_then(|l| l.strip_prefix("GET "))
+                    .map(str::trim);
+                let opened = match path {
+                    Some(p) => open(&self.root, p),
+                    None => Err(Refused::NotFound),
+                };
+                match opened {
+                    Ok(o) => {
+                        let len = o.len;
+                        stream.state = HqState::Sending(o, len);
+                    }
+                    Err(why) => {
+                        let code = match why {
+                            Refused::NotFound => HQ_NOT_FOUND,
+                            Refused::Busy => HQ_BUSY,
+                        };
+                        let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, code);
+                        let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, code);
+                        self.streams.remove(&id);
+                    }
+                }
             }
-            None => {
-                let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, HQ_NOT_FOUND);
-                let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, HQ_NOT_FOUND);
+            HqState::Answered if stream.client_done => {
                 self.streams.remove(&id);
             }
+            HqState::Sending(..) | HqState::Answered => {}
         }
     }
 
@@ -280,13 +400,11 @@ impl HqApplication {
         qconn: &mut quiche::Connection,
         scratch: &mut Vec<u8>,
         id: u64,
-        s: &mut HqStream,
+        opened: &mut Opened,
+        left: &mut u64,
     ) -> bool {
-        let Some(file) = s.file.as_mut() else {
-            return false;
-        };
         loop {
-            if s.left == 0 {
+            if *left == 0 {
                 // An empty file: only the end to send.
                 return match qconn.stream_send(id, &[], true) {
                     Ok(_) => true,
@@ -300,20 +418,18 @@ impl HqApplication {
                 // Stopped by the client, or gone.
                 Err(_) => return true,
             };
-            let take = room
-                .min(CHUNK)
-                .min(usize::try_from(s.left).unwrap_or(CHUNK));
+            let take = room.min(CHUNK).min(usize::try_from(*left).unwrap_or(CHUNK));
             scratch.resize(take, 0);
-            if file.read_exact(scratch).is_err() {
+            if opened.file.read_exact(scratch).is_err() {
                 // Shorter than it was, or unreadable: the client must not
                 // take what it got for the whole file.
                 let _ = qconn.stream_shutdown(id, quiche::Shutdown::Write, HQ_NOT_FOUND);
                 return true;
             }
-            let fin = s.left == take as u64;
+            let fin = *left == take as u64;
             match qconn.stream_send(id, scratch, fin) {
                 Ok(n) if n == take => {
-                    s.left -= take as u64;
+                    *left -= take as u64;
                     if fin {
                         return true;
                     }
@@ -341,7 +457,7 @@ impl ApplicationOverQuic for HqApplication {
         for id in readable {
             // Only client-initiated bidirectional streams carry requests.
             if id % 4 == 0 {
-                self.read_request(qconn, id);
+                self.read_stream(qconn, id);
             } else {
                 let mut sink = [0u8; 512];
                 while let Ok((_, false)) = qconn.stream_recv(id, &mut sink) {}
@@ -352,8 +468,15 @@ impl ApplicationOverQuic for HqApplication {
 
     fn process_writes(&mut self, qconn: &mut quiche::Connection) -> QuicResult<()> {
         let scratch = &mut self.scratch;
-        self.streams
-            .retain(|&id, s| !Self::send_file(qconn, scratch, id, s));
+        self.streams.retain(|&id, s| {
+            if let HqState::Sending(opened, left) = &mut s.state {
+                if Self::send_file(qconn, scratch, id, opened, left) {
+                    // The file and its place under MAX_OPEN_FILES go now.
+                    s.state = HqState::Answered;
+                }
+            }
+            !(matches!(s.state, HqState::Answered) && s.client_done)
+        });
         Ok(())
     }
 }
@@ -362,8 +485,8 @@ impl ApplicationOverQuic for HqApplication {
 mod tests {
     use super::*;
 
-    fn site() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tq-files-{}", std::process::id()));
+    fn site(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tq-files-{name}-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("a.txt"), b"a").unwrap();
         std::fs::write(dir.join("index.html"), b"<p>").unwrap();
@@ -374,12 +497,16 @@ mod tests {
         let link = dir.join("escape");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&outside, &link).unwrap();
+        // A plain name leading to a hidden one inside.
+        let to_hidden = dir.join("visible");
+        let _ = std::fs::remove_file(&to_hidden);
+        std::os::unix::fs::symlink(dir.join(".hidden"), &to_hidden).unwrap();
         dir
     }
 
     #[test]
     fn paths_map_inside_the_directory_only() {
-        let root = site();
+        let root = site("paths");
         let ok = |p: &str| resolve(&root, p).is_some();
         assert!(ok("/a.txt") && ok("/sub/b.bin") && ok("/") && ok("/a.txt?x=1"));
         for bad in [
@@ -390,6 +517,7 @@ mod tests {
             "//a.txt",
             "/.hidden",
             "/escape",
+            "/visible",
             "/sub",
             "/sub/",
             "/missing",
@@ -403,5 +531,63 @@ mod tests {
             "text/html; charset=utf-8"
         );
         assert_eq!(content_type(Path::new("x")), "application/octet-stream");
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_file(root.with_extension("outside"));
+    }
+
+    /// Runs `app` on `server` and moves packets both ways until quiet.
+    fn pump(
+        app: &mut HqApplication,
+        client: &mut quiche::Connection,
+        server: &mut quiche::Connection,
+    ) {
+        use crate::quic::test_pair::flush;
+        for _ in 0..50 {
+            if server.is_established() {
+                app.process_reads(server).unwrap();
+                app.process_writes(server).unwrap();
+            }
+            if flush(client, server) + flush(server, client) == 0 {
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_whose_end_comes_later_is_answered_once_and_forgotten() {
+        use crate::quic::test_pair::connect;
+        let root = site("late-fin");
+        let (mut client, mut server) = connect(crate::quic::QuicSettings {
+            alpn: vec!["hq-interop".into()],
+            ..Default::default()
+        });
+        let mut app = HqApplication::new(&root);
+        pump(&mut app, &mut client, &mut server);
+        // The request line, without the stream's end (as quic-go sends it).
+        client.stream_send(0, b"GET /a.txt\r\n", false).unwrap();
+        client.stream_send(4, b"GET /missing\r\n", true).unwrap();
+        pump(&mut app, &mut client, &mut server);
+        let mut buf = [0u8; 64];
+        assert_eq!(client.stream_recv(0, &mut buf).unwrap(), (1, true));
+        assert_eq!(&buf[..1], b"a");
+        assert_eq!(
+            client.stream_recv(4, &mut buf),
+            Err(quiche::Error::StreamReset(HQ_NOT_FOUND))
+        );
+        // Answered, and kept until the client's end arrives: then forgotten,
+        // without a reset over the finished answer.
+        assert_eq!(app.streams.len(), 1, "{:?}", app.streams);
+        client.stream_send(0, b"", true).unwrap();
+        pump(&mut app, &mut client, &mut server);
+        assert!(app.streams.is_empty(), "{:?}", app.streams);
+        assert!(
+            !matches!(
+                client.stream_recv(0, &mut buf),
+                Err(quiche::Error::StreamReset(_))
+            ),
+            "the finished answer was reset"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_file(root.with_extension("outside"));
     }
 }

@@ -5,5 +5,5 @@ mod files;
 mod page;
 
 pub use echo::EchoApplication;
-pub use files::{HqApplication, StaticFiles, HQ_NOT_FOUND};
+pub use files::{HqApplication, StaticFiles, HQ_BUSY, HQ_NOT_FOUND, MAX_OPEN_FILES};
 pub use page::WelcomePage;

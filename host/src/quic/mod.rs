@@ -498,12 +498,16 @@ impl<M: Metrics> Connector<M> {
         };
         attach_logs(&mut conn, s, "client");
         // A session from an earlier connection to this server resumes it
-        // (and, with `enable_early_data`, lets requests go in 0-RTT).
+        // (and, with `enable_early_data`, lets requests go in 0-RTT). Each
+        // is used once (RFC 8446 §C.4: a reused ticket links connections);
+        // the new connection brings its own. Not for a server dialled by
+        // address: its certificate is checked against the address only
+        // once the handshake completes, and early data would go out before.
         let server = format!("{}|{peer}", host.unwrap_or(""));
-        if let Some(session) = self.sessions.get(&server) {
-            if conn.set_session(&session).is_err() {
-                self.sessions.remove(&server);
-            }
+        let sessions = expect_ip.is_none().then_some(&self.sessions);
+        if let Some(session) = sessions.and_then(|c| c.take(&server)) {
+            // A session quiche cannot read means a full handshake.
+            let _ = conn.set_session(&session);
         }
 
         let conn_id = next_conn_id();
@@ -547,7 +551,7 @@ impl<M: Metrics> Connector<M> {
             shared_routes: None,
             unvalidated: None,
             expect_ip,
-            session_sink: Some(session::SessionSink::new(self.sessions.clone(), server)),
+            session_sink: sessions.map(|c| session::SessionSink::new(c.clone(), server)),
         };
         self.metrics.connection_opened();
         // The router ends when its only connection does, the worker when the

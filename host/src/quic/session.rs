@@ -19,13 +19,11 @@ pub(crate) struct SessionCache {
 }
 
 impl SessionCache {
-    /// The session kept for `server`, if any.
-    pub(crate) fn get(&self, server: &str) -> Option<Vec<u8>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .iter()
-            .find(|(k, _)| k == server)
-            .map(|(_, s)| s.clone())
+    /// Takes the session kept for `server`, if any: a ticket is used once.
+    pub(crate) fn take(&self, server: &str) -> Option<Vec<u8>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let at = entries.iter().position(|(k, _)| k == server)?;
+        entries.remove(at).map(|(_, s)| s)
     }
 
     /// Keeps `session` for `server`, in place of any before.
@@ -39,12 +37,6 @@ impl SessionCache {
             entries.pop_front();
         }
         entries.push_back((server.to_owned(), session.to_vec()));
-    }
-
-    /// Drops the session kept for `server` (quiche refused it).
-    pub(crate) fn remove(&self, server: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|(k, _)| k != server);
     }
 
     /// How many servers have a session.
@@ -73,7 +65,13 @@ impl SessionSink {
     }
 
     /// Stores the connection's session if it changed since last time.
+    /// Only once the handshake is complete: the server is authenticated
+    /// then, and a session from 0-RTT is the one the connection started
+    /// with (already used).
     pub(crate) fn observe(&mut self, conn: &quiche::Connection) {
+        if !conn.is_established() {
+            return;
+        }
         if let Some(s) = conn.session() {
             if s != self.last.as_slice() {
                 self.cache.put(&self.server, s);
@@ -92,15 +90,15 @@ mod tests {
         let c = SessionCache::default();
         c.put("a", b"1");
         c.put("a", b"2");
-        assert_eq!(c.get("a").as_deref(), Some(&b"2"[..]));
+        assert_eq!(c.take("a").as_deref(), Some(&b"2"[..]));
+        assert!(c.take("a").is_none(), "a ticket is used once");
+        c.put("a", b"3");
         for i in 0..MAX_SERVERS {
             c.put(&format!("s{i}"), b"x");
         }
         assert_eq!(c.len(), MAX_SERVERS);
-        assert!(c.get("a").is_none(), "the oldest server was dropped");
+        assert!(c.take("a").is_none(), "the oldest server was dropped");
         c.put("big", &vec![0; MAX_SESSION + 1]);
-        assert!(c.get("big").is_none());
-        c.remove("s5");
-        assert!(c.get("s5").is_none());
+        assert!(c.take("big").is_none());
     }
 }

@@ -84,8 +84,9 @@ impl DriverHooks for ServerHooks {
                 Some(b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE")
             ) {
                 debug!(stream = id, "unsafe request in 0-RTT: 425 Too Early");
-                core.streams.track_request(id, &list);
                 let (_, response) = core.streams.open(id, false, true);
+                // After `open`: the access log and metrics see the 425.
+                core.streams.track_request(id, &list);
                 let _ = qconn.stream_shutdown(id, quiche::Shutdown::Read, H3_NO_ERROR);
                 if let Some(r) = response {
                     let _ = r.try_send(OutboundFrame::Headers {
