@@ -454,6 +454,7 @@ fn interop_client(
     paths: &[&str],
 ) -> serde_json::Value {
     let (host, port) = addr.rsplit_once(':').unwrap();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     let out = Command::new(aioquic())
         .arg(repo().join("tests/interop/client.py"))
         .args([case, host, port])
@@ -509,17 +510,18 @@ fn the_interop_endpoint_serves_www_over_http_0_9_and_http_3() {
         }
         assert_eq!(report["version"], version, "{what}");
     };
-    let start = |case: &str| {
+    let start_on = |case: &str, listen: &str| {
         let mut cmd = Command::new("bash");
         cmd.arg(repo().join("interop/run_endpoint.sh"))
             .env("ROLE", "server")
             .env("TESTCASE", case)
             .env("WWW", &www)
             .env("CERTS", &certs)
-            .env("LISTEN", "127.0.0.1:0")
+            .env("LISTEN", listen)
             .env("TQ_HOST", BIN);
         spawn_listening(cmd)
     };
+    let start = |case: &str| start_on(case, "127.0.0.1:0");
     let cert_file = certs.join("cert.pem");
 
     // transfer: HTTP/0.9 (ALPN hq-interop), the files on one connection.
@@ -579,6 +581,13 @@ fn the_interop_endpoint_serves_www_over_http_0_9_and_http_3() {
         (&serde_json::json!(true), &serde_json::json!(true)),
         "{r}"
     );
+    drop(server);
+
+    // ipv6 (as `transfer`): the same over IPv6 loopback.
+    let (server, addr, _) = start_on("transfer", "[::1]:0");
+    assert!(addr.starts_with("[::1]:"), "{addr}");
+    let r = interop_client("hq-interop", "transfer", &addr, &cert_file, &paths);
+    check("ipv6", &r, 1);
     drop(server);
 
     // http3: the same files over HTTP/3.
