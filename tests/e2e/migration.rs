@@ -1,11 +1,12 @@
 //! Passive migration: a client whose address changes under it (NAT
 //! rebinding: same connection, new source port or address), many times
 //! over one connection, keeps being served, with an independent client
-//! (quinn).
+//! (quinn). Active migration: our own client moves to a new socket.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tq_e2e::{init_tracing, H3App, H3QuinnClient, H3TestServer};
+use tq_e2e::{init_tracing, H3App, H3QuinnClient, H3TestServer, Impairment, LossyRelay};
 use tq_host::builtin::WelcomePage;
 use tq_host::http3::Http3Settings;
 use tq_host::quic::QuicSettings;
@@ -94,4 +95,66 @@ async fn moves_in_the_middle_of_downloads_lose_no_stream() {
             .unwrap_or_else(|e| panic!("download during move {i}: {e:#}"));
         assert_eq!((status, body.len()), (200, 32_000_000), "move {i}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_moves_to_a_new_socket_and_keeps_its_requests() {
+    init_tracing();
+    let server = H3TestServer::start(
+        QuicSettings::default(),
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+    let params = server.client_params();
+    // Straight to the server: it takes the client's new address.
+    let c = tq_host::http3::H3Client::connect(
+        server.addr,
+        "localhost",
+        &params,
+        Http3Settings::default(),
+    )
+    .await
+    .expect("connect");
+    let r = c.request("GET", "/bytes/1000", None).await.unwrap();
+    assert_eq!(r.body.len(), 1000);
+    let mut at = c.connection().local_addr();
+    for (i, ip) in ["127.0.0.2", "127.0.0.1", "127.0.0.3"]
+        .into_iter()
+        .enumerate()
+    {
+        let socket = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
+        let moved = c.connection().migrate(socket).await.expect("migrate");
+        assert_eq!(moved.ip().to_string(), ip);
+        assert_ne!(moved, at);
+        at = moved;
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.request("GET", "/bytes/300000", None),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the request after move {i} stalled"))
+        .unwrap();
+        assert_eq!((r.status, r.body.len()), (200, 300_000), "after move {i}");
+    }
+
+    // Through a relay that notes every client address: the packets come
+    // from the new socket once the client has moved.
+    let relay = LossyRelay::start(server.addr, Impairment::default()).await;
+    let c = tq_host::http3::H3Client::connect(
+        relay.addr,
+        "localhost",
+        &params,
+        Http3Settings::default(),
+    )
+    .await
+    .expect("connect through the relay");
+    assert_eq!(c.request("GET", "/", None).await.unwrap().status, 200);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let moved = c.connection().migrate(socket).await.expect("migrate");
+    let r = c.request("GET", "/bytes/100000", None).await.unwrap();
+    assert_eq!(r.body.len(), 100_000);
+    let seen = relay.counts.clients_seen.lock().unwrap().clone();
+    assert_eq!(seen.last(), Some(&moved), "{seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
 }

@@ -61,6 +61,9 @@ pub struct RelayCounts {
     /// client only what was delivered, and RFC 9000 §8.1 holds what it
     /// sends to three times that.
     pub before_list_ends: std::sync::Mutex<Option<(u64, u64)>>,
+    /// Every client address datagrams came from, in the order first seen
+    /// (a client that migrates shows up twice).
+    pub clients_seen: std::sync::Mutex<Vec<SocketAddr>>,
 }
 
 /// A running relay; stops when dropped.
@@ -213,6 +216,12 @@ async fn run(front: UdpSocket, back: UdpSocket, how: Impairment, counts: Arc<Rel
                 // end of the relay: a test must fail on its own terms, not
                 // hang on a relay that stopped.
                 let Ok((n, from)) = r else { continue };
+                if client != Some(from) {
+                    let mut seen = counts.clients_seen.lock().unwrap_or_else(|e| e.into_inner());
+                    if !seen.contains(&from) {
+                        seen.push(from);
+                    }
+                }
                 client = Some(from);
                 started.get_or_insert_with(Instant::now);
                 from_client += 1;

@@ -196,6 +196,7 @@ impl<M: Metrics> Acceptor<M> {
             peer_addr: from,
             local_addr: to,
             state: state_rx,
+            commands: None,
         };
         trace!(%from, trace_id = %handle.trace_id, "new connection");
         let incoming = IncomingConnection {
@@ -218,6 +219,7 @@ impl<M: Metrics> Acceptor<M> {
                 expect_ip: None,
                 unvalidated,
                 session_sink: None,
+                migration: None,
             }),
             handle,
             tracker: self.tracker.clone(),

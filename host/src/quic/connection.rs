@@ -308,6 +308,8 @@ pub struct ConnectionHandle {
     pub(crate) peer_addr: SocketAddr,
     pub(crate) local_addr: SocketAddr,
     pub(crate) state: watch::Receiver<ConnectionState>,
+    /// Client connections: asks of the worker (migration).
+    pub(crate) commands: Option<tokio::sync::mpsc::UnboundedSender<super::migrate::WorkerCommand>>,
 }
 
 impl ConnectionHandle {
@@ -321,9 +323,46 @@ impl ConnectionHandle {
         self.peer_addr
     }
 
-    /// Our address.
+    /// Our address when the connection started (see
+    /// [`migrate`](Self::migrate) for where it may have moved).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Moves a client connection to `socket` (active migration, RFC 9000
+    /// §9), as a browser does when its network changes: `socket` is bound
+    /// to the new local address (any port) and is connected to the server
+    /// here. The connection's packets go out from it at once; quiche
+    /// validates the new path (PATH_CHALLENGE), and what arrives on either
+    /// socket is taken until the connection ends. Returns the new local
+    /// address.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: tq_host::quic::ConnectionHandle) -> Result<(), tq_host::quic::QuicError> {
+    /// let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    /// let now_at = conn.migrate(socket).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`QuicError::InvalidSettings`] for a server's connection, or when the
+    /// server asked clients not to migrate (`disable_active_migration`);
+    /// quiche's refusal (no spare connection id yet, the handshake not
+    /// done); socket errors; or the connection already closed.
+    pub async fn migrate(&self, socket: tokio::net::UdpSocket) -> Result<SocketAddr, QuicError> {
+        let commands = self.commands.as_ref().ok_or_else(|| {
+            QuicError::InvalidSettings("only a client's connection can migrate".into())
+        })?;
+        socket
+            .connect(self.peer_addr)
+            .await
+            .map_err(QuicError::io("connect"))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let closed = || QuicError::HandshakeFailed("the connection has ended".into());
+        commands
+            .send(super::migrate::WorkerCommand::Migrate { socket, reply })
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     /// Waits for the handshake.

@@ -44,6 +44,7 @@ mod cid;
 mod connection;
 mod error;
 mod gso;
+mod migrate;
 mod packet;
 mod retry;
 mod route;
@@ -512,15 +513,18 @@ impl<M: Metrics> Connector<M> {
 
         let conn_id = next_conn_id();
         let (inbox_tx, inbox) = mpsc::channel(s.connection_queue_len.max(16));
+        let own_inbox = inbox_tx.downgrade();
         let mut routes = Routes::new();
         routes.insert(conn_id, vec![scid.as_ref().into()], inbox_tx);
         let (router_tx, commands) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(ConnectionState::Handshaking);
+        let (commands_tx, worker_commands) = mpsc::unbounded_channel();
         let handle = ConnectionHandle {
             trace_id: conn.trace_id().into(),
             peer_addr: peer,
             local_addr: local,
             state: state_rx,
+            commands: Some(commands_tx),
         };
         let signals = Arc::new(ClientSignals::default());
         let router = Router {
@@ -552,6 +556,11 @@ impl<M: Metrics> Connector<M> {
             unvalidated: None,
             expect_ip,
             session_sink: sessions.map(|c| session::SessionSink::new(c.clone(), server)),
+            migration: Some(worker::Migration::new(
+                worker_commands,
+                own_inbox,
+                (s.socket_recv_buffer_size, s.socket_send_buffer_size),
+            )),
         };
         self.metrics.connection_opened();
         // The router ends when its only connection does, the worker when the

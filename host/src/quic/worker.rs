@@ -18,6 +18,7 @@ use super::connection::{
 };
 use super::error::{BoxError, QuicResult};
 use super::gso::{self, GsoBatch, GsoSend};
+use super::migrate::WorkerCommand;
 use super::packet::coalesced_packet_len;
 use super::route::{ClientSignals, Datagram, RouterCommand};
 use super::socket::QuicSocket;
@@ -74,6 +75,63 @@ pub(crate) struct WorkerParts<M: Metrics> {
     /// Client connections: where the TLS session goes once the server
     /// sends one, for the connector's next connection to it.
     pub(crate) session_sink: Option<super::session::SessionSink>,
+    /// Client connections: the handle's requests to move to another
+    /// socket, and the sockets moved to.
+    pub(crate) migration: Option<Migration>,
+}
+
+/// A client connection's means to move (see `migrate`).
+pub(crate) struct Migration {
+    commands: mpsc::UnboundedReceiver<WorkerCommand>,
+    /// The connection's own inbox, for the forwarders of new sockets
+    /// (weakly: the worker must not keep its own inbox open).
+    inbox: mpsc::WeakSender<Datagram>,
+    /// Sockets moved to, most recent last; the first socket stays the
+    /// worker's own.
+    sockets: Vec<Arc<QuicSocket>>,
+    /// Buffer sizes asked for new sockets, as for the first.
+    buffers: (usize, usize),
+    /// Stops the forwarders when the worker ends.
+    stop: tokio_util::sync::CancellationToken,
+    _stop_on_drop: tokio_util::sync::DropGuard,
+}
+
+impl Migration {
+    pub(crate) fn new(
+        commands: mpsc::UnboundedReceiver<WorkerCommand>,
+        inbox: mpsc::WeakSender<Datagram>,
+        buffers: (usize, usize),
+    ) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        Self {
+            commands,
+            inbox,
+            sockets: Vec::new(),
+            buffers,
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
+        }
+    }
+}
+
+impl std::fmt::Debug for Migration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migration")
+            .field("sockets", &self.sockets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The next request from a client connection's handle; never, for a
+/// server's, or once every handle is gone.
+async fn next_command(m: &mut Option<Migration>) -> WorkerCommand {
+    match m {
+        Some(m) => match m.commands.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 /// Where the connection is in its life, as the worker's loop sees it.
@@ -115,6 +173,7 @@ enum Wake {
     Timer,
     Packet(Option<Datagram>),
     App(QuicResult<()>),
+    Command(WorkerCommand),
 }
 
 impl<M: Metrics> WorkerParts<M> {
@@ -281,6 +340,7 @@ impl<M: Metrics> WorkerParts<M> {
                     () = timer => Wake::Timer,
                     p = self.inbox.recv() => Wake::Packet(p),
                     r = app.wait_for_data(conn), if app_wait => Wake::App(r),
+                    c = next_command(&mut self.migration) => Wake::Command(c),
                 }
             };
             match wake {
@@ -300,6 +360,14 @@ impl<M: Metrics> WorkerParts<M> {
                 }
                 Wake::App(Ok(())) => {}
                 Wake::App(Err(e)) => self.fail(&mut result, &mut stage, e),
+                Wake::Command(WorkerCommand::Migrate { socket, reply }) => {
+                    let moved = self.migrate(socket);
+                    match &moved {
+                        Ok(to) => info!(%to, "moving the connection to a new local address"),
+                        Err(e) => info!(error = %e, "migration refused"),
+                    }
+                    let _ = reply.send(moved);
+                }
             }
             if self.conn.is_closed() {
                 break;
@@ -327,6 +395,43 @@ impl<M: Metrics> WorkerParts<M> {
         self.metrics.connection_closed(close_cause(&outcome));
         self.state
             .send_replace(ConnectionState::Closed(Arc::new(outcome)));
+    }
+
+    /// Moves the connection's active path to `socket` (see
+    /// `ConnectionHandle::migrate`); the new local address.
+    fn migrate(
+        &mut self,
+        socket: tokio::net::UdpSocket,
+    ) -> Result<std::net::SocketAddr, super::error::QuicError> {
+        use super::error::QuicError;
+        let Some(m) = self.migration.as_mut() else {
+            return Err(QuicError::InvalidSettings(
+                "only a client's connection can migrate".into(),
+            ));
+        };
+        if !self.conn.is_established() {
+            return Err(QuicError::InvalidSettings(
+                "the handshake is not done yet".into(),
+            ));
+        }
+        let qs = Arc::new(
+            QuicSocket::new(socket, m.buffers.0, m.buffers.1).map_err(QuicError::io("setup"))?,
+        );
+        let local = qs.local_addr();
+        self.conn
+            .migrate_source(local)
+            .map_err(|source| QuicError::Quiche {
+                what: "migrate",
+                source,
+            })?;
+        let inbox = m
+            .inbox
+            .upgrade()
+            .ok_or_else(|| QuicError::HandshakeFailed("the connection has ended".into()))?;
+        // Owned by the worker: stopped when it ends.
+        tokio::spawn(super::migrate::forward(qs.clone(), inbox, m.stop.clone()));
+        m.sockets.push(qs);
+        Ok(local)
     }
 
     fn is_unreachable(&self) -> bool {
@@ -551,8 +656,14 @@ impl<M: Metrics> WorkerParts<M> {
         let Some(s) = send else {
             return;
         };
-        let src = self.socket.source_ip(s.from);
-        match self.socket.send(s.to, src, &out[..s.len], s.segment).await {
+        // A migrated client sends from the socket of the path's address.
+        let socket = self
+            .migration
+            .as_ref()
+            .and_then(|m| m.sockets.iter().rev().find(|q| q.local_addr() == s.from))
+            .unwrap_or(&self.socket);
+        let src = socket.source_ip(s.from);
+        match socket.send(s.to, src, &out[..s.len], s.segment).await {
             Ok(()) => self.metrics.packets_out(s.count as u64, s.len as u64),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 if let Some(sig) = &self.unreachable {
