@@ -119,12 +119,17 @@ async fn our_client_moves_to_a_new_socket_and_keeps_its_requests() {
     let r = c.request("GET", "/bytes/1000", None).await.unwrap();
     assert_eq!(r.body.len(), 1000);
     let mut at = c.connection().local_addr();
-    for (i, ip) in ["127.0.0.2", "127.0.0.1", "127.0.0.3"]
-        .into_iter()
-        .enumerate()
-    {
+    // Three moves: what the default connection-id limits allow (quiche
+    // keeps each old path to fall back to); the fourth is refused and the
+    // connection stays where it was.
+    let ips = ["127.0.0.2", "127.0.0.1", "127.0.0.3"];
+    for (i, ip) in ips.iter().copied().enumerate() {
         let socket = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
-        let moved = c.connection().migrate(socket).await.expect("migrate");
+        let moved = c
+            .connection()
+            .migrate(socket)
+            .await
+            .unwrap_or_else(|e| panic!("move {i}: {e}"));
         assert_eq!(moved.ip().to_string(), ip);
         assert_ne!(moved, at);
         at = moved;
@@ -137,6 +142,18 @@ async fn our_client_moves_to_a_new_socket_and_keeps_its_requests() {
         .unwrap();
         assert_eq!((r.status, r.body.len()), (200, 300_000), "after move {i}");
     }
+    let socket = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let refused = c
+        .connection()
+        .migrate(socket)
+        .await
+        .expect_err("a fourth move");
+    assert!(
+        refused.to_string().contains("OutOfIdentifiers"),
+        "{refused}"
+    );
+    let r = c.request("GET", "/bytes/1000", None).await.unwrap();
+    assert_eq!(r.body.len(), 1000, "served where it stayed");
 
     // Through a relay that notes every client address: the packets come
     // from the new socket once the client has moved.

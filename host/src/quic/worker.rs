@@ -80,15 +80,21 @@ pub(crate) struct WorkerParts<M: Metrics> {
     pub(crate) migration: Option<Migration>,
 }
 
+/// How many sockets a client connection keeps reading after moving to
+/// them (quiche keeps as many paths as `active_connection_id_limit`, 4 by
+/// default): a client that moves again and again holds no more.
+const MAX_MIGRATED_SOCKETS: usize = 4;
+
 /// A client connection's means to move (see `migrate`).
 pub(crate) struct Migration {
     commands: mpsc::UnboundedReceiver<WorkerCommand>,
     /// The connection's own inbox, for the forwarders of new sockets
     /// (weakly: the worker must not keep its own inbox open).
     inbox: mpsc::WeakSender<Datagram>,
-    /// Sockets moved to, most recent last; the first socket stays the
-    /// worker's own.
-    sockets: Vec<Arc<QuicSocket>>,
+    /// Sockets moved to, most recent last, each with its forwarder's stop;
+    /// the first socket stays the worker's own. At most
+    /// [`MAX_MIGRATED_SOCKETS`]: the oldest goes first.
+    sockets: std::collections::VecDeque<(Arc<QuicSocket>, tokio_util::sync::CancellationToken)>,
     /// Buffer sizes asked for new sockets, as for the first.
     buffers: (usize, usize),
     /// Stops the forwarders when the worker ends.
@@ -106,7 +112,7 @@ impl Migration {
         Self {
             commands,
             inbox,
-            sockets: Vec::new(),
+            sockets: std::collections::VecDeque::new(),
             buffers,
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
@@ -418,6 +424,11 @@ impl<M: Metrics> WorkerParts<M> {
             QuicSocket::new(socket, m.buffers.0, m.buffers.1).map_err(QuicError::io("setup"))?,
         );
         let local = qs.local_addr();
+        // quiche keeps the old path (and a connection id on each side for
+        // it), so the connection can fall back to it if the new one fails
+        // validation: with the default limits (4 ids each way) that allows
+        // three moves; past them quiche answers OutOfIdentifiers and the
+        // connection stays where it is.
         self.conn
             .migrate_source(local)
             .map_err(|source| QuicError::Quiche {
@@ -428,9 +439,16 @@ impl<M: Metrics> WorkerParts<M> {
             .inbox
             .upgrade()
             .ok_or_else(|| QuicError::HandshakeFailed("the connection has ended".into()))?;
-        // Owned by the worker: stopped when it ends.
-        tokio::spawn(super::migrate::forward(qs.clone(), inbox, m.stop.clone()));
-        m.sockets.push(qs);
+        // Owned by the worker: stopped when it ends, or when the socket is
+        // the oldest of too many.
+        let stop = m.stop.child_token();
+        tokio::spawn(super::migrate::forward(qs.clone(), inbox, stop.clone()));
+        m.sockets.push_back((qs, stop));
+        if m.sockets.len() > MAX_MIGRATED_SOCKETS {
+            if let Some((_, oldest)) = m.sockets.pop_front() {
+                oldest.cancel();
+            }
+        }
         Ok(local)
     }
 
@@ -660,7 +678,13 @@ impl<M: Metrics> WorkerParts<M> {
         let socket = self
             .migration
             .as_ref()
-            .and_then(|m| m.sockets.iter().rev().find(|q| q.local_addr() == s.from))
+            .and_then(|m| {
+                m.sockets
+                    .iter()
+                    .rev()
+                    .map(|(q, _)| q)
+                    .find(|q| q.local_addr() == s.from)
+            })
             .unwrap_or(&self.socket);
         let src = socket.source_ip(s.from);
         match socket.send(s.to, src, &out[..s.len], s.segment).await {
