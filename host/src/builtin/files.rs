@@ -590,4 +590,52 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         let _ = std::fs::remove_file(root.with_extension("outside"));
     }
+
+    #[test]
+    fn thousands_of_requests_on_one_connection_leave_nothing_behind() {
+        use crate::quic::test_pair::connect;
+        let root = site("many");
+        let (mut client, mut server) = connect(crate::quic::QuicSettings {
+            alpn: vec!["hq-interop".into()],
+            ..Default::default()
+        });
+        let mut app = HqApplication::new(&root);
+        pump(&mut app, &mut client, &mut server);
+        let mut buf = [0u8; 64];
+        // 3,000 requests, 50 at a time: found, missing, and one the client
+        // stops reading (STOP_SENDING) before the answer.
+        for round in 0..60u64 {
+            for k in 0..50u64 {
+                let id = (round * 50 + k) * 4;
+                let line: &[u8] = match k % 3 {
+                    0 => b"GET /a.txt\r\n",
+                    1 => b"GET /missing\r\n",
+                    _ => b"GET /sub/b.bin\r\n",
+                };
+                client.stream_send(id, line, true).unwrap();
+                if k == 49 {
+                    let _ = client.stream_shutdown(id, quiche::Shutdown::Read, 0);
+                }
+            }
+            pump(&mut app, &mut client, &mut server);
+            for k in 0..49u64 {
+                let id = (round * 50 + k) * 4;
+                let got = client.stream_recv(id, &mut buf);
+                match k % 3 {
+                    0 => assert_eq!((got, buf[0]), (Ok((1, true)), b'a'), "stream {id}"),
+                    1 => assert_eq!(
+                        got,
+                        Err(quiche::Error::StreamReset(HQ_NOT_FOUND)),
+                        "stream {id}"
+                    ),
+                    _ => assert_eq!((got, buf[0]), (Ok((1, true)), b'b'), "stream {id}"),
+                }
+            }
+            pump(&mut app, &mut client, &mut server);
+            assert!(app.streams.is_empty(), "round {round}: {:?}", app.streams);
+        }
+        assert!(app.scratch.capacity() <= CHUNK);
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_file(root.with_extension("outside"));
+    }
 }
