@@ -318,3 +318,68 @@ async fn twenty_thousand_requests_to_a_wasi_0_3_component_on_one_connection_leav
         "resident memory grew {grown} KiB over 20,000 requests"
     );
 }
+
+/// Open descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_file_requests_on_one_connection_leave_no_file_or_memory_behind() {
+    init_tracing();
+    let _alone = ALONE.lock().await;
+    let dir = std::env::temp_dir().join(format!("tq-www-long-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("small.txt"), vec![b's'; 1000]).unwrap();
+    // Over one read (64 KiB): streamed by a task holding the file.
+    std::fs::write(dir.join("large.bin"), vec![b'l'; 200_000]).unwrap();
+    let mut server = H3TestServer::start(
+        QuicSettings::default(),
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(tq_host::builtin::StaticFiles::new(&dir))),
+    )
+    .await;
+    let client = Arc::new(server.client().await);
+    let server_handle = server.handles.recv().await.expect("the server's handle");
+    let run = |n: usize| {
+        let client = client.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for t in 0..8 {
+                let client = client.clone();
+                tasks.spawn(async move {
+                    for i in 0..n / 8 {
+                        let (method, path, status, len) = match (i + t) % 4 {
+                            0 => ("GET", "/small.txt", 200, 1000),
+                            1 => ("GET", "/large.bin", 200, 200_000),
+                            2 => ("HEAD", "/large.bin", 200, 0),
+                            _ => ("GET", "/../etc/passwd", 404, 10),
+                        };
+                        let r = client.request(method, path, None).await.expect("answered");
+                        assert_eq!((r.status, r.body.len()), (status, len), "{method} {path}");
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.expect("request task");
+            }
+        }
+    };
+    run(2_000).await;
+    settles_to_zero("server", || server_handle.open_streams()).await;
+    let (rss, fds) = (rss_kib(), open_fds());
+    for _ in 0..3 {
+        run(6_000).await;
+    }
+    settles_to_zero("server", || server_handle.open_streams()).await;
+    let grown = rss_kib().saturating_sub(rss);
+    println!("20,000 file requests on one connection: resident memory +{grown} KiB, open descriptors {fds} -> {}", open_fds());
+    assert!(grown < 6 << 10, "resident memory grew {grown} KiB");
+    assert!(
+        open_fds() <= fds,
+        "descriptors left open: {fds} -> {}",
+        open_fds()
+    );
+    assert!(fds > 0, "/proc/self/fd read nothing");
+    let _ = std::fs::remove_dir_all(&dir);
+}
