@@ -15,13 +15,13 @@
 #
 # Server cases:   handshake transfer multiconnect chacha20 keyupdate retry
 #                 resumption zerortt http3 versionnegotiation
+# Client cases:   http3 (tq-host get, every URL at once on one connection)
 # Unsupported:    v2 (quiche speaks QUIC v1 only), ecn (no ECN marking),
-#                 connectionmigration (no preferred address); and every client
-#                 case (tq-host's client speaks HTTP/3 only and fetches one
-#                 URL at a time).
+#                 connectionmigration (no preferred address); and every other
+#                 client case (tq-host's client speaks HTTP/3 only).
 #
 # Outside the runner's image the paths, port and binary can be moved with
-# WWW, CERTS, LISTEN and TQ_HOST; INTEROP_DRY_RUN=1 prints the command
+# WWW, CERTS, DOWNLOADS, LISTEN and TQ_HOST; INTEROP_DRY_RUN=1 prints the command
 # instead of running it (tests/interop checks both ways).
 set -euo pipefail
 
@@ -42,8 +42,33 @@ if [ -x /setup.sh ] && [ -z "${INTEROP_DRY_RUN:-}" ]; then
   /setup.sh
 fi
 
+if [ "$ROLE" = "client" ]; then
+  # tq-host get fetches over HTTP/3 only, every URL at once on one
+  # connection: the runner's http3 case. The others speak HTTP/0.9, or
+  # need new connections per file and session reuse across them.
+  case "$TESTCASE" in
+    http3) ;;
+    "") unsupported "TESTCASE is not set" ;;
+    *) unsupported "tq-host's client speaks HTTP/3 only (the runner's other client cases use HTTP/0.9)" ;;
+  esac
+  DOWNLOADS=${DOWNLOADS:-/downloads}
+  # The runner's certificates are its own: the client does not check them,
+  # as the other endpoints' clients do not.
+  cargs=(get -k -s --timeout 30s --output-dir "$DOWNLOADS")
+  if [ -n "${INTEROP_DRY_RUN:-}" ]; then
+    echo "$TQ_HOST ${cargs[*]} ${REQUESTS:-}"
+    exit 0
+  fi
+  # The runner's image: wait for the simulated network.
+  if [ -x /wait-for-it.sh ]; then
+    /wait-for-it.sh sim:57832 -s -t 30
+  fi
+  set -f
+  # shellcheck disable=SC2086
+  exec "$TQ_HOST" "${cargs[@]}" ${CLIENT_PARAMS:-} ${REQUESTS:?REQUESTS lists the URLs to fetch}
+fi
 if [ "$ROLE" != "server" ]; then
-  unsupported "tq-host's client fetches one URL over HTTP/3 at a time, and the runner's client cases need HTTP/0.9, several URLs per connection and session reuse"
+  unsupported "ROLE is neither server nor client"
 fi
 
 args=(--listen "$LISTEN" --cert "$CERTS/cert.pem" --key "$CERTS/priv.key" --www "$WWW")

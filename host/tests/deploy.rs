@@ -419,6 +419,19 @@ fn the_interop_endpoint_maps_the_runner_s_cases_onto_real_flags() {
             assert_config_checks("the zerortt config", &toml_text);
         }
     }
+    // The client plays http3: every URL at once, to the downloads.
+    let (code, out) = endpoint(&[
+        ("ROLE", "client"),
+        ("TESTCASE", "http3"),
+        ("REQUESTS", "https://server:443/a https://server:443/b"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("get -k -s")
+            && out.contains("--output-dir /downloads")
+            && out.ends_with("/b\n"),
+        "{out}"
+    );
     // Cases it cannot play exit 127, as the runner asks.
     for (role, case) in [
         ("server", "v2"),
@@ -427,7 +440,8 @@ fn the_interop_endpoint_maps_the_runner_s_cases_onto_real_flags() {
         ("server", "no-such-case"),
         ("server", ""),
         ("client", "handshake"),
-        ("client", "http3"),
+        ("client", "transfer"),
+        ("client", "zerortt"),
     ] {
         let (code, out) = endpoint(&[("ROLE", role), ("TESTCASE", case)]);
         assert_eq!(code, 127, "{role} {case}: {out}");
@@ -594,6 +608,34 @@ fn the_interop_endpoint_serves_www_over_http_0_9_and_http_3() {
     let (server, addr, _) = start("http3");
     let r = interop_client("h3", "http3", &addr, &cert_file, &paths);
     check("http3", &r, 1);
+    // And the endpoint as the runner's client of that case: every file at
+    // once, into the downloads directory, byte for byte.
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let requests: Vec<String> = paths.iter().map(|p| format!("https://{addr}{p}")).collect();
+    let out = Command::new("bash")
+        .arg(repo().join("interop/run_endpoint.sh"))
+        .env("ROLE", "client")
+        .env("TESTCASE", "http3")
+        .env("DOWNLOADS", &downloads)
+        .env("REQUESTS", requests.join(" "))
+        .env("TQ_HOST", BIN)
+        .output()
+        .expect("run the client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (p, data) in &files {
+        let got = std::fs::read(downloads.join(&p[1..])).unwrap_or_default();
+        assert!(
+            got == *data,
+            "{p}: {} bytes, want {}",
+            got.len(),
+            data.len()
+        );
+    }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -113,3 +113,64 @@ fn an_address_url_is_checked_against_the_certificate_s_addresses() {
         assert_eq!(code, Some(0), "{err}");
     }
 }
+
+#[test]
+fn several_urls_go_at_once_over_one_connection_to_files() {
+    let (_server, addr) = serve(&[]);
+    let url = |p: &str| format!("https://{addr}{p}");
+    let dir = tempfile_dir("get-many");
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = get_args(&[
+        "-k",
+        "--output-dir",
+        d,
+        "-w",
+        "%{http_code} %{size_download}\\n",
+        &url("/bytes/10"),
+        &url("/bytes/300000"),
+        &url("/"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    // -w once per URL, in URL order.
+    assert_eq!(
+        String::from_utf8_lossy(&out).lines().collect::<Vec<_>>()[..2],
+        ["200 10", "200 300000"]
+    );
+    assert_eq!(std::fs::read(dir.join("10")).unwrap(), vec![b'x'; 10]);
+    assert_eq!(std::fs::read(dir.join("300000")).unwrap().len(), 300_000);
+    let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(page.contains("tq-host is running"), "{page}");
+
+    // One missing: the others are still written, and the exit code says 22.
+    let (code, _, err) = get_args(&["-k", "--output-dir", d, &url("/bytes/5"), &url("/missing")]);
+    assert_eq!(code, Some(22), "{err}");
+    assert!(err.contains("/missing") && err.contains("404"), "{err}");
+    assert_eq!(std::fs::read(dir.join("5")).unwrap(), b"xxxxx");
+
+    // Refused before connecting: no directory for several, two servers,
+    // a name that would leave the directory.
+    for (args, says) in [
+        (vec![url("/a"), url("/b")], "--output-dir"),
+        (
+            vec![
+                "--output-dir".into(),
+                d.into(),
+                url("/a"),
+                "https://example.com:1/b".into(),
+            ],
+            "same server",
+        ),
+        (
+            vec!["--output-dir".into(), d.into(), url("/x/..")],
+            "no file name",
+        ),
+    ] {
+        let mut all = vec!["-k".to_owned()];
+        all.extend(args);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let (code, _, err) = get_args(&refs);
+        assert_ne!(code, Some(0));
+        assert!(err.contains(says), "{refs:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,7 +43,9 @@ enum Command {
     /// Send a message to a tq-echo server and print what comes back.
     Echo(echo_client::EchoArgs),
     /// Fetch a URL over HTTP/3, as curl would: the body to stdout (or
-    /// -o FILE). Exit codes: 0 done, 6 cannot resolve, 7 no connection,
+    /// -o FILE); several URLs of one server go at once over one connection,
+    /// each to a file in --output-dir. Exit codes: 0 done, 6 cannot
+    /// resolve, 7 no connection,
     /// 22 HTTP status 400 or above, 23 cannot write, 28 timeout, 56 the
     /// response was cut, 1 anything else.
     Get(get::GetArgs),
