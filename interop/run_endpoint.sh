@@ -15,10 +15,11 @@
 #
 # Server cases:   handshake transfer multiconnect chacha20 keyupdate retry
 #                 resumption zerortt http3 versionnegotiation
-# Client cases:   http3 (tq-host get, every URL at once on one connection)
+# Client cases:   handshake transfer multiconnect resumption zerortt http3
+#                 (tq-host get; HTTP/0.9 but for http3)
 # Unsupported:    v2 (quiche speaks QUIC v1 only), ecn (no ECN marking),
-#                 connectionmigration (no preferred address); and every other
-#                 client case (tq-host's client speaks HTTP/3 only).
+#                 connectionmigration (no preferred address); as client
+#                 also chacha20 and keyupdate.
 #
 # Outside the runner's image the paths, port and binary can be moved with
 # WWW, CERTS, DOWNLOADS, LISTEN and TQ_HOST; INTEROP_DRY_RUN=1 prints the command
@@ -43,18 +44,27 @@ if [ -x /setup.sh ] && [ -z "${INTEROP_DRY_RUN:-}" ]; then
 fi
 
 if [ "$ROLE" = "client" ]; then
-  # tq-host get fetches over HTTP/3 only, every URL at once on one
-  # connection: the runner's http3 case. The others speak HTTP/0.9, or
-  # need new connections per file and session reuse across them.
-  case "$TESTCASE" in
-    http3) ;;
-    "") unsupported "TESTCASE is not set" ;;
-    *) unsupported "tq-host's client speaks HTTP/3 only (the runner's other client cases use HTTP/0.9)" ;;
-  esac
   DOWNLOADS=${DOWNLOADS:-/downloads}
   # The runner's certificates are its own: the client does not check them,
-  # as the other endpoints' clients do not.
+  # as the other endpoints' clients do not. tq-host get fetches every URL
+  # at once on one connection unless told otherwise; it writes TLS secrets
+  # to $SSLKEYLOGFILE and qlogs to $QLOGDIR.
   cargs=(get -k -s --timeout 30s --output-dir "$DOWNLOADS")
+  case "$TESTCASE" in
+    handshake | transfer) cargs+=(--hq) ;;
+    # A connection per file; for resumption (two files) the second resumes.
+    multiconnect | resumption) cargs+=(--hq --connection-per-url) ;;
+    # The first file, then the rest in 0-RTT on a resumed connection.
+    zerortt) cargs+=(--hq --reconnect-after-first --early-data) ;;
+    http3) ;;
+    chacha20) unsupported "tq-host's client cannot limit TLS 1.3 to ChaCha20 (BoringSSL chooses its TLS 1.3 ciphers)" ;;
+    keyupdate) unsupported "quiche 0.30 has no call to start a key update" ;;
+    v2) unsupported "quiche 0.30 speaks QUIC version 1 only" ;;
+    ecn) unsupported "tq-host neither marks packets ECT(0) nor reports ECN counts" ;;
+    connectionmigration) unsupported "quiche 0.30 reads no preferred_address to move to" ;;
+    "") unsupported "TESTCASE is not set" ;;
+    *) unsupported "unknown case" ;;
+  esac
   if [ -n "${INTEROP_DRY_RUN:-}" ]; then
     echo "$TQ_HOST ${cargs[*]} ${REQUESTS:-}"
     exit 0

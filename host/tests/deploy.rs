@@ -419,19 +419,51 @@ fn the_interop_endpoint_maps_the_runner_s_cases_onto_real_flags() {
             assert_config_checks("the zerortt config", &toml_text);
         }
     }
-    // The client plays http3: every URL at once, to the downloads.
-    let (code, out) = endpoint(&[
-        ("ROLE", "client"),
-        ("TESTCASE", "http3"),
-        ("REQUESTS", "https://server:443/a https://server:443/b"),
-    ]);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("get -k -s")
-            && out.contains("--output-dir /downloads")
-            && out.ends_with("/b\n"),
-        "{out}"
-    );
+    // The client's cases, onto `tq-host get` flags that exist.
+    let get_help = {
+        let out = Command::new(BIN)
+            .args(["get", "--help"])
+            .output()
+            .expect("get --help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (case, want) in [
+        ("http3", &[][..]),
+        ("handshake", &["--hq"][..]),
+        ("transfer", &["--hq"]),
+        ("multiconnect", &["--hq", "--connection-per-url"]),
+        ("resumption", &["--hq", "--connection-per-url"]),
+        (
+            "zerortt",
+            &["--hq", "--reconnect-after-first", "--early-data"],
+        ),
+    ] {
+        let (code, out) = endpoint(&[
+            ("ROLE", "client"),
+            ("TESTCASE", case),
+            ("REQUESTS", "https://server:443/a https://server:443/b"),
+        ]);
+        assert_eq!(code, 0, "{case}: {out}");
+        assert!(
+            out.contains("get -k -s")
+                && out.contains("--output-dir /downloads")
+                && out.ends_with("/b\n"),
+            "{out}"
+        );
+        for w in want {
+            assert!(out.contains(w), "{case}: no {w} in {out}");
+        }
+        if case == "http3" {
+            assert!(!out.contains("--hq"), "{out}");
+        }
+        let args: Vec<String> = out
+            .split_whitespace()
+            .skip(2)
+            .filter(|a| !a.starts_with("https://"))
+            .map(str::to_owned)
+            .collect();
+        assert_flags_exist(case, &args, &get_help);
+    }
     // Cases it cannot play exit 127, as the runner asks.
     for (role, case) in [
         ("server", "v2"),
@@ -439,9 +471,10 @@ fn the_interop_endpoint_maps_the_runner_s_cases_onto_real_flags() {
         ("server", "connectionmigration"),
         ("server", "no-such-case"),
         ("server", ""),
-        ("client", "handshake"),
-        ("client", "transfer"),
-        ("client", "zerortt"),
+        ("client", "chacha20"),
+        ("client", "keyupdate"),
+        ("client", "v2"),
+        ("client", "connectionmigration"),
     ] {
         let (code, out) = endpoint(&[("ROLE", role), ("TESTCASE", case)]);
         assert_eq!(code, 127, "{role} {case}: {out}");
@@ -536,6 +569,39 @@ fn the_interop_endpoint_serves_www_over_http_0_9_and_http_3() {
         spawn_listening(cmd)
     };
     let start = |case: &str| start_on(case, "127.0.0.1:0");
+    // Runs the endpoint as the client of `case` against `addr`; checks
+    // every file arrived whole.
+    let client_case = |case: &str, addr: &str| {
+        let downloads = dir.join(format!("downloads-{case}"));
+        std::fs::create_dir_all(&downloads).unwrap();
+        let requests: Vec<String> = files
+            .iter()
+            .map(|(p, _)| format!("https://{addr}{p}"))
+            .collect();
+        let out = Command::new("bash")
+            .arg(repo().join("interop/run_endpoint.sh"))
+            .env("ROLE", "client")
+            .env("TESTCASE", case)
+            .env("DOWNLOADS", &downloads)
+            .env("REQUESTS", requests.join(" "))
+            .env("TQ_HOST", BIN)
+            .output()
+            .expect("run the client");
+        assert!(
+            out.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (p, data) in &files {
+            let got = std::fs::read(downloads.join(&p[1..])).unwrap_or_default();
+            assert!(
+                got == *data,
+                "{case} {p}: {} bytes, want {}",
+                got.len(),
+                data.len()
+            );
+        }
+    };
     let cert_file = certs.join("cert.pem");
 
     // transfer: HTTP/0.9 (ALPN hq-interop), the files on one connection.
@@ -610,32 +676,13 @@ fn the_interop_endpoint_serves_www_over_http_0_9_and_http_3() {
     check("http3", &r, 1);
     // And the endpoint as the runner's client of that case: every file at
     // once, into the downloads directory, byte for byte.
-    let downloads = dir.join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
-    let requests: Vec<String> = paths.iter().map(|p| format!("https://{addr}{p}")).collect();
-    let out = Command::new("bash")
-        .arg(repo().join("interop/run_endpoint.sh"))
-        .env("ROLE", "client")
-        .env("TESTCASE", "http3")
-        .env("DOWNLOADS", &downloads)
-        .env("REQUESTS", requests.join(" "))
-        .env("TQ_HOST", BIN)
-        .output()
-        .expect("run the client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for (p, data) in &files {
-        let got = std::fs::read(downloads.join(&p[1..])).unwrap_or_default();
-        assert!(
-            got == *data,
-            "{p}: {} bytes, want {}",
-            got.len(),
-            data.len()
-        );
-    }
+    client_case("http3", &addr);
     drop(server);
+    // The endpoint against itself in the HTTP/0.9 client cases.
+    for case in ["transfer", "multiconnect", "resumption", "zerortt"] {
+        let (server, addr, _) = start(case);
+        client_case(case, &addr);
+        drop(server);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

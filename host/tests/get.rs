@@ -174,3 +174,91 @@ fn several_urls_go_at_once_over_one_connection_to_files() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn hq_fetches_http_0_9_per_connection_as_asked_and_resumes_in_0_rtt() {
+    let dir = tempfile_dir("get-hq");
+    let www = dir.join("www");
+    let dl = dir.join("dl");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::create_dir_all(&dl).unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(www.join("big"), &big).unwrap();
+    std::fs::write(www.join("small"), b"small").unwrap();
+    let conf = dir.join("early.toml");
+    std::fs::write(&conf, "[quic]\nenable_early_data = true\n").unwrap();
+    let (_server, addr) = serve(&[
+        "--app",
+        "hq",
+        "--www",
+        www.to_str().unwrap(),
+        "-c",
+        conf.to_str().unwrap(),
+    ]);
+    let url = |p: &str| format!("https://{addr}{p}");
+    let d = dl.to_str().unwrap();
+
+    // All at once on one connection; a missing file fails alone.
+    let (code, _, err) = get_args(&[
+        "-k",
+        "--hq",
+        "--output-dir",
+        d,
+        &url("/big"),
+        &url("/small"),
+        &url("/nope"),
+    ]);
+    assert_eq!(code, Some(56), "{err}");
+    assert!(err.contains("/nope") && err.contains("reset"), "{err}");
+    assert_eq!(std::fs::read(dl.join("big")).unwrap(), big);
+    assert_eq!(std::fs::read(dl.join("small")).unwrap(), b"small");
+
+    // A connection per URL.
+    let (code, out, err) = get_args(&[
+        "-k",
+        "--hq",
+        "--connection-per-url",
+        "-w",
+        "%{size_download}\\n",
+        "--output-dir",
+        d,
+        &url("/big"),
+        &url("/small"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out), "300000\n5\n");
+
+    // The first alone, the rest on a second connection that resumes and
+    // sends them in 0-RTT: the client's qlog of that connection shows 0-RTT
+    // packets.
+    let qlogs = dir.join("qlog");
+    std::fs::create_dir_all(&qlogs).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "get",
+            "-k",
+            "--hq",
+            "--reconnect-after-first",
+            "--early-data",
+            "--output-dir",
+            d,
+        ])
+        .args([url("/small"), url("/big"), url("/small")])
+        .env("QLOGDIR", &qlogs)
+        .output()
+        .expect("run get");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(dl.join("big")).unwrap(), big);
+    let logs: Vec<String> = std::fs::read_dir(&qlogs)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(logs.len(), 2, "two connections");
+    let early = logs.iter().filter(|l| l.contains("\"0RTT\"")).count();
+    assert_eq!(early, 1, "exactly one connection sent 0-RTT packets");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,7 +17,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::Failure;
 use crate::http3::{H3Client, Header, Http3Settings, InboundFrame, NameValue};
-use crate::quic::{ConnectionParams, QuicSettings};
+use crate::metrics::DefaultMetrics;
+use crate::quic::{ConnectionParams, Connector, QuicSettings};
 
 /// Flags of `tq-host get`.
 #[derive(Debug, Args, Clone)]
@@ -59,6 +60,28 @@ pub(super) struct GetArgs {
     /// several URLs.
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
+
+    /// Speak HTTP/0.9 over QUIC (ALPN `hq-interop`, the QUIC Interop
+    /// Runner's protocol) instead of HTTP/3: `GET /path` per stream, the
+    /// body as the answer; no methods, headers or status.
+    #[arg(long, conflicts_with_all = ["data", "method", "headers", "include", "head"])]
+    hq: bool,
+
+    /// Open a connection per URL, one after the other, instead of one for
+    /// all; the later ones resume the first's TLS session.
+    #[arg(long, conflicts_with = "reconnect_after_first")]
+    connection_per_url: bool,
+
+    /// Fetch the first URL on a connection of its own, then the rest
+    /// together on a second one, which resumes the first's TLS session
+    /// (and, with --early-data, sends them in 0-RTT).
+    #[arg(long)]
+    reconnect_after_first: bool,
+
+    /// On a resumed connection, send the requests in 0-RTT, before the
+    /// handshake completes (only GET, HEAD, OPTIONS and TRACE go early).
+    #[arg(long)]
+    early_data: bool,
 
     /// After the transfer, print FORMAT to standard output with
     /// `%{http_code}`, `%{time_connect}`, `%{time_starttransfer}`,
@@ -199,68 +222,74 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
         }
     });
 
+    let alpn = if args.hq { "hq-interop" } else { "h3" };
     let settings = QuicSettings {
         max_idle_timeout: args.timeout,
+        alpn: vec![alpn.into()],
+        enable_early_data: args.early_data,
+        // As curl and the QUIC Interop Runner's clients do: TLS secrets and
+        // qlogs where the environment asks for them.
+        keylog_file: std::env::var_os("SSLKEYLOGFILE").map(Into::into),
+        qlog_dir: std::env::var_os("QLOGDIR").map(Into::into),
         ..Default::default()
     };
     let mut params = ConnectionParams::new_client(settings).verify_peer(!args.insecure);
     if let Some(ca) = &args.ca {
         params = params.ca_file(ca);
     }
-    // The timeout bounds connecting and waiting for the response head,
-    // and is the connection's idle timeout; a body that keeps flowing may
-    // take as long as it takes (a 10 GiB download is not cut at 10 s).
-    let client = match tokio::time::timeout(
-        args.timeout,
-        H3Client::connect(addr, host, &params, Http3Settings::default()),
-    )
-    .await
-    {
-        Err(_) => {
-            return Err(fail(
-                exit::TIMEOUT,
-                anyhow::anyhow!("no connection to {addr} within {:?}", args.timeout),
-            ))
-        }
-        Ok(Err(e)) => return Err(fail(exit::CONNECT, anyhow::Error::new(e))),
-        Ok(Ok(c)) => c,
+    // One TLS context for every connection; with --connection-per-url the
+    // later connections resume the first's session.
+    let connector = Connector::new(params, DefaultMetrics::default())
+        .map_err(|e| fail(exit::CONNECT, anyhow::Error::new(e)))?;
+    let groups: Vec<Vec<usize>> = if args.connection_per_url {
+        (0..urls.len()).map(|i| vec![i]).collect()
+    } else if args.reconnect_after_first && urls.len() > 1 {
+        vec![vec![0], (1..urls.len()).collect()]
+    } else {
+        vec![(0..urls.len()).collect()]
     };
-    let connect = started.elapsed();
-    let request = Request {
-        handle: client.handle().clone(),
-        method,
-        authority: url
-            .authority()
-            .map_or_else(String::new, |a| a.as_str().to_owned()),
-        headers: args.headers.clone(),
-        body,
-        include: args.include || args.head,
-        timeout: args.timeout,
-        // One progress line makes sense for one transfer.
-        progress: urls.len() == 1 && !args.silent,
-        started,
-    };
-    // Every URL at once on the connection; the answers in URL order.
-    let mut fetches = tokio::task::JoinSet::new();
-    for (i, (u, out)) in urls.iter().zip(outputs).enumerate() {
-        let path = u.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        let request = request.clone();
-        fetches.spawn(async move { (i, request.fetch(&path, out).await) });
-    }
+    let mut outputs: Vec<Option<Output>> = outputs.into_iter().map(Some).collect();
     let mut results: Vec<Option<anyhow::Result<Timings>>> = (0..urls.len()).map(|_| None).collect();
-    while let Some(done) = fetches.join_next().await {
-        let (i, r) = done.context("a transfer's task failed")?;
-        results[i] = Some(r);
+    let authority = url
+        .authority()
+        .map_or_else(String::new, |a| a.as_str().to_owned());
+    for group in groups {
+        let mut out_of = |i: usize| outputs[i].take().unwrap_or(Output::Stdout);
+        let paths: Vec<(usize, String, Output)> = group
+            .iter()
+            .map(|&i| {
+                let path = urls[i]
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                (i, path, out_of(i))
+            })
+            .collect();
+        let ended = if args.hq {
+            hq_group(&connector, addr, host, args.timeout, started, paths).await
+        } else {
+            let request = RequestShape {
+                method: method.clone(),
+                authority: authority.clone(),
+                headers: args.headers.clone(),
+                body: body.clone(),
+                include: args.include || args.head,
+                timeout: args.timeout,
+                // One progress line makes sense for one transfer.
+                progress: urls.len() == 1 && !args.silent,
+                started,
+            };
+            h3_group(&connector, addr, host, request, paths).await
+        };
+        for (i, r) in ended {
+            results[i] = Some(r);
+        }
     }
-    client.handle().close(crate::http3::H3_NO_ERROR, "");
-    // Let the CONNECTION_CLOSE go out before the process exits.
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.connection().closed()).await;
     let mut first_error = None;
     for (u, r) in urls.iter().zip(results) {
         let r = r.unwrap_or_else(|| Err(anyhow::anyhow!("not fetched")));
         match r {
-            Ok(mut t) => {
-                t.connect = connect;
+            Ok(t) => {
                 if let Some(format) = &args.write_out {
                     print!("{}", write_out(format, &t));
                 }
@@ -284,6 +313,160 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
     first_error.map_or(Ok(()), Err)
 }
 
+/// A connection to `addr` for `host` within `timeout`, or why not.
+async fn connect_within<T, F: std::future::Future<Output = Result<T, crate::quic::QuicError>>>(
+    timeout: Duration,
+    addr: std::net::SocketAddr,
+    connecting: F,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => Err(fail(
+            exit::TIMEOUT,
+            anyhow::anyhow!("no connection to {addr} within {timeout:?}"),
+        )),
+        Ok(Err(e)) => Err(fail(exit::CONNECT, anyhow::Error::new(e))),
+        Ok(Ok(c)) => Ok(c),
+    }
+}
+
+/// Fetches `paths` over one HTTP/3 connection, all at once.
+async fn h3_group(
+    connector: &Connector<DefaultMetrics>,
+    addr: std::net::SocketAddr,
+    host: &str,
+    shape: RequestShape,
+    paths: Vec<(usize, String, Output)>,
+) -> Vec<(usize, anyhow::Result<Timings>)> {
+    let connecting = H3Client::connect_with(connector, addr, host, Http3Settings::default());
+    let client = match connect_within(shape.timeout, addr, connecting).await {
+        Ok(c) => c,
+        Err(e) => return fail_all(paths, &e),
+    };
+    let connect = shape.started.elapsed();
+    let request = Request {
+        handle: client.handle().clone(),
+        shape,
+    };
+    // Every URL at once on the connection.
+    let mut fetches = tokio::task::JoinSet::new();
+    for (i, path, out) in paths {
+        let request = request.clone();
+        fetches.spawn(async move { (i, request.fetch(&path, out).await) });
+    }
+    let mut ended = Vec::new();
+    while let Some(done) = fetches.join_next().await {
+        match done {
+            Ok((i, r)) => ended.push((
+                i,
+                r.map(|mut t| {
+                    t.connect = connect;
+                    t
+                }),
+            )),
+            Err(e) => tracing::warn!(error = %e, "a transfer's task failed"),
+        }
+    }
+    client.handle().close(crate::http3::H3_NO_ERROR, "");
+    // Let the CONNECTION_CLOSE go out before the process exits.
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.connection().closed()).await;
+    ended
+}
+
+/// Fetches `paths` over one HTTP/0.9 connection (ALPN hq-interop), all
+/// at once.
+async fn hq_group(
+    connector: &Connector<DefaultMetrics>,
+    addr: std::net::SocketAddr,
+    host: &str,
+    timeout: Duration,
+    started: Instant,
+    paths: Vec<(usize, String, Output)>,
+) -> Vec<(usize, anyhow::Result<Timings>)> {
+    let mut fetches = Vec::new();
+    let mut order = Vec::new();
+    for (i, path, out) in paths {
+        let sink = match out {
+            Output::Stdout => super::hq_client::Sink::Stdout,
+            Output::File(p) => match std::fs::File::create(&p) {
+                Ok(f) => super::hq_client::Sink::File(f),
+                Err(e) => {
+                    let e = fail(
+                        exit::WRITE,
+                        anyhow::anyhow!("cannot create {}: {e}", p.display()),
+                    );
+                    return fail_all(vec![(i, path, Output::Stdout)], &e);
+                }
+            },
+        };
+        order.push(i);
+        fetches.push(super::hq_client::Fetch { path, sink });
+    }
+    let failed = |e: &anyhow::Error| {
+        order
+            .iter()
+            .map(|&i| (i, Err(anyhow::anyhow!("{e:#}"))))
+            .collect()
+    };
+    let bind: std::net::SocketAddr = if addr.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = match tokio::net::UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) => return failed(&fail(exit::CONNECT, anyhow::anyhow!("cannot bind: {e}"))),
+    };
+    if let Err(e) = socket.connect(addr).await {
+        return failed(&fail(
+            exit::CONNECT,
+            anyhow::anyhow!("cannot reach {addr}: {e}"),
+        ));
+    }
+    let (app, answers) = super::hq_client::HqFetch::new(fetches);
+    let handle =
+        match connect_within(timeout, addr, connector.connect(socket, Some(host), app)).await {
+            Ok(h) => h,
+            Err(e) => return failed(&e),
+        };
+    let connect = started.elapsed();
+    let Ok(outcomes) = answers.await else {
+        let e = fail(
+            exit::RECEIVE,
+            anyhow::anyhow!("the connection closed before the answers ended"),
+        );
+        return failed(&e);
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), handle.closed()).await;
+    order
+        .into_iter()
+        .zip(outcomes)
+        .map(|(i, o)| {
+            let r = o
+                .map(|size| Timings {
+                    connect,
+                    first_byte: connect,
+                    total: started.elapsed(),
+                    size,
+                    status: 200,
+                })
+                .map_err(|why| fail(exit::RECEIVE, anyhow::anyhow!(why)));
+            (i, r)
+        })
+        .collect()
+}
+
+/// The same failure for every path of a group.
+fn fail_all(
+    paths: Vec<(usize, String, Output)>,
+    e: &anyhow::Error,
+) -> Vec<(usize, anyhow::Result<Timings>)> {
+    let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
+    paths
+        .into_iter()
+        .map(|(i, ..)| (i, Err(fail(code, anyhow::anyhow!("{e:#}")))))
+        .collect()
+}
+
 /// Where one body goes.
 enum Output {
     Stdout,
@@ -302,10 +485,9 @@ fn file_name(path: &str) -> anyhow::Result<String> {
     Ok(name.to_owned())
 }
 
-/// What every transfer of one invocation shares.
+/// What every HTTP/3 transfer of one invocation shares.
 #[derive(Clone)]
-struct Request {
-    handle: crate::http3::H3Handle,
+struct RequestShape {
     method: String,
     authority: String,
     headers: Vec<(String, String)>,
@@ -314,6 +496,20 @@ struct Request {
     timeout: Duration,
     progress: bool,
     started: Instant,
+}
+
+/// A request's shape and the connection it goes on.
+#[derive(Clone)]
+struct Request {
+    handle: crate::http3::H3Handle,
+    shape: RequestShape,
+}
+
+impl std::ops::Deref for Request {
+    type Target = RequestShape;
+    fn deref(&self) -> &RequestShape {
+        &self.shape
+    }
 }
 
 impl Request {

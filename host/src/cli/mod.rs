@@ -7,6 +7,7 @@ mod check;
 mod config;
 mod echo_client;
 mod get;
+mod hq_client;
 mod new;
 mod plan;
 mod serve;
