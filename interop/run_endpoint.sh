@@ -15,7 +15,7 @@
 #
 # Server cases:   handshake transfer multiconnect chacha20 keyupdate retry
 #                 resumption zerortt http3 versionnegotiation
-# Client cases:   handshake transfer multiconnect resumption zerortt http3
+# Client cases:   handshake transfer retry multiconnect resumption zerortt http3
 #                 (tq-host get; HTTP/0.9 but for http3)
 # Unsupported:    v2 (quiche speaks QUIC v1 only), ecn (no ECN marking),
 #                 connectionmigration (no preferred address); as client
@@ -51,7 +51,7 @@ if [ "$ROLE" = "client" ]; then
   # to $SSLKEYLOGFILE and qlogs to $QLOGDIR.
   cargs=(get -k -s --timeout 30s --output-dir "$DOWNLOADS")
   case "$TESTCASE" in
-    handshake | transfer) cargs+=(--hq) ;;
+    handshake | transfer | retry) cargs+=(--hq) ;;
     # A connection per file; for resumption (two files) the second resumes.
     multiconnect | resumption) cargs+=(--hq --connection-per-url) ;;
     # The first file, then the rest in 0-RTT on a resumed connection.

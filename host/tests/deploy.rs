@@ -574,6 +574,8 @@ fn the_interop_endpoint_serves_www_over_http_0_9_and_http_3() {
     let client_case = |case: &str, addr: &str| {
         let downloads = dir.join(format!("downloads-{case}"));
         std::fs::create_dir_all(&downloads).unwrap();
+        let qlogs = dir.join(format!("qlog-{case}"));
+        std::fs::create_dir_all(&qlogs).unwrap();
         let requests: Vec<String> = files
             .iter()
             .map(|(p, _)| format!("https://{addr}{p}"))
@@ -585,12 +587,31 @@ fn the_interop_endpoint_serves_www_over_http_0_9_and_http_3() {
             .env("DOWNLOADS", &downloads)
             .env("REQUESTS", requests.join(" "))
             .env("TQ_HOST", BIN)
+            .env("QLOGDIR", &qlogs)
             .output()
             .expect("run the client");
         assert!(
             out.status.success(),
             "{case}: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        // What the runner checks in its traces: connections per case, and
+        // 0-RTT for zerortt (the client's qlogs here).
+        let logs: Vec<String> = std::fs::read_dir(&qlogs)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        let connections = match case {
+            "multiconnect" | "resumption" => files.len(),
+            "zerortt" => 2,
+            _ => 1,
+        };
+        assert_eq!(logs.len(), connections, "{case}: connections");
+        let early = logs.iter().filter(|l| l.contains("\"0RTT\"")).count();
+        assert_eq!(
+            early,
+            usize::from(case == "zerortt"),
+            "{case}: 0-RTT connections"
         );
         for (p, data) in &files {
             let got = std::fs::read(downloads.join(&p[1..])).unwrap_or_default();

@@ -185,6 +185,7 @@ fn hq_fetches_http_0_9_per_connection_as_asked_and_resumes_in_0_rtt() {
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(www.join("big"), &big).unwrap();
     std::fs::write(www.join("small"), b"small").unwrap();
+    std::fs::write(www.join("small2"), b"small2").unwrap();
     let conf = dir.join("early.toml");
     std::fs::write(&conf, "[quic]\nenable_early_data = true\n").unwrap();
     let (_server, addr) = serve(&[
@@ -243,7 +244,7 @@ fn hq_fetches_http_0_9_per_connection_as_asked_and_resumes_in_0_rtt() {
             "--output-dir",
             d,
         ])
-        .args([url("/small"), url("/big"), url("/small")])
+        .args([url("/small"), url("/big"), url("/small2")])
         .env("QLOGDIR", &qlogs)
         .output()
         .expect("run get");
@@ -260,5 +261,46 @@ fn hq_fetches_http_0_9_per_connection_as_asked_and_resumes_in_0_rtt() {
     assert_eq!(logs.len(), 2, "two connections");
     let early = logs.iter().filter(|l| l.contains("\"0RTT\"")).count();
     assert_eq!(early, 1, "exactly one connection sent 0-RTT packets");
+
+    // Two URLs saved under one name are refused before connecting.
+    let (code, _, err) = get_args(&[
+        "-k",
+        "--hq",
+        "--output-dir",
+        d,
+        &url("/small"),
+        &url("/x/small"),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("saved as small"), "{err}");
+
+    // Nothing listening: the first connection fails, the rest fail at once
+    // with it (not a timeout each), with curl's exit code.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = |p: &str| format!("https://127.0.0.1:{port}{p}");
+    let started = std::time::Instant::now();
+    let (code, _, err) = get_args(&[
+        "-k",
+        "--hq",
+        "--connection-per-url",
+        "--timeout",
+        "1s",
+        "--output-dir",
+        d,
+        &gone("/a"),
+        &gone("/b"),
+        &gone("/c"),
+    ]);
+    assert!(matches!(code, Some(7) | Some(28)), "{code:?}: {err}");
+    assert!(err.contains("3 of 3 URLs failed"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

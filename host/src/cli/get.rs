@@ -190,10 +190,22 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
     // without touching the network.
     let outputs: Vec<Output> = match &args.output_dir {
         None => vec![args.output.clone().map_or(Output::Stdout, Output::File)],
-        Some(dir) => urls
-            .iter()
-            .map(|u| file_name(u.path()).map(|n| Output::File(dir.join(n))))
-            .collect::<anyhow::Result<_>>()?,
+        Some(dir) => {
+            let names: Vec<String> = urls
+                .iter()
+                .map(|u| file_name(u.path()))
+                .collect::<anyhow::Result<_>>()?;
+            let mut seen = std::collections::HashSet::new();
+            if let Some(twice) = names.iter().find(|n| !seen.insert(n.as_str())) {
+                anyhow::bail!(
+                    "two URLs would be saved as {twice} in --output-dir: give each its own name"
+                );
+            }
+            names
+                .into_iter()
+                .map(|n| Output::File(dir.join(n)))
+                .collect()
+        }
     };
 
     let body = match args.data.as_deref() {
@@ -253,6 +265,7 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
     let authority = url
         .authority()
         .map_or_else(String::new, |a| a.as_str().to_owned());
+    let mut unreachable: Option<anyhow::Error> = None;
     for group in groups {
         let mut out_of = |i: usize| outputs[i].take().unwrap_or(Output::Stdout);
         let paths: Vec<(usize, String, Output)> = group
@@ -265,7 +278,15 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
                 (i, path, out_of(i))
             })
             .collect();
-        let ended = if args.hq {
+        if let Some(e) = &unreachable {
+            // No connection last time: the server is not there; the rest
+            // fail the same way at once rather than a timeout each.
+            for (i, r) in fail_all(paths, e) {
+                results[i] = Some(r);
+            }
+            continue;
+        }
+        let (ended, connected) = if args.hq {
             hq_group(&connector, addr, host, args.timeout, started, paths).await
         } else {
             let request = RequestShape {
@@ -281,11 +302,18 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
             };
             h3_group(&connector, addr, host, request, paths).await
         };
+        if !connected {
+            unreachable = ended.iter().find_map(|(_, r)| r.as_ref().err()).map(|e| {
+                let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
+                fail(code, anyhow::anyhow!("{e:#}"))
+            });
+        }
         for (i, r) in ended {
             results[i] = Some(r);
         }
     }
     let mut first_error = None;
+    let mut failures = 0;
     for (u, r) in urls.iter().zip(results) {
         let r = r.unwrap_or_else(|| Err(anyhow::anyhow!("not fetched")));
         match r {
@@ -293,16 +321,18 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
                 if let Some(format) = &args.write_out {
                     print!("{}", write_out(format, &t));
                 }
-                if t.status >= 400 && first_error.is_none() {
-                    let what = if urls.len() > 1 {
-                        format!("{u}: server answered {}", t.status)
-                    } else {
-                        format!("server answered {}", t.status)
-                    };
-                    first_error = Some(fail(exit::HTTP, anyhow::anyhow!(what)));
+                if t.status >= 400 {
+                    failures += 1;
+                    if urls.len() > 1 {
+                        eprintln!("tq-host get: {u}: server answered {}", t.status);
+                    }
+                    first_error.get_or_insert_with(|| {
+                        fail(exit::HTTP, anyhow::anyhow!("server answered {}", t.status))
+                    });
                 }
             }
             Err(e) => {
+                failures += 1;
                 if urls.len() > 1 {
                     eprintln!("tq-host get: {u}: {e:#}");
                 }
@@ -310,7 +340,20 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
             }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    match first_error {
+        None => Ok(()),
+        Some(e) if urls.len() == 1 => Err(e),
+        // Each failure was printed above: the summary keeps the first's
+        // exit code.
+        Some(e) => {
+            let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
+            let failed = failures.max(1);
+            Err(fail(
+                code,
+                anyhow::anyhow!("{failed} of {} URLs failed", urls.len()),
+            ))
+        }
+    }
 }
 
 /// A connection to `addr` for `host` within `timeout`, or why not.
@@ -329,18 +372,19 @@ async fn connect_within<T, F: std::future::Future<Output = Result<T, crate::quic
     }
 }
 
-/// Fetches `paths` over one HTTP/3 connection, all at once.
+/// Fetches `paths` over one HTTP/3 connection, all at once; whether the
+/// connection was made.
 async fn h3_group(
     connector: &Connector<DefaultMetrics>,
     addr: std::net::SocketAddr,
     host: &str,
     shape: RequestShape,
     paths: Vec<(usize, String, Output)>,
-) -> Vec<(usize, anyhow::Result<Timings>)> {
+) -> (Vec<(usize, anyhow::Result<Timings>)>, bool) {
     let connecting = H3Client::connect_with(connector, addr, host, Http3Settings::default());
     let client = match connect_within(shape.timeout, addr, connecting).await {
         Ok(c) => c,
-        Err(e) => return fail_all(paths, &e),
+        Err(e) => return (fail_all(paths, &e), false),
     };
     let connect = shape.started.elapsed();
     let request = Request {
@@ -369,11 +413,11 @@ async fn h3_group(
     client.handle().close(crate::http3::H3_NO_ERROR, "");
     // Let the CONNECTION_CLOSE go out before the process exits.
     let _ = tokio::time::timeout(Duration::from_secs(1), client.connection().closed()).await;
-    ended
+    (ended, true)
 }
 
 /// Fetches `paths` over one HTTP/0.9 connection (ALPN hq-interop), all
-/// at once.
+/// at once; whether the connection was made.
 async fn hq_group(
     connector: &Connector<DefaultMetrics>,
     addr: std::net::SocketAddr,
@@ -381,32 +425,26 @@ async fn hq_group(
     timeout: Duration,
     started: Instant,
     paths: Vec<(usize, String, Output)>,
-) -> Vec<(usize, anyhow::Result<Timings>)> {
-    let mut fetches = Vec::new();
-    let mut order = Vec::new();
-    for (i, path, out) in paths {
-        let sink = match out {
-            Output::Stdout => super::hq_client::Sink::Stdout,
-            Output::File(p) => match std::fs::File::create(&p) {
-                Ok(f) => super::hq_client::Sink::File(f),
-                Err(e) => {
-                    let e = fail(
-                        exit::WRITE,
-                        anyhow::anyhow!("cannot create {}: {e}", p.display()),
-                    );
-                    return fail_all(vec![(i, path, Output::Stdout)], &e);
-                }
-            },
-        };
-        order.push(i);
-        fetches.push(super::hq_client::Fetch { path, sink });
-    }
-    let failed = |e: &anyhow::Error| {
+) -> (Vec<(usize, anyhow::Result<Timings>)>, bool) {
+    use super::hq_client::{Fetch, HqFetch, Sink, Why};
+    let order: Vec<usize> = paths.iter().map(|(i, ..)| *i).collect();
+    let failed = |e: &anyhow::Error| -> Vec<(usize, anyhow::Result<Timings>)> {
+        let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
         order
             .iter()
-            .map(|&i| (i, Err(anyhow::anyhow!("{e:#}"))))
+            .map(|&i| (i, Err(fail(code, anyhow::anyhow!("{e:#}")))))
             .collect()
     };
+    let fetches: Vec<Fetch> = paths
+        .into_iter()
+        .map(|(_, path, out)| Fetch {
+            path,
+            sink: match out {
+                Output::Stdout => Sink::Stdout,
+                Output::File(p) => Sink::Path(p),
+            },
+        })
+        .collect();
     let bind: std::net::SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -414,45 +452,52 @@ async fn hq_group(
     };
     let socket = match tokio::net::UdpSocket::bind(bind).await {
         Ok(s) => s,
-        Err(e) => return failed(&fail(exit::CONNECT, anyhow::anyhow!("cannot bind: {e}"))),
+        Err(e) => {
+            let e = fail(exit::CONNECT, anyhow::anyhow!("cannot bind: {e}"));
+            return (failed(&e), false);
+        }
     };
     if let Err(e) = socket.connect(addr).await {
-        return failed(&fail(
-            exit::CONNECT,
-            anyhow::anyhow!("cannot reach {addr}: {e}"),
-        ));
+        let e = fail(exit::CONNECT, anyhow::anyhow!("cannot reach {addr}: {e}"));
+        return (failed(&e), false);
     }
-    let (app, answers) = super::hq_client::HqFetch::new(fetches);
+    let (app, answers) = HqFetch::new(fetches, timeout);
     let handle =
         match connect_within(timeout, addr, connector.connect(socket, Some(host), app)).await {
             Ok(h) => h,
-            Err(e) => return failed(&e),
+            Err(e) => return (failed(&e), false),
         };
     let connect = started.elapsed();
+    // The app reports when every answer has ended, or when the connection
+    // does (it goes with the connection).
     let Ok(outcomes) = answers.await else {
         let e = fail(
             exit::RECEIVE,
-            anyhow::anyhow!("the connection closed before the answers ended"),
+            anyhow::anyhow!("the connection ended before the answers"),
         );
-        return failed(&e);
+        return (failed(&e), true);
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), handle.closed()).await;
-    order
+    let ended = order
         .into_iter()
         .zip(outcomes)
         .map(|(i, o)| {
-            let r = o
-                .map(|size| Timings {
+            let r = match o {
+                Ok(size) => Ok(Timings {
                     connect,
                     first_byte: connect,
                     total: started.elapsed(),
                     size,
                     status: 200,
-                })
-                .map_err(|why| fail(exit::RECEIVE, anyhow::anyhow!(why)));
+                }),
+                Err(Why::Write(m)) => Err(fail(exit::WRITE, anyhow::anyhow!(m))),
+                Err(Why::Cut(m)) => Err(fail(exit::RECEIVE, anyhow::anyhow!(m))),
+                Err(Why::Timeout(m)) => Err(fail(exit::TIMEOUT, anyhow::anyhow!(m))),
+            };
             (i, r)
         })
-        .collect()
+        .collect();
+    (ended, true)
 }
 
 /// The same failure for every path of a group.

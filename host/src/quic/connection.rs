@@ -358,7 +358,7 @@ impl ConnectionHandle {
             .await
             .map_err(QuicError::io("connect"))?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let closed = || QuicError::HandshakeFailed("the connection has ended".into());
+        let closed = || QuicError::Closed("the connection has ended".into());
         commands
             .send(super::migrate::WorkerCommand::Migrate { socket, reply })
             .map_err(|_| closed())?;

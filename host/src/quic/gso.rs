@@ -58,12 +58,14 @@ impl GsoBatch {
         capacity - self.len >= max && self.count < self.max_segments
     }
 
-    /// Whether a packet of `n` bytes to `to`, just written at
-    /// [`offset`](Self::offset), may join. If not, the caller sends the batch
-    /// ([`take`](Self::take)) and moves the packet to the front of the buffer.
-    pub(crate) fn admits(&self, n: usize, to: SocketAddr) -> bool {
-        let same_dest = self.to.is_none_or(|t| t == to);
-        same_dest && !(self.count > 0 && n > self.segment)
+    /// Whether a packet of `n` bytes from `from` to `to`, just written at
+    /// [`offset`](Self::offset), may join: one send has one destination and
+    /// one source (a migrating client has packets for two paths). If not,
+    /// the caller sends the batch ([`take`](Self::take)) and moves the
+    /// packet to the front of the buffer.
+    pub(crate) fn admits(&self, n: usize, to: SocketAddr, from: SocketAddr) -> bool {
+        let same_path = self.to.is_none_or(|t| t == to) && self.from.is_none_or(|f| f == from);
+        same_path && !(self.count > 0 && n > self.segment)
     }
 
     /// Adds the packet of `n` bytes written at [`offset`](Self::offset). Returns
@@ -117,12 +119,12 @@ mod tests {
     fn equal_packets_share_a_send_and_a_short_one_ends_it() {
         let (a, me) = (addr(1), addr(9));
         let mut b = GsoBatch::new(8);
-        assert!(b.admits(1200, a));
+        assert!(b.admits(1200, a, me));
         assert!(!b.push(1200, a, me));
         assert_eq!(b.offset(), 1200);
-        assert!(b.admits(1200, a));
+        assert!(b.admits(1200, a, me));
         assert!(!b.push(1200, a, me));
-        assert!(b.admits(500, a));
+        assert!(b.admits(500, a, me));
         assert!(b.push(500, a, me), "a short packet closes the batch");
         assert_eq!(
             b.take(),
@@ -143,13 +145,17 @@ mod tests {
         let (a, c, me) = (addr(1), addr(2), addr(9));
         let mut b = GsoBatch::new(8);
         b.push(1000, a, me);
-        assert!(!b.admits(1200, a));
-        assert!(!b.admits(1000, c));
-        assert!(b.admits(1000, a));
+        assert!(!b.admits(1200, a, me));
+        assert!(!b.admits(1000, c, me));
+        assert!(b.admits(1000, a, me));
         let sent = b.take().unwrap();
         assert_eq!((sent.len, sent.segment, sent.count), (1000, None, 1));
-        assert!(b.admits(1200, c), "an empty batch takes anything");
+        assert!(b.admits(1200, c, me), "an empty batch takes anything");
         b.push(1200, c, me);
+        assert!(
+            !b.admits(1200, c, addr(8)),
+            "another source starts a new batch"
+        );
         assert_eq!(b.take().map(|s| s.to), Some(c));
     }
 

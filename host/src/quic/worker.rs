@@ -207,6 +207,15 @@ impl<M: Metrics> WorkerParts<M> {
 
         loop {
             received += self.drain_inbox();
+            // A migration asked for while the connection is busy (the wait
+            // below may not be reached for many turns).
+            while let Some(cmd) = self
+                .migration
+                .as_mut()
+                .and_then(|m| m.commands.try_recv().ok())
+            {
+                self.on_command(cmd);
+            }
             // A turn that follows a bounded flush did not wait on the timer,
             // so fire it here if it is due.
             if self
@@ -366,14 +375,7 @@ impl<M: Metrics> WorkerParts<M> {
                 }
                 Wake::App(Ok(())) => {}
                 Wake::App(Err(e)) => self.fail(&mut result, &mut stage, e),
-                Wake::Command(WorkerCommand::Migrate { socket, reply }) => {
-                    let moved = self.migrate(socket);
-                    match &moved {
-                        Ok(to) => info!(%to, "moving the connection to a new local address"),
-                        Err(e) => info!(error = %e, "migration refused"),
-                    }
-                    let _ = reply.send(moved);
-                }
+                Wake::Command(cmd) => self.on_command(cmd),
             }
             if self.conn.is_closed() {
                 break;
@@ -403,6 +405,19 @@ impl<M: Metrics> WorkerParts<M> {
             .send_replace(ConnectionState::Closed(Arc::new(outcome)));
     }
 
+    fn on_command(&mut self, cmd: WorkerCommand) {
+        match cmd {
+            WorkerCommand::Migrate { socket, reply } => {
+                let moved = self.migrate(socket);
+                match &moved {
+                    Ok(to) => info!(%to, "moving the connection to a new local address"),
+                    Err(e) => info!(error = %e, "migration refused"),
+                }
+                let _ = reply.send(moved);
+            }
+        }
+    }
+
     /// Moves the connection's active path to `socket` (see
     /// `ConnectionHandle::migrate`); the new local address.
     fn migrate(
@@ -418,6 +433,17 @@ impl<M: Metrics> WorkerParts<M> {
         if !self.conn.is_established() {
             return Err(QuicError::InvalidSettings(
                 "the handshake is not done yet".into(),
+            ));
+        }
+        // RFC 9000 §9: a client MUST NOT move when the server said so
+        // (quiche 0.30 does not check).
+        if self
+            .conn
+            .peer_transport_params()
+            .is_some_and(|p| p.disable_active_migration)
+        {
+            return Err(QuicError::InvalidSettings(
+                "the server asked clients not to migrate (disable_active_migration)".into(),
             ));
         }
         let qs = Arc::new(
@@ -438,7 +464,7 @@ impl<M: Metrics> WorkerParts<M> {
         let inbox = m
             .inbox
             .upgrade()
-            .ok_or_else(|| QuicError::HandshakeFailed("the connection has ended".into()))?;
+            .ok_or_else(|| QuicError::Closed("the connection has ended".into()))?;
         // Owned by the worker: stopped when it ends, or when the socket is
         // the oldest of too many.
         let stop = m.stop.child_token();
@@ -640,7 +666,7 @@ impl<M: Metrics> WorkerParts<M> {
                 match self.conn.send(&mut out[at..at + max]) {
                     Ok((n, info)) => {
                         packets += 1;
-                        if !batch.admits(n, info.to) {
+                        if !batch.admits(n, info.to, info.from) {
                             // Send the batch, then start anew with this packet
                             // at the front.
                             self.send_batch(out, batch.take()).await;
@@ -674,18 +700,27 @@ impl<M: Metrics> WorkerParts<M> {
         let Some(s) = send else {
             return;
         };
-        // A migrated client sends from the socket of the path's address.
-        let socket = self
-            .migration
-            .as_ref()
-            .and_then(|m| {
-                m.sockets
+        // A migrated client sends from the socket of the path's address; a
+        // path whose socket is no longer kept sends nothing (its packets
+        // would leave from the wrong address).
+        let socket = match &self.migration {
+            Some(m) if !m.sockets.is_empty() && s.from != self.socket.local_addr() => {
+                match m
+                    .sockets
                     .iter()
                     .rev()
                     .map(|(q, _)| q)
                     .find(|q| q.local_addr() == s.from)
-            })
-            .unwrap_or(&self.socket);
+                {
+                    Some(q) => q,
+                    None => {
+                        debug!(from = %s.from, "no socket for this path any more; packet dropped");
+                        return;
+                    }
+                }
+            }
+            _ => &self.socket,
+        };
         let src = socket.source_ip(s.from);
         match socket.send(s.to, src, &out[..s.len], s.segment).await {
             Ok(()) => self.metrics.packets_out(s.count as u64, s.len as u64),
