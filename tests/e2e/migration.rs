@@ -175,3 +175,41 @@ async fn our_client_moves_to_a_new_socket_and_keeps_its_requests() {
     assert_eq!(seen.last(), Some(&moved), "{seen:?}");
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_client_does_not_move_when_the_server_says_not_to() {
+    init_tracing();
+    let server = H3TestServer::start(
+        QuicSettings {
+            disable_active_migration: true,
+            ..QuicSettings::default()
+        },
+        Http3Settings::default(),
+        H3App::Handler(Arc::new(WelcomePage)),
+    )
+    .await;
+    let c = tq_host::http3::H3Client::connect(
+        server.addr,
+        "localhost",
+        &server.client_params(),
+        Http3Settings::default(),
+    )
+    .await
+    .expect("connect");
+    assert_eq!(c.request("GET", "/", None).await.unwrap().status, 200);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let refused = c.connection().migrate(socket).await.expect_err("the move");
+    assert!(
+        refused.to_string().contains("disable_active_migration"),
+        "{refused}"
+    );
+    // Still served where it was.
+    assert_eq!(
+        c.request("GET", "/bytes/1000", None)
+            .await
+            .unwrap()
+            .body
+            .len(),
+        1000
+    );
+}
