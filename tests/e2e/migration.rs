@@ -16,15 +16,20 @@ use tq_host::quic::QuicSettings;
 /// addresses used before.
 const MOVES: usize = 12;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_rebinding_a_dozen_times_keeps_its_connection() {
-    init_tracing();
-    let mut server = H3TestServer::start(
-        QuicSettings::default(),
+/// A server answering with the built-in site.
+async fn site(settings: QuicSettings) -> H3TestServer {
+    H3TestServer::start(
+        settings,
         Http3Settings::default(),
         H3App::Handler(Arc::new(WelcomePage)),
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_rebinding_a_dozen_times_keeps_its_connection() {
+    init_tracing();
+    let mut server = site(QuicSettings::default()).await;
     let mut c = H3QuinnClient::connect(server.addr, &server.cert.cert)
         .await
         .expect("connect");
@@ -68,12 +73,7 @@ async fn a_client_rebinding_a_dozen_times_keeps_its_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_in_the_middle_of_downloads_lose_no_stream() {
     init_tracing();
-    let server = H3TestServer::start(
-        QuicSettings::default(),
-        Http3Settings::default(),
-        H3App::Handler(Arc::new(WelcomePage)),
-    )
-    .await;
+    let server = site(QuicSettings::default()).await;
     let c = H3QuinnClient::connect(server.addr, &server.cert.cert)
         .await
         .expect("connect");
@@ -100,22 +100,9 @@ async fn moves_in_the_middle_of_downloads_lose_no_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_moves_to_a_new_socket_and_keeps_its_requests() {
     init_tracing();
-    let server = H3TestServer::start(
-        QuicSettings::default(),
-        Http3Settings::default(),
-        H3App::Handler(Arc::new(WelcomePage)),
-    )
-    .await;
-    let params = server.client_params();
+    let server = site(QuicSettings::default()).await;
     // Straight to the server: it takes the client's new address.
-    let c = tq_host::http3::H3Client::connect(
-        server.addr,
-        "localhost",
-        &params,
-        Http3Settings::default(),
-    )
-    .await
-    .expect("connect");
+    let c = server.client().await;
     let r = c.request("GET", "/bytes/1000", None).await.unwrap();
     assert_eq!(r.body.len(), 1000);
     let mut at = c.connection().local_addr();
@@ -161,7 +148,7 @@ async fn our_client_moves_to_a_new_socket_and_keeps_its_requests() {
     let c = tq_host::http3::H3Client::connect(
         relay.addr,
         "localhost",
-        &params,
+        &server.client_params(),
         Http3Settings::default(),
     )
     .await
@@ -179,23 +166,12 @@ async fn our_client_moves_to_a_new_socket_and_keeps_its_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_does_not_move_when_the_server_says_not_to() {
     init_tracing();
-    let server = H3TestServer::start(
-        QuicSettings {
-            disable_active_migration: true,
-            ..QuicSettings::default()
-        },
-        Http3Settings::default(),
-        H3App::Handler(Arc::new(WelcomePage)),
-    )
+    let server = site(QuicSettings {
+        disable_active_migration: true,
+        ..QuicSettings::default()
+    })
     .await;
-    let c = tq_host::http3::H3Client::connect(
-        server.addr,
-        "localhost",
-        &server.client_params(),
-        Http3Settings::default(),
-    )
-    .await
-    .expect("connect");
+    let c = server.client().await;
     assert_eq!(c.request("GET", "/", None).await.unwrap().status, 200);
     let socket = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
     let refused = c.connection().migrate(socket).await.expect_err("the move");

@@ -393,18 +393,82 @@ fn sha_hex(data: &[u8]) -> String {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_in_0_rtt_are_marked_and_unsafe_ones_get_425() {
-    let s = H3TestServer::start(
+/// A server answering with [`EarlyProbe`], Retry off, early data as `early`.
+async fn early_probe_server(early: bool) -> H3TestServer {
+    H3TestServer::start(
         QuicSettings {
-            enable_early_data: true,
+            enable_early_data: early,
             enable_retry: false,
             ..QuicSettings::default()
         },
         Http3Settings::default(),
         H3App::Handler(Arc::new(EarlyProbe)),
     )
-    .await;
+    .await
+}
+
+/// Our client against an [`early_probe_server`]: a `Connector` offering
+/// early data, through a relay that delays each datagram `delay` each way.
+struct EarlyRig {
+    // The relay and the server stop when the rig drops.
+    relay: LossyRelay,
+    connector: tq_host::quic::Connector<tq_host::metrics::DefaultMetrics>,
+    _server: H3TestServer,
+}
+
+impl EarlyRig {
+    async fn start(server_early: bool, delay: std::time::Duration) -> Self {
+        let server = early_probe_server(server_early).await;
+        let params = tq_host::quic::ConnectionParams::new_client(QuicSettings {
+            enable_early_data: true,
+            ..QuicSettings::default()
+        })
+        .ca_file(&server.cert.paths.cert);
+        let connector =
+            tq_host::quic::Connector::new(params, tq_host::metrics::DefaultMetrics::default())
+                .unwrap();
+        let relay = LossyRelay::start(
+            server.addr,
+            Impairment {
+                delay,
+                ..Default::default()
+            },
+        )
+        .await;
+        Self {
+            relay,
+            connector,
+            _server: server,
+        }
+    }
+
+    async fn connect(&self) -> tq_host::http3::H3Client {
+        tq_host::http3::H3Client::connect_with(
+            &self.connector,
+            self.relay.addr,
+            "localhost",
+            Http3Settings::default(),
+        )
+        .await
+        .expect("connect")
+    }
+
+    /// Waits (at most 2 s) for the server's ticket, which comes after the
+    /// handshake, and checks the connector kept it.
+    async fn session_kept(&self) {
+        for _ in 0..200 {
+            if self.connector.resumable_servers() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(self.connector.resumable_servers(), 1, "no session kept");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_0_rtt_are_marked_and_unsafe_ones_get_425() {
+    let s = early_probe_server(true).await;
     let cert = &s.cert.paths.cert;
     let paths = vec!["/probe".to_owned(), "/probe".to_owned()];
     // GET: the first connection's request is not early; the second's,
@@ -435,59 +499,20 @@ async fn requests_in_0_rtt_are_marked_and_unsafe_ones_get_425() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_resumes_and_sends_only_safe_requests_in_0_rtt() {
-    let s = H3TestServer::start(
-        QuicSettings {
-            enable_early_data: true,
-            enable_retry: false,
-            ..QuicSettings::default()
-        },
-        Http3Settings::default(),
-        H3App::Handler(Arc::new(EarlyProbe)),
-    )
-    .await;
-    let params = tq_host::quic::ConnectionParams::new_client(QuicSettings {
-        enable_early_data: true,
-        ..QuicSettings::default()
-    })
-    .ca_file(&s.cert.paths.cert);
-    let connector =
-        tq_host::quic::Connector::new(params, tq_host::metrics::DefaultMetrics::default()).unwrap();
     // 100 ms each way: the client's early requests go out before the
     // server's answer completes the handshake, with 200 ms to spare (on
     // bare loopback that is a race the requests can lose).
-    let relay = LossyRelay::start(
-        s.addr,
-        Impairment {
-            delay: std::time::Duration::from_millis(100),
-            ..Default::default()
-        },
-    )
-    .await;
-    let connect = || {
-        tq_host::http3::H3Client::connect_with(
-            &connector,
-            relay.addr,
-            "localhost",
-            Http3Settings::default(),
-        )
-    };
-    let first = connect().await.expect("first connection");
+    let rig = EarlyRig::start(true, std::time::Duration::from_millis(100)).await;
+    let first = rig.connect().await;
     let r = first.request("GET", "/probe", None).await.unwrap();
     assert_eq!(r.body, b"GET early=false");
     assert!(!first.connection().established().await.unwrap().is_resumed);
-    // The server's ticket comes after the handshake.
-    for _ in 0..200 {
-        if connector.resumable_servers() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(connector.resumable_servers(), 1, "no session kept");
+    rig.session_kept().await;
     drop(first);
 
     // The second connection resumes; its GET goes in 0-RTT (the handler
     // sees it marked), its POST waits for the handshake (never a 425).
-    let second = connect().await.expect("second connection");
+    let second = rig.connect().await;
     let (get, post) = tokio::join!(
         second.request("GET", "/probe", None),
         second.request("POST", "/probe", Some(bytes::Bytes::from_static(b"x"))),
@@ -508,40 +533,9 @@ async fn a_client_offering_early_data_to_a_server_without_it_resumes_and_is_serv
     // after the handshake, and is answered. (A ticket that allows early data
     // and is then refused is not produced here: that takes a server whose
     // settings change under the same ticket keys.)
-    let s = H3TestServer::start(
-        QuicSettings {
-            enable_early_data: false,
-            enable_retry: false,
-            ..QuicSettings::default()
-        },
-        Http3Settings::default(),
-        H3App::Handler(Arc::new(EarlyProbe)),
-    )
-    .await;
-    let params = tq_host::quic::ConnectionParams::new_client(QuicSettings {
-        enable_early_data: true,
-        ..QuicSettings::default()
-    })
-    .ca_file(&s.cert.paths.cert);
-    let connector =
-        tq_host::quic::Connector::new(params, tq_host::metrics::DefaultMetrics::default()).unwrap();
-    let relay = LossyRelay::start(
-        s.addr,
-        Impairment {
-            delay: std::time::Duration::from_millis(30),
-            ..Default::default()
-        },
-    )
-    .await;
+    let rig = EarlyRig::start(false, std::time::Duration::from_millis(30)).await;
     for round in 0..2 {
-        let c = tq_host::http3::H3Client::connect_with(
-            &connector,
-            relay.addr,
-            "localhost",
-            Http3Settings::default(),
-        )
-        .await
-        .expect("connect");
+        let c = rig.connect().await;
         let r = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             c.request("GET", "/probe", None),
@@ -552,11 +546,8 @@ async fn a_client_offering_early_data_to_a_server_without_it_resumes_and_is_serv
         assert_eq!(r.body, b"GET early=false", "round {round}");
         let resumed = c.connection().established().await.unwrap().is_resumed;
         assert_eq!(resumed, round == 1, "round {round}");
-        for _ in 0..200 {
-            if connector.resumable_servers() == 1 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        if round == 0 {
+            rig.session_kept().await;
         }
     }
 }

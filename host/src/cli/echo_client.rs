@@ -46,14 +46,7 @@ pub(super) struct EchoArgs {
 }
 
 pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
-    let bind: SocketAddr = if args.server.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()
-    .context("bind address")?;
-    let socket = UdpSocket::bind(bind)
+    let socket = UdpSocket::bind(crate::quic::any_local_for(args.server))
         .await
         .context("cannot bind a UDP socket")?;
     socket

@@ -281,7 +281,7 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
         if let Some(e) = &unreachable {
             // No connection last time: the server is not there; the rest
             // fail the same way at once rather than a timeout each.
-            for (i, r) in fail_all(paths, e) {
+            for (i, r) in fail_all(paths.iter().map(|(i, ..)| *i), e) {
                 results[i] = Some(r);
             }
             continue;
@@ -303,10 +303,7 @@ pub(super) async fn run(args: GetArgs) -> anyhow::Result<()> {
             h3_group(&connector, addr, host, request, paths).await
         };
         if !connected {
-            unreachable = ended.iter().find_map(|(_, r)| r.as_ref().err()).map(|e| {
-                let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
-                fail(code, anyhow::anyhow!("{e:#}"))
-            });
+            unreachable = ended.iter().find_map(|(_, r)| r.as_ref().err()).map(again);
         }
         for (i, r) in ended {
             results[i] = Some(r);
@@ -384,18 +381,15 @@ async fn h3_group(
     let connecting = H3Client::connect_with(connector, addr, host, Http3Settings::default());
     let client = match connect_within(shape.timeout, addr, connecting).await {
         Ok(c) => c,
-        Err(e) => return (fail_all(paths, &e), false),
+        Err(e) => return (fail_all(paths.iter().map(|(i, ..)| *i), &e), false),
     };
     let connect = shape.started.elapsed();
-    let request = Request {
-        handle: client.handle().clone(),
-        shape,
-    };
+    let handle = client.handle();
     // Every URL at once on the connection.
     let mut fetches = tokio::task::JoinSet::new();
     for (i, path, out) in paths {
-        let request = request.clone();
-        fetches.spawn(async move { (i, request.fetch(&path, out).await) });
+        let (shape, handle) = (shape.clone(), handle.clone());
+        fetches.spawn(async move { (i, shape.fetch(&handle, &path, out).await) });
     }
     let mut ended = Vec::new();
     while let Some(done) = fetches.join_next().await {
@@ -428,13 +422,7 @@ async fn hq_group(
 ) -> (Vec<(usize, anyhow::Result<Timings>)>, bool) {
     use super::hq_client::{Fetch, HqFetch, Sink, Why};
     let order: Vec<usize> = paths.iter().map(|(i, ..)| *i).collect();
-    let failed = |e: &anyhow::Error| -> Vec<(usize, anyhow::Result<Timings>)> {
-        let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
-        order
-            .iter()
-            .map(|&i| (i, Err(fail(code, anyhow::anyhow!("{e:#}")))))
-            .collect()
-    };
+    let failed = |e: &anyhow::Error| fail_all(order.iter().copied(), e);
     let fetches: Vec<Fetch> = paths
         .into_iter()
         .map(|(_, path, out)| Fetch {
@@ -445,12 +433,7 @@ async fn hq_group(
             },
         })
         .collect();
-    let bind: std::net::SocketAddr = if addr.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = match tokio::net::UdpSocket::bind(bind).await {
+    let socket = match tokio::net::UdpSocket::bind(crate::quic::any_local_for(addr)).await {
         Ok(s) => s,
         Err(e) => {
             let e = fail(exit::CONNECT, anyhow::anyhow!("cannot bind: {e}"));
@@ -500,16 +483,18 @@ async fn hq_group(
     (ended, true)
 }
 
-/// The same failure for every path of a group.
+/// A copy of `e` with the same exit code (anyhow errors do not clone).
+fn again(e: &anyhow::Error) -> anyhow::Error {
+    let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
+    fail(code, anyhow::anyhow!("{e:#}"))
+}
+
+/// The same failure for every URL of a group (by index).
 fn fail_all(
-    paths: Vec<(usize, String, Output)>,
+    indices: impl IntoIterator<Item = usize>,
     e: &anyhow::Error,
 ) -> Vec<(usize, anyhow::Result<Timings>)> {
-    let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
-    paths
-        .into_iter()
-        .map(|(i, ..)| (i, Err(fail(code, anyhow::anyhow!("{e:#}")))))
-        .collect()
+    indices.into_iter().map(|i| (i, Err(again(e)))).collect()
 }
 
 /// Where one body goes.
@@ -543,24 +528,15 @@ struct RequestShape {
     started: Instant,
 }
 
-/// A request's shape and the connection it goes on.
-#[derive(Clone)]
-struct Request {
-    handle: crate::http3::H3Handle,
-    shape: RequestShape,
-}
-
-impl std::ops::Deref for Request {
-    type Target = RequestShape;
-    fn deref(&self) -> &RequestShape {
-        &self.shape
-    }
-}
-
-impl Request {
+impl RequestShape {
     /// One request for `path`, its answer written to `out`: the figures
     /// for `-w` (`connect` left for the caller), or why it failed.
-    async fn fetch(&self, path: &str, out: Output) -> anyhow::Result<Timings> {
+    async fn fetch(
+        &self,
+        handle: &crate::http3::H3Handle,
+        path: &str,
+        out: Output,
+    ) -> anyhow::Result<Timings> {
         let started = self.started;
         let mut timings = Timings::default();
         let mut h = vec![
@@ -582,8 +558,7 @@ impl Request {
         for (n, v) in &self.headers {
             h.push(Header::new(n.as_bytes(), v.as_bytes()));
         }
-        let stream = self
-            .handle
+        let stream = handle
             .send_request(h, self.body.is_some())
             .await
             .map_err(|e| fail(exit::CONNECT, anyhow::Error::new(e)))?;

@@ -82,12 +82,9 @@ impl H3Client {
         server_name: &str,
         settings: Http3Settings,
     ) -> Result<Self, QuicError> {
-        let bind: SocketAddr = if addr.is_ipv6() {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(bind).await.map_err(QuicError::io("bind"))?;
+        let socket = UdpSocket::bind(crate::quic::any_local_for(addr))
+            .await
+            .map_err(QuicError::io("bind"))?;
         Self::connect_from(connector, socket, addr, server_name, settings).await
     }
 

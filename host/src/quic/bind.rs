@@ -60,6 +60,16 @@ pub fn bind_workers(addr: SocketAddr, workers: usize) -> io::Result<Vec<tokio::n
     Ok(out)
 }
 
+/// The wildcard address (any port) of `peer`'s family: where a client
+/// socket to `peer` binds when the caller has no preference.
+pub(crate) fn any_local_for(peer: SocketAddr) -> SocketAddr {
+    if peer.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

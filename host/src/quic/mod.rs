@@ -69,6 +69,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use acceptor::IncomingConnection;
+pub(crate) use bind::any_local_for;
 pub use bind::{bind_workers, default_workers};
 pub(crate) use cid::decode_hex;
 pub use cid::{
