@@ -294,6 +294,44 @@ fn server_ids_are_in_every_connection_id_and_bad_ones_are_refused() {
 }
 
 #[test]
+fn a_session_ticket_key_file_is_read_and_a_bad_one_refused() {
+    let dir = std::env::temp_dir().join(format!("tq-ticket-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("ticket-key");
+    std::fs::write(&good, format!("{}\n", "5a".repeat(32))).unwrap();
+    let mut l = Logged::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--session-ticket-key-file",
+        good.to_str().unwrap(),
+    ]);
+    let addr = l.quic_addr();
+    let (code, _, err) = get_with(&["-k", &format!("https://{addr}/")]);
+    assert_eq!(code, Some(0), "{err}");
+    // A key too short, or no file: refused before anything binds, naming
+    // the flag and the file.
+    let short = dir.join("short");
+    std::fs::write(&short, "5a5a").unwrap();
+    let missing = dir.join("missing");
+    for (f, says) in [(&short, "at least 32 bytes"), (&missing, "cannot read")] {
+        let out = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--session-ticket-key-file"])
+            .arg(f)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("--session-ticket-key-file")
+                && stderr.contains(&*f.to_string_lossy())
+                && stderr.contains(says),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn json_logs_parse_with_the_connection_span() {
     let mut l = Logged::start(&[
         "--listen",

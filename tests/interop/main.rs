@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tq_e2e::{H3App, H3TestServer, Impairment, LossyRelay};
 use tq_host::builtin::WelcomePage;
 use tq_host::http3::Http3Settings;
-use tq_host::quic::QuicSettings;
+use tq_host::quic::{EarlyData, QuicSettings, SessionTicketKey};
 
 /// What the client reports (see client.py).
 #[derive(Debug, serde::Deserialize)]
@@ -523,16 +523,164 @@ async fn our_client_resumes_and_sends_only_safe_requests_in_0_rtt() {
         (post.status, post.body.as_slice()),
         (200, &b"POST early=false"[..])
     );
-    assert!(second.connection().established().await.unwrap().is_resumed);
+    let info = second.connection().established().await.unwrap();
+    assert!(info.is_resumed);
+    assert_eq!(info.early_data, EarlyData::Accepted);
+}
+
+/// One host of a fleet behind one address: an [`EarlyProbe`] site with
+/// `cert`, session tickets under `key`, early data as `early`. Stops when
+/// dropped.
+struct FleetHost {
+    _task: tq_e2e::AbortOnDrop,
+    addr: SocketAddr,
+}
+
+impl FleetHost {
+    async fn start(cert: &tq_e2e::TestCert, key: &SessionTicketKey, early: bool) -> Self {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let settings = QuicSettings {
+            enable_early_data: early,
+            enable_retry: false,
+            ..QuicSettings::default()
+        };
+        let params = tq_host::quic::ConnectionParams::new_server(settings, cert.paths.clone())
+            .session_ticket_key(key.clone());
+        let mut listener = tq_host::quic::listen(
+            [socket],
+            params,
+            tq_host::metrics::DefaultMetrics::default(),
+        )
+        .unwrap();
+        let addr = listener.local_addrs()[0];
+        let task = tokio::spawn(async move {
+            let mut services = tokio::task::JoinSet::new();
+            while let Some(c) = listener.accept().await {
+                let (driver, controller) =
+                    tq_host::http3::ServerH3Driver::new_server(Http3Settings::default());
+                c.start(driver);
+                services.spawn(tq_host::http3::serve_connection(
+                    controller,
+                    Arc::new(EarlyProbe),
+                ));
+            }
+        });
+        Self {
+            _task: tq_e2e::AbortOnDrop(task),
+            addr,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_data_refused_by_a_fleet_host_is_sent_again_and_a_shared_ticket_key_resumes_across_hosts(
+) {
+    // Four hosts behind one address (the relay, retargeted between
+    // connections, plays the load balancer). A, B and C share a ticket key;
+    // C takes no early data; D has a key of its own.
+    let cert = tq_e2e::TestCert::new();
+    let shared = SessionTicketKey::new(&[7; 32]).unwrap();
+    let a = FleetHost::start(&cert, &shared, true).await;
+    let b = FleetHost::start(&cert, &shared, true).await;
+    let c = FleetHost::start(&cert, &shared, false).await;
+    let d = FleetHost::start(&cert, &SessionTicketKey::new(&[8; 32]).unwrap(), true).await;
+    let relay = LossyRelay::start(
+        a.addr,
+        Impairment {
+            // The early requests go out well before the handshake is done.
+            delay: std::time::Duration::from_millis(50),
+            ..Default::default()
+        },
+    )
+    .await;
+    let connector = tq_host::quic::Connector::new(
+        tq_host::quic::ConnectionParams::new_client(QuicSettings {
+            enable_early_data: true,
+            ..QuicSettings::default()
+        })
+        .ca_file(&cert.paths.cert),
+        tq_host::metrics::DefaultMetrics::default(),
+    )
+    .unwrap();
+    // Each connection: a GET and a POST at once; what the handler saw, and
+    // what became of the handshake.
+    let visit = |host: &FleetHost| {
+        relay.retarget(host.addr);
+        let connector = &connector;
+        let relay = &relay;
+        async move {
+            let client = tq_host::http3::H3Client::connect_with(
+                connector,
+                relay.addr,
+                "localhost",
+                Http3Settings::default(),
+            )
+            .await
+            .expect("connect");
+            let (get, post) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                tokio::join!(
+                    client.request("GET", "/probe", None),
+                    client.request("POST", "/probe", Some(bytes::Bytes::from_static(b"x"))),
+                )
+            })
+            .await
+            .expect("the requests were never answered");
+            let (get, post) = (get.unwrap(), post.unwrap());
+            assert_eq!((get.status, post.status), (200, 200));
+            let info = client.connection().established().await.unwrap();
+            // The ticket comes after the handshake.
+            for _ in 0..200 {
+                if connector.resumable_servers() == 1 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            (
+                String::from_utf8_lossy(&get.body).into_owned(),
+                String::from_utf8_lossy(&post.body).into_owned(),
+                info.is_resumed,
+                info.early_data,
+            )
+        }
+    };
+    let (get, post, resumed, early) = visit(&a).await;
+    assert_eq!(
+        (get.as_str(), post.as_str()),
+        ("GET early=false", "POST early=false")
+    );
+    assert_eq!((resumed, early), (false, EarlyData::NotUsed));
+    // B resumes A's session and takes the GET in 0-RTT.
+    let (get, post, resumed, early) = visit(&b).await;
+    assert_eq!(
+        (get.as_str(), post.as_str()),
+        ("GET early=true", "POST early=false")
+    );
+    assert_eq!((resumed, early), (true, EarlyData::Accepted));
+    // C resumes B's session (early data allowed) but refuses the 0-RTT
+    // GET: the client sends it again after the handshake, unmarked.
+    let (get, post, resumed, early) = visit(&c).await;
+    assert_eq!(
+        (get.as_str(), post.as_str()),
+        ("GET early=false", "POST early=false")
+    );
+    assert_eq!((resumed, early), (true, EarlyData::Refused));
+    // C's tickets allow no early data; back at A, the session resumes
+    // without 0-RTT.
+    let (get, _, resumed, early) = visit(&a).await;
+    assert_eq!(get, "GET early=false");
+    assert_eq!((resumed, early), (true, EarlyData::NotUsed));
+    // D cannot read the fleet's tickets: a full handshake.
+    let (get, _, resumed, early) = visit(&d).await;
+    assert_eq!(get, "GET early=false");
+    assert_eq!((resumed, early), (false, EarlyData::NotUsed));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_offering_early_data_to_a_server_without_it_resumes_and_is_served() {
     // The server resumes sessions but takes no early data (its tickets do
     // not allow it): the client asks for early data, sends its request
-    // after the handshake, and is answered. (A ticket that allows early data
-    // and is then refused is not produced here: that takes a server whose
-    // settings change under the same ticket keys.)
+    // after the handshake, and is answered. (A ticket that allows early
+    // data and is then refused: `early_data_refused_by_a_fleet_host_...`.)
     let rig = EarlyRig::start(false, std::time::Duration::from_millis(30)).await;
     for round in 0..2 {
         let c = rig.connect().await;
@@ -544,8 +692,9 @@ async fn a_client_offering_early_data_to_a_server_without_it_resumes_and_is_serv
         .unwrap_or_else(|_| panic!("round {round}: the request was never answered"))
         .unwrap();
         assert_eq!(r.body, b"GET early=false", "round {round}");
-        let resumed = c.connection().established().await.unwrap().is_resumed;
-        assert_eq!(resumed, round == 1, "round {round}");
+        let info = c.connection().established().await.unwrap();
+        assert_eq!(info.is_resumed, round == 1, "round {round}");
+        assert_eq!(info.early_data, EarlyData::NotUsed, "round {round}");
         if round == 0 {
             rig.session_kept().await;
         }

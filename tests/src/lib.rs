@@ -31,3 +31,4 @@ pub use servers::{
     echo_alpn, loopback, H3App, H3TestServer, LiveServer, PluginServer, QuicPluginServer,
     TestServer,
 };
+pub use task::AbortOnDrop;

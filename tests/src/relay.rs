@@ -73,6 +73,7 @@ pub struct LossyRelay {
     pub addr: SocketAddr,
     /// What the relay did so far.
     pub counts: Arc<RelayCounts>,
+    server: Arc<std::sync::Mutex<SocketAddr>>,
 }
 
 struct Rng(u64);
@@ -160,15 +161,23 @@ impl LossyRelay {
     pub async fn start(server: SocketAddr, how: Impairment) -> Self {
         let front = UdpSocket::bind("127.0.0.1:0").await.expect("relay socket");
         let back = UdpSocket::bind("127.0.0.1:0").await.expect("relay socket");
-        back.connect(server).await.expect("relay connect");
         let addr = front.local_addr().expect("relay address");
         let counts = Arc::new(RelayCounts::default());
-        let task = tokio::spawn(run(front, back, how, counts.clone()));
+        let target = Arc::new(std::sync::Mutex::new(server));
+        let task = tokio::spawn(run(front, back, target.clone(), how, counts.clone()));
         Self {
             _task: AbortOnDrop(task),
             addr,
             counts,
+            server: target,
         }
+    }
+
+    /// Sends the client's datagrams to `server` from now on, and takes
+    /// only its answers: to the client, another host behind the same
+    /// address (as behind a load balancer).
+    pub fn retarget(&self, server: SocketAddr) {
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = server;
     }
 }
 
@@ -183,7 +192,14 @@ fn dark(how: &Impairment, started: Option<Instant>, now: Instant) -> bool {
     into >= on.as_nanos()
 }
 
-async fn run(front: UdpSocket, back: UdpSocket, how: Impairment, counts: Arc<RelayCounts>) {
+async fn run(
+    front: UdpSocket,
+    back: UdpSocket,
+    server: Arc<std::sync::Mutex<SocketAddr>>,
+    how: Impairment,
+    counts: Arc<RelayCounts>,
+) {
+    let target = || *server.lock().unwrap_or_else(|e| e.into_inner());
     // A datagram held back is sent after the next one, or after this long.
     const HOLD: Duration = Duration::from_millis(5);
     let mut started: Option<Instant> = None;
@@ -240,8 +256,11 @@ async fn run(front: UdpSocket, back: UdpSocket, how: Impairment, counts: Arc<Rel
                     up.take(a[..n].to_vec(), &counts);
                 }
             }
-            r = back.recv(&mut b) => {
-                let Ok(n) = r else { continue };
+            r = back.recv_from(&mut b) => {
+                let Ok((n, from)) = r else { continue };
+                if from != target() {
+                    continue;
+                }
                 counts.bytes_from_server.fetch_add(n as u64, Ordering::Relaxed);
                 if client.is_none() {
                     continue;
@@ -266,7 +285,7 @@ async fn run(front: UdpSocket, back: UdpSocket, how: Impairment, counts: Arc<Rel
             counts
                 .bytes_to_server
                 .fetch_add(d.len() as u64, Ordering::Relaxed);
-            let _ = back.send(&d).await;
+            let _ = back.send_to(&d, target()).await;
         }
         if let Some(to) = client {
             for d in down.due(now) {

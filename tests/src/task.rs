@@ -2,7 +2,7 @@
 
 /// Aborts its task when dropped. Put it first in a fixture's fields so the
 /// task is aborted before the rest of the fixture drops.
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -19,7 +19,7 @@ use super::config::{ConfigFile, ListenerConfig, Source};
 use super::{App, ServeArgs};
 use crate::metrics::ServiceMetrics;
 use crate::plugin::{DirGrant, LivePlugin, PluginGrants, PluginLimits, World};
-use crate::quic::{ConnectionParams, QuicSettings, TlsCertificatePaths};
+use crate::quic::{ConnectionParams, QuicSettings, SessionTicketKey, TlsCertificatePaths};
 
 /// Whether a plan is for serving or only for `check` (which makes no
 /// self-signed certificate).
@@ -417,7 +417,12 @@ async fn listener(
         None => super::serve::self_signed()?,
     };
 
-    let params = ConnectionParams::new_server(settings, tls);
+    let mut params = ConnectionParams::new_server(settings, tls);
+    if let Some(f) = &args.session_ticket_key_file {
+        let key = SessionTicketKey::from_file(f)
+            .map_err(|e| anyhow::anyhow!("--session-ticket-key-file: {e}"))?;
+        params = params.session_ticket_key(key);
+    }
     if params.settings.alpn.is_empty() {
         bail!("{name}: no ALPN configured");
     }

@@ -165,6 +165,38 @@ pub struct HandshakeInfo {
     pub handshake_duration: Duration,
     /// Whether the TLS session was resumed.
     pub is_resumed: bool,
+    /// What became of 0-RTT data.
+    pub early_data: EarlyData,
+}
+
+/// What became of 0-RTT data on a connection, as its handshake completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EarlyData {
+    /// None was sent or taken: no session to resume, one that allows no
+    /// early data, or early data off on either side. (A server cannot tell
+    /// this from early data it declined.)
+    #[default]
+    NotUsed,
+    /// Early data was taken.
+    Accepted,
+    /// Clients only: the server declined the early data this client sent
+    /// (its settings changed under the same ticket keys, or it asked for
+    /// another key share). quiche sends the data again once the handshake
+    /// is done, so nothing is lost; it only took a round trip longer.
+    Refused,
+}
+
+impl EarlyData {
+    /// From BoringSSL's `ssl_early_data_reason_t`, as quiche reports it.
+    pub(crate) fn from_reason(reason: u32) -> Self {
+        match reason {
+            // ssl_early_data_accepted
+            2 => Self::Accepted,
+            // ssl_early_data_peer_declined, ssl_early_data_hello_retry_request
+            4 | 8 => Self::Refused,
+            _ => Self::NotUsed,
+        }
+    }
 }
 
 /// A CONNECTION_CLOSE sent or received.
@@ -365,7 +397,10 @@ impl ConnectionHandle {
         answer.await.map_err(|_| closed())?
     }
 
-    /// Waits for the handshake.
+    /// Waits for the handshake. A resuming client with early data on is
+    /// "established" as soon as 0-RTT data can go; its
+    /// [`early_data`](HandshakeInfo::early_data) says `NotUsed` until the
+    /// handshake is done, when a second call returns the final word.
     ///
     /// # Errors
     /// [`QuicError::HandshakeFailed`] with the reason, if the connection

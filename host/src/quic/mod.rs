@@ -55,6 +55,7 @@ mod settings;
 mod socket;
 #[cfg(test)]
 pub(crate) mod test_pair;
+mod tickets;
 pub mod varint;
 mod worker;
 
@@ -78,10 +79,11 @@ pub use cid::{
 };
 pub use connection::{
     ApplicationClose, ApplicationOverQuic, CloseReason, ConnectionHandle, ConnectionOutcome,
-    ConnectionStats, HandshakeInfo, INTERNAL_ERROR_CODE,
+    ConnectionStats, EarlyData, HandshakeInfo, INTERNAL_ERROR_CODE,
 };
 pub use error::{BoxError, QuicError, QuicResult};
 pub use settings::{CongestionControl, ConnectionParams, QuicSettings, TlsCertificatePaths};
+pub use tickets::SessionTicketKey;
 
 use crate::metrics::Metrics;
 use acceptor::{attach_logs, Acceptor};
@@ -143,7 +145,7 @@ pub fn listen_with_generator<M: Metrics>(
     let mut local_addrs = Vec::new();
     let sockets: Vec<UdpSocket> = sockets.into_iter().collect();
     let tls_slots = Arc::new(TlsSlots::default());
-    let ticket_keys = settings::TicketKeys::random()?;
+    let ticket_keys = settings::TicketKeys::for_listener(params.session_ticket_key.as_ref())?;
     let (tls_tx, tls_updates) = watch::channel(0u64);
     // With several sockets, a packet may reach another socket than its
     // connection's: the routers share their ids.
@@ -258,8 +260,9 @@ impl TlsReloader {
         // certificate replaced (expired, revoked, compromised) must not go
         // on vouching for sessions resumed with the old keys. (BoringSSL's
         // own 48-hour rotation is off once keys are set; reloading, e.g.
-        // daily by SIGHUP, is the rotation.)
-        let keys = settings::TicketKeys::random()?;
+        // daily by SIGHUP, is the rotation.) With an operator's key file,
+        // the file read again: a fleet rotates by replacing it everywhere.
+        let keys = settings::TicketKeys::for_listener(self.params.session_ticket_key.as_ref())?;
         let mut fresh = std::collections::HashMap::new();
         for i in 0..self.sockets {
             fresh.insert(i, self.params.to_quiche_config_with(true, Some(&keys))?);

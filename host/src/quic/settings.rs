@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::error::QuicError;
+use super::tickets::SessionTicketKey;
+pub(crate) use super::tickets::TicketKeys;
 
 /// Congestion controller, as understood by quiche.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -203,6 +205,10 @@ pub struct ConnectionParams {
     /// Clients: PEM file of CAs to trust instead of none (quiche has no system
     /// store); use with self-signed test certificates.
     pub ca_file: Option<PathBuf>,
+    /// Servers: the secret session tickets are encrypted under, shared by
+    /// hosts that should resume each other's sessions. Default: random keys
+    /// per listener, new at every certificate reload.
+    pub session_ticket_key: Option<SessionTicketKey>,
 }
 
 impl ConnectionParams {
@@ -213,6 +219,7 @@ impl ConnectionParams {
             tls: Some(tls),
             verify_peer: false,
             ca_file: None,
+            session_ticket_key: None,
         }
     }
 
@@ -223,6 +230,7 @@ impl ConnectionParams {
             tls: None,
             verify_peer: true,
             ca_file: None,
+            session_ticket_key: None,
         }
     }
 
@@ -238,6 +246,13 @@ impl ConnectionParams {
         self
     }
 
+    /// Encrypts session tickets under `key` (servers), so that every host
+    /// given the same key resumes the sessions of the others.
+    pub fn session_ticket_key(mut self, key: SessionTicketKey) -> Self {
+        self.session_ticket_key = Some(key);
+        self
+    }
+
     /// Builds the quiche configuration for one side.
     pub(crate) fn to_quiche_config(&self, is_server: bool) -> Result<quiche::Config, QuicError> {
         self.to_quiche_config_with(is_server, None)
@@ -246,8 +261,7 @@ impl ConnectionParams {
     /// As [`to_quiche_config`](Self::to_quiche_config); a server's TLS
     /// context encrypts session tickets with `ticket_keys` (BoringSSL's 48
     /// bytes: name, HMAC key, AES key) rather than keys of its own, so that
-    /// every socket of a listener, and every TLS reload, resumes the
-    /// sessions of the others.
+    /// every socket of a listener resumes the sessions of the others.
     pub(crate) fn to_quiche_config_with(
         &self,
         is_server: bool,
@@ -344,39 +358,6 @@ impl ConnectionParams {
 fn path_str(p: &std::path::Path) -> Result<&str, QuicError> {
     p.to_str()
         .ok_or_else(|| QuicError::InvalidSettings(format!("path {} is not UTF-8", p.display())))
-}
-
-/// Session-ticket keys one listener's TLS contexts share (see
-/// [`ConnectionParams::to_quiche_config_with`]): random per listener, kept
-/// for its life, so a client resumes whichever socket its new connection
-/// lands on and across certificate reloads.
-pub(crate) struct TicketKeys([u8; 48]);
-
-impl TicketKeys {
-    /// Fresh random keys.
-    pub(crate) fn random() -> Result<Self, QuicError> {
-        let mut k = [0u8; 48];
-        boring::rand::rand_bytes(&mut k)
-            .map_err(|e| QuicError::Tls(format!("cannot make session-ticket keys: {e}")))?;
-        Ok(Self(k))
-    }
-
-    fn install(&self, ctx: &mut boring::ssl::SslContextBuilder) -> Result<(), QuicError> {
-        // SAFETY: the context pointer is live for the call, and BoringSSL
-        // reads exactly the 48 bytes it documents for this function.
-        let ok = unsafe {
-            boring_sys::SSL_CTX_set_tlsext_ticket_keys(
-                ctx.as_ptr(),
-                self.0.as_ptr().cast(),
-                self.0.len(),
-            )
-        };
-        if ok == 1 {
-            Ok(())
-        } else {
-            Err(QuicError::Tls("cannot set the session-ticket keys".into()))
-        }
-    }
 }
 
 #[cfg(test)]

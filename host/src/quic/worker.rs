@@ -14,7 +14,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::cid::ConnectionIdGenerator;
 use super::connection::{
     ApplicationClose, ApplicationOverQuic, CloseReason, ConnectionOutcome, ConnectionState,
-    ConnectionStats, HandshakeInfo, INTERNAL_ERROR_CODE,
+    ConnectionStats, EarlyData, HandshakeInfo, INTERNAL_ERROR_CODE,
 };
 use super::error::{BoxError, QuicResult};
 use super::gso::{self, GsoBatch, GsoSend};
@@ -201,6 +201,8 @@ impl<M: Metrics> WorkerParts<M> {
         };
         let mut result: QuicResult<()> = Ok(());
         let mut received = 0usize;
+        // The application started in early data; the handshake is not done.
+        let mut in_early_data = false;
         // The server's certificate did not list the address connected to:
         // the connection never counts as established.
         let mut cert_refused = false;
@@ -264,6 +266,10 @@ impl<M: Metrics> WorkerParts<M> {
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 let info = self.handshake_info();
+                // Started in early data: the handle learns the final word
+                // (0-RTT taken or refused, the real duration) once the
+                // handshake is done.
+                in_early_data = !self.conn.is_established();
                 self.metrics.handshake_completed(info.handshake_duration);
                 debug!(alpn = %String::from_utf8_lossy(&info.alpn), elapsed = ?info.handshake_duration, "handshake complete");
                 self.state
@@ -298,9 +304,21 @@ impl<M: Metrics> WorkerParts<M> {
                         *failure_reported = self.report_failed_handshake();
                     }
                 }
-                Stage::Running(_) | Stage::Closing(_) => {
+                Stage::Running(info) | Stage::Closing(info) => {
                     if !self.conn.is_closed() {
                         self.refresh_connection_ids();
+                    }
+                    if in_early_data && self.conn.is_established() {
+                        in_early_data = false;
+                        *info = self.handshake_info();
+                        let done = ConnectionState::Established(info.clone());
+                        self.state.send_if_modified(|s| {
+                            let live = matches!(s, ConnectionState::Established(_));
+                            if live {
+                                *s = done;
+                            }
+                            live
+                        });
                     }
                     if let Some(sink) = &mut self.session_sink {
                         sink.observe(&self.conn);
@@ -744,6 +762,7 @@ impl<M: Metrics> WorkerParts<M> {
             local_addr: self.socket.local_addr(),
             handshake_duration: self.started_at.elapsed(),
             is_resumed: self.conn.is_resumed(),
+            early_data: EarlyData::from_reason(self.conn.early_data_reason()),
         }
     }
 

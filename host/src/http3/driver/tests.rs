@@ -70,6 +70,7 @@ impl Pair {
                     local_addr: local,
                     handshake_duration: Duration::ZERO,
                     is_resumed: false,
+                    early_data: Default::default(),
                 };
                 self.cd
                     .on_conn_established(&mut self.client, &info(self.saddr, self.caddr))
