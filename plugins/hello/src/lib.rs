@@ -15,6 +15,8 @@ use tq_sdk::http3::{App, Conn, Request, StreamId};
 
 /// How much of a `/bytes/N` response is generated at a time.
 const CHUNK: usize = 16 * 1024;
+/// The bytes of every chunk: in the data segment, not filled per call.
+static CHUNK_BYTES: [u8; CHUNK] = [b'x'; CHUNK];
 
 #[derive(Default)]
 struct Hello {
@@ -30,7 +32,6 @@ struct Hello {
 impl Hello {
     /// Generates body for `stream` until the host pushes back.
     fn generate(&mut self, conn: &mut Conn, stream: StreamId) {
-        let chunk = [b'x'; CHUNK];
         while let Some(left) = self.generating.get_mut(&stream) {
             if conn.pending(stream) > 0 {
                 return; // resume on `writable`
@@ -41,7 +42,7 @@ impl Hello {
             if end {
                 self.generating.remove(&stream);
             }
-            conn.write_body(stream, &chunk[..n as usize], end);
+            conn.write_body(stream, &CHUNK_BYTES[..n as usize], end);
         }
     }
 }

@@ -115,7 +115,10 @@ fn bytes(out: ResponseOutparam, n: u64) {
     let body = start(out, 200, Some(n));
     {
         let mut s = body.write().expect("body stream");
-        let chunk = vec![b'x'; 64 * 1024];
+        // No larger than the body: a fresh instance per request starts
+        // with little memory, and a 64 KiB buffer for 100 bytes would grow
+        // it (and then be reset) every time.
+        let chunk = vec![b'x'; n.min(64 * 1024) as usize];
         let mut left = n;
         while left > 0 {
             let take = left.min(chunk.len() as u64) as usize;
