@@ -99,6 +99,42 @@ pub trait App: Default + 'static {
     fn on_close(&mut self) {}
 }
 
+/// How far [`send_chunks`] got.
+enum Sent {
+    /// Everything, with the end if asked for.
+    All,
+    /// The first so many bytes; the host takes no more for now.
+    Upto(usize),
+    /// The stream is gone (reset, closed): nothing more will be taken.
+    Gone,
+}
+
+/// Sends `data` (then the end, if `end`) in chunks the host takes whole or
+/// not at all, until it pushes back.
+fn send_chunks(stream: StreamId, data: &[u8], end: bool) -> Sent {
+    /// This size keeps each chunk within the host's per-frame budget.
+    const CHUNK: usize = 64 * 1024;
+    let mut sent = 0;
+    loop {
+        let rest = &data[sent..];
+        let take = rest.len().min(CHUNK);
+        let last = take == rest.len();
+        if take == 0 && !end {
+            return Sent::All;
+        }
+        match host::send_body(stream, &rest[..take], last && end) {
+            Ok(n) if n as usize == take => {
+                sent += take;
+                if last {
+                    return Sent::All;
+                }
+            }
+            Ok(_) | Err(ErrorCode::Blocked) => return Sent::Upto(sent), // wait for `writable`
+            Err(_) => return Sent::Gone,
+        }
+    }
+}
+
 /// The connection: send responses through it.
 #[derive(Default)]
 pub struct Conn {
@@ -146,8 +182,11 @@ impl Conn {
         headers: &[(&str, &str)],
         end: bool,
     ) -> Result<(), Error> {
-        let status = status.to_string();
-        let mut h = to_headers(&[(":status", status.as_str())]);
+        let mut h = Vec::with_capacity(headers.len() + 1);
+        h.push(Header {
+            name: ":status".into(),
+            value: status.to_string().into_bytes(),
+        });
         h.extend(to_headers(headers));
         host::send_headers(stream, &h, end)
     }
@@ -155,10 +194,17 @@ impl Conn {
     /// Queues body bytes; `end` ends the response after them. What the
     /// client cannot take yet is kept here and sent as the stream drains.
     pub fn write_body(&mut self, stream: StreamId, data: &[u8], end: bool) {
-        let entry = self.pending.entry(stream).or_default();
-        entry.0.extend_from_slice(data);
-        entry.1 |= end;
-        self.flush(stream);
+        if let Some(entry) = self.pending.get_mut(&stream) {
+            entry.0.extend_from_slice(data);
+            entry.1 |= end;
+            self.flush(stream);
+            return;
+        }
+        // Nothing queued before (the usual case): straight from `data`,
+        // and only what the host does not take yet is copied.
+        if let Sent::Upto(n) = send_chunks(stream, data, end) {
+            self.pending.insert(stream, (data[n..].to_vec(), end));
+        }
     }
 
     /// Bytes queued by [`write_body`](Self::write_body) and not yet sent.
@@ -202,38 +248,19 @@ impl Conn {
     /// Sends what the host accepts of the queued body; true when nothing is
     /// left.
     fn flush(&mut self, stream: StreamId) -> bool {
-        /// The host takes a chunk whole or not at all; this size keeps each
-        /// chunk within the host's per-frame budget.
-        const CHUNK: usize = 64 * 1024;
         let Some((buf, end)) = self.pending.get_mut(&stream) else {
             return true;
         };
-        let mut sent = 0;
-        loop {
-            let rest = &buf[sent..];
-            let take = rest.len().min(CHUNK);
-            let last = take == rest.len();
-            if take == 0 && !*end {
-                break;
+        match send_chunks(stream, buf, *end) {
+            Sent::Upto(n) => {
+                buf.drain(..n);
+                false
             }
-            match host::send_body(stream, &rest[..take], last && *end) {
-                Ok(n) if n as usize == take => {
-                    sent += take;
-                    if last {
-                        self.pending.remove(&stream);
-                        return true;
-                    }
-                }
-                Ok(_) | Err(ErrorCode::Blocked) => break, // wait for `writable`
-                Err(_) => {
-                    // The stream is gone (reset, closed): drop what was queued.
-                    self.pending.remove(&stream);
-                    return true;
-                }
+            Sent::All | Sent::Gone => {
+                self.pending.remove(&stream);
+                true
             }
         }
-        buf.drain(..sent);
-        false
     }
 
     #[doc(hidden)]
@@ -254,15 +281,19 @@ pub fn __request(head: crate::bindings::tq::plugin::h3_types::RequestHead) -> Re
         method: String::new(),
         path: String::new(),
         authority: String::new(),
-        headers: Vec::new(),
+        headers: Vec::with_capacity(head.headers.len()),
         has_body: !head.end,
     };
     for h in head.headers {
-        let text = || String::from_utf8_lossy(&h.value).into_owned();
+        // The value's own buffer when it is UTF-8 (it nearly always is).
+        let text = |v: Vec<u8>| {
+            String::from_utf8(v)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        };
         match h.name.as_str() {
-            ":method" => req.method = text(),
-            ":path" => req.path = text(),
-            ":authority" => req.authority = text(),
+            ":method" => req.method = text(h.value),
+            ":path" => req.path = text(h.value),
+            ":authority" => req.authority = text(h.value),
             n if n.starts_with(':') => {}
             _ => req.headers.push((h.name, h.value)),
         }

@@ -150,6 +150,18 @@ impl H3Controller {
     /// Cancel-safe.
     pub async fn next_event(&mut self) -> Option<H3Event> {
         let ev = self.events.recv().await;
+        self.took(ev)
+    }
+
+    /// The next event if one is already queued, without waiting: for an
+    /// application that handles events in batches (`None` also once the
+    /// connection is gone; [`next_event`](Self::next_event) tells which).
+    pub fn try_next_event(&mut self) -> Option<H3Event> {
+        let ev = self.events.try_recv().ok();
+        self.took(ev)
+    }
+
+    fn took(&self, ev: Option<H3Event>) -> Option<H3Event> {
         if ev.is_some() {
             let shared = &self.handle.shared;
             if shared.events_pending.fetch_sub(1, Ordering::Relaxed) == EVENT_BACKLOG {

@@ -63,7 +63,7 @@ pub async fn serve_requests<F, Fut>(
     let mut tasks = JoinSet::new();
     // Each live request's task, both ways, so a reset finds it and a
     // finished task frees its entry.
-    let mut by_stream: HashMap<u64, AbortHandle> = HashMap::new();
+    let mut by_stream: crate::quic::id_map::IdMap<AbortHandle> = Default::default();
     let mut by_task: HashMap<tokio::task::Id, u64> = HashMap::new();
     loop {
         tokio::select! {

@@ -44,6 +44,7 @@ mod cid;
 mod connection;
 mod error;
 mod gso;
+pub(crate) mod id_map;
 mod migrate;
 mod packet;
 mod retry;

@@ -8,7 +8,7 @@
 //! application only while it holds the stream's receiver, so a request
 //! without a body, or whose receiver was dropped, leaves nothing behind.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use super::super::error::{
 };
 use super::super::frames::{BodyReceiver, InboundFrame, OutboundFrame, OutboundSender, Shared};
 use crate::metrics::{RequestRecord, ServiceMetrics};
+use crate::quic::id_map::{IdMap, IdSet};
 use crate::quic::scratch::Scratch;
 use crate::quic::QuicResult;
 
@@ -231,7 +232,7 @@ impl StreamCtx {
 
 /// Every live stream of one connection.
 pub(super) struct StreamTable {
-    streams: HashMap<u64, StreamCtx>,
+    streams: IdMap<StreamCtx>,
     /// Streams done for the application whose data quiche may still be
     /// sending or waiting to see acknowledged: closing the connection
     /// before they are gone from quiche would lose their last bytes.
@@ -247,10 +248,10 @@ pub(super) struct StreamTable {
     /// not complete yet, with when they were first seen: a client sending
     /// its headers a byte at a time (slowloris) is cut like a stalled
     /// body.
-    unheaded: HashMap<u64, Instant>,
+    unheaded: IdMap<Instant>,
     /// The peer's unidirectional streams quiche's HTTP/3 layer has read:
     /// its state for them is freed once quiche drops them.
-    peer_uni: std::collections::HashSet<u64>,
+    peer_uni: IdSet,
     /// Whether the last turn handed any stream's data to quiche.
     sent_in_turn: bool,
     /// Where request records go (servers, when asked for).
@@ -260,15 +261,15 @@ pub(super) struct StreamTable {
 impl StreamTable {
     pub(super) fn new(capacity: usize, chunk: usize, shared: Arc<Shared>) -> Self {
         Self {
-            streams: HashMap::new(),
+            streams: IdMap::default(),
             unacked: Vec::new(),
             capacity: capacity.max(1),
             shared,
             buf_len: chunk.max(1024),
             next_first: 0,
             sent_in_turn: false,
-            unheaded: HashMap::new(),
-            peer_uni: std::collections::HashSet::new(),
+            unheaded: IdMap::default(),
+            peer_uni: IdSet::default(),
             requests: None,
         }
     }

@@ -10,7 +10,6 @@
 //! queued body bytes at most `PluginLimits::queued_bytes` (past it, writes
 //! wait for `writable` like a full stream).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -20,6 +19,7 @@ use super::super::bindings::h3::tq::plugin::types::{ErrorCode, Header};
 use super::super::bindings::h3::Http3AppPre;
 use super::super::sandbox::PluginState;
 use crate::http3::{H3Handle, OutboundFrame, OutboundSender, TrySend};
+use crate::quic::id_map::{IdMap, IdSet};
 
 /// The most body bytes one `send-body` call queues; the rest of a larger
 /// chunk is left to the plugin (the call returns how much was taken).
@@ -35,12 +35,12 @@ pub(crate) type Http3Pre = Http3AppPre<PluginState<H3Conn>>;
 /// An HTTP/3 plugin's view of its connection.
 pub(crate) struct H3Conn {
     /// Response senders of requests the plugin may still answer.
-    pub(crate) streams: HashMap<u64, OutboundSender>,
+    pub(crate) streams: IdMap<OutboundSender>,
     /// Streams the plugin found full; each gets a `writable` event.
-    pub(crate) want_writable: HashSet<u64>,
+    pub(crate) want_writable: IdSet,
     /// Requests whose body the plugin may still be sent: what
     /// `stop-sending` may name.
-    pub(crate) reading: HashSet<u64>,
+    pub(crate) reading: IdSet,
     /// The plugin asked to close the connection (once is enough).
     closing: bool,
     /// Body bytes all of the connection's responses may have queued in the
@@ -52,9 +52,9 @@ pub(crate) struct H3Conn {
 impl H3Conn {
     pub(crate) fn new(handle: H3Handle, budget: usize) -> Self {
         Self {
-            streams: HashMap::new(),
-            want_writable: HashSet::new(),
-            reading: HashSet::new(),
+            streams: IdMap::default(),
+            want_writable: IdSet::default(),
+            reading: IdSet::default(),
             closing: false,
             budget: budget.max(1),
             handle,

@@ -12,7 +12,6 @@
 
 pub(crate) mod host;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +33,7 @@ use crate::http3::{
     BodyReceiver, H3Controller, H3Event, H3Handle, InboundFrame, NameValue, H3_INTERNAL_ERROR,
     H3_REQUEST_CANCELLED,
 };
+use crate::quic::id_map::IdMap;
 use host::{H3Conn, Http3Pre};
 
 enum Wake {
@@ -89,7 +89,7 @@ impl Bodies {
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-        paused: &HashMap<u64, WritableWait>,
+        paused: &IdMap<WritableWait>,
     ) -> Poll<(u64, Option<InboundFrame>)> {
         let n = self.streams.len();
         for i in 0..n {
@@ -116,7 +116,7 @@ impl Bodies {
 type WritableWait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The first blocked response that has room again.
-fn poll_writable(cx: &mut Context<'_>, waits: &mut HashMap<u64, WritableWait>) -> Poll<u64> {
+fn poll_writable(cx: &mut Context<'_>, waits: &mut IdMap<WritableWait>) -> Poll<u64> {
     let ready = waits
         .iter_mut()
         .find_map(|(id, w)| w.as_mut().poll(cx).is_ready().then_some(*id));
@@ -128,6 +128,9 @@ fn poll_writable(cx: &mut Context<'_>, waits: &mut HashMap<u64, WritableWait>) -
         None => Poll::Pending,
     }
 }
+
+/// The most events delivered between two `wait-for-data` calls.
+const MAX_BATCH: usize = 32;
 
 async fn run(
     plugin: Arc<Version>,
@@ -178,38 +181,53 @@ async fn run(
     let mut bodies = Bodies::default();
     // Streams whose response is blocked, each with its wait for room: their
     // bodies are not read meanwhile.
-    let mut writable: HashMap<u64, WritableWait> = HashMap::new();
+    let mut writable: IdMap<WritableWait> = IdMap::default();
     let mut last_timer: Option<Instant> = None;
+    // Made once, not per event: each makes a watch subscription.
+    let mut retired = std::pin::pin!(plugin.live.wait_retired());
+    let mut killed = std::pin::pin!(plugin.live.wait_killed());
+    // An event already queued when the last one was delivered, and how
+    // many went in this batch: `wait-for-data` is asked once per batch (as
+    // the WIT says), not after every event, which under load saves a call
+    // per request.
+    let mut queued: Option<H3Event> = None;
+    let mut batch = 0usize;
     while !failed {
-        requests.set(store.data().conn.streams.len());
-        let wait = match call(&mut store, &app, |s, a: &Http3App| {
-            Box::pin(async move { a.tq_plugin_h3_handler().call_wait_for_data(s).await })
-        })
-        .await
-        {
-            Ok(w) => w,
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        };
-        let deadline = timer_at(store.data().established, wait.deadline_ms, last_timer);
-        // After every call, `wait-for-data` included: a stream found full
-        // in any of them gets its wait, and its body is not read meanwhile.
-        arm_writable(&mut store, &mut writable);
-        let wake = tokio::select! {
-            ev = controller.next_event() => Wake::Event(ev),
-            // Room first: it un-pauses a body.
-            w = std::future::poll_fn(|cx| {
-                if let Poll::Ready(id) = poll_writable(cx, &mut writable) {
-                    return Poll::Ready(Wake::Writable(id));
+        let wake = if let Some(ev) = queued.take() {
+            Wake::Event(Some(ev))
+        } else {
+            batch = 0;
+            requests.set(store.data().conn.streams.len());
+            let wait = match call(&mut store, &app, |s, a: &Http3App| {
+                Box::pin(async move { a.tq_plugin_h3_handler().call_wait_for_data(s).await })
+            })
+            .await
+            {
+                Ok(w) => w,
+                Err(_) => {
+                    failed = true;
+                    break;
                 }
-                bodies.poll_frame(cx, &writable).map(|(id, f)| Wake::Frame(id, f))
-            }) => w,
-            () = sleep_until(deadline) => Wake::Timer,
-            () = plugin.live.wait_retired(), if !going_away => Wake::Retired,
-            () = plugin.live.wait_killed() => Wake::Killed,
-            () = &mut shutdown, if !going_away => Wake::Retired,
+            };
+            let deadline = timer_at(store.data().established, wait.deadline_ms, last_timer);
+            // After every call, `wait-for-data` included: a stream found full
+            // in any of them gets its wait, and its body is not read meanwhile.
+            arm_writable(&mut store, &mut writable);
+            tokio::select! {
+                ev = controller.next_event() => Wake::Event(ev),
+                // Room first: it un-pauses a body.
+                w = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(id) = poll_writable(cx, &mut writable) {
+                        return Poll::Ready(Wake::Writable(id));
+                    }
+                    bodies.poll_frame(cx, &writable).map(|(id, f)| Wake::Frame(id, f))
+                }) => w,
+                () = sleep_until(deadline) => Wake::Timer,
+                // Polled no more once done: `going_away` is set, or the loop ends.
+                () = &mut retired, if !going_away => Wake::Retired,
+                () = &mut killed => Wake::Killed,
+                () = &mut shutdown, if !going_away => Wake::Retired,
+            }
         };
         let event = match wake {
             // The version's drain is over: what is left closes now.
@@ -273,6 +291,12 @@ async fn run(
         })
         .await
         .is_err();
+        // Bounded, so a busy connection still notices retirement and its
+        // timer in time.
+        if !failed && batch < MAX_BATCH {
+            batch += 1;
+            queued = controller.try_next_event();
+        }
     }
 
     if failed {
@@ -290,7 +314,7 @@ async fn run(
 }
 
 /// Starts a wait for room on every stream the plugin found full.
-fn arm_writable(store: &mut Store<PluginState<H3Conn>>, waits: &mut HashMap<u64, WritableWait>) {
+fn arm_writable(store: &mut Store<PluginState<H3Conn>>, waits: &mut IdMap<WritableWait>) {
     let s = &mut store.data_mut().conn;
     let budget = s.budget;
     for id in std::mem::take(&mut s.want_writable) {

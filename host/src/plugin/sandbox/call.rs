@@ -105,8 +105,15 @@ pub(crate) async fn bounded<C: Send, W: ?Sized, R>(
 ) -> Result<R, String> {
     store.data_mut().start_call();
     store.set_epoch_deadline(1);
-    let started = Instant::now();
-    let res = tokio::time::timeout(limit, f(store, with)).await;
+    // One clock read for both the start and the wall-clock limit: a call
+    // is made twice per request, and each read counts.
+    let started = tokio::time::Instant::now();
+    let fut = f(store, with);
+    let res = match started.checked_add(limit) {
+        Some(at) => tokio::time::timeout_at(at, fut).await,
+        // A limit past the clock's range is no limit.
+        None => Ok(fut.await),
+    };
     log_output(store);
     let (out, outcome) = match res {
         Ok(Ok(r)) => (Ok(r), CallOutcome::Ok),

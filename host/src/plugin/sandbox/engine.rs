@@ -92,6 +92,11 @@ pub(crate) fn build_engine(limits: &PluginLimits, concurrent: bool) -> anyhow::R
         // Reserve no more address space per memory than the cap needs.
         .memory_reservation(limits.memory_bytes as u64)
         .memory_guard_size(64 << 10);
+    // For profiling plugins with `perf`: TQ_WASM_PROFILE=perfmap writes
+    // /tmp/perf-PID.map, naming the guest's functions (BENCHMARKS.md).
+    if std::env::var_os("TQ_WASM_PROFILE").is_some_and(|v| v == "perfmap") {
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     Engine::new(&cfg).map_err(|e| {
         let e = format!("{e:?}");
         anyhow::anyhow!("cannot configure wasmtime: {e}{}", pool_hint(&e))

@@ -81,6 +81,14 @@ impl OutputCapture {
     pub(crate) fn take(&self) -> Taken {
         let mut w = self.lock();
         let dropped = std::mem::take(&mut w.dropped);
+        // The usual case after a call: nothing printed, nothing to split
+        // off (which would allocate).
+        if w.buf.is_empty() {
+            return Taken {
+                text: Bytes::new(),
+                dropped,
+            };
+        }
         let end = if w.buf.len() >= w.capacity {
             w.buf.len()
         } else {
