@@ -328,6 +328,17 @@ fn a_session_ticket_key_file_is_read_and_a_bad_one_refused() {
             "{stderr}"
         );
     }
+    // The reset key's file as the ticket key: refused.
+    let out = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--session-ticket-key-file"])
+        .arg(&good)
+        .arg("--stateless-reset-key-file")
+        .arg(&good)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("hold the same key"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

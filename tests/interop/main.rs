@@ -669,10 +669,15 @@ async fn early_data_refused_by_a_fleet_host_is_sent_again_and_a_shared_ticket_ke
     let (get, _, resumed, early) = visit(&a).await;
     assert_eq!(get, "GET early=false");
     assert_eq!((resumed, early), (true, EarlyData::NotUsed));
-    // D cannot read the fleet's tickets: a full handshake.
+    // A's new ticket allows early data again: B takes the 0-RTT GET.
+    let (get, _, resumed, early) = visit(&b).await;
+    assert_eq!(get, "GET early=true");
+    assert_eq!((resumed, early), (true, EarlyData::Accepted));
+    // D cannot read the fleet's tickets: the 0-RTT GET is refused with
+    // the ticket, a full handshake follows, and the GET goes again.
     let (get, _, resumed, early) = visit(&d).await;
     assert_eq!(get, "GET early=false");
-    assert_eq!((resumed, early), (false, EarlyData::NotUsed));
+    assert_eq!((resumed, early), (false, EarlyData::Refused));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -311,14 +311,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     stateless_reset_key_file: Option<PathBuf>,
 
-    /// A file of at least 32 random bytes (or 64 hex digits) under which
-    /// every listener encrypts its TLS session tickets. Hosts that share
-    /// the file resume each other's sessions, and take each other's 0-RTT
-    /// where early data is on; keep it as private as a certificate's key.
-    /// SIGHUP reads it again (with the certificates): replace it on every
-    /// host, then reload, to rotate; tickets under the old key then get a
-    /// full handshake. Default: random keys per listener, new at each
-    /// reload.
+    /// A file of at least 32 random bytes (or 64 hex digits) from which
+    /// each listener derives the keys of its TLS session tickets (with its
+    /// name). Hosts that share the file resume each other's sessions, and
+    /// take each other's 0-RTT where early data is on; whoever holds it can
+    /// impersonate them to clients holding tickets, so keep it as private
+    /// as a certificate's key, and apart from the reset key. SIGHUP reads
+    /// it again (with the certificates): replace it on every host, then
+    /// reload, to rotate; tickets under the old key then get a full
+    /// handshake. Default: random keys per listener, new at each reload.
     #[arg(long, value_name = "FILE")]
     session_ticket_key_file: Option<PathBuf>,
 

@@ -421,7 +421,16 @@ async fn listener(
     if let Some(f) = &args.session_ticket_key_file {
         let key = SessionTicketKey::from_file(f)
             .map_err(|e| anyhow::anyhow!("--session-ticket-key-file: {e}"))?;
-        params = params.session_ticket_key(key);
+        // One secret for two jobs would tie them together: refused.
+        if let Some(r) = &args.stateless_reset_key_file {
+            if SessionTicketKey::from_file(r).is_ok_and(|r| r.same_secret_as(&key)) {
+                bail!(
+                    "--session-ticket-key-file and --stateless-reset-key-file hold the same key; \
+                     give each its own (head -c 32 /dev/urandom > FILE)"
+                );
+            }
+        }
+        params = params.session_ticket_key(key.for_listener(&name));
     }
     if params.settings.alpn.is_empty() {
         bail!("{name}: no ALPN configured");

@@ -173,27 +173,34 @@ pub struct HandshakeInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EarlyData {
     /// None was sent or taken: no session to resume, one that allows no
-    /// early data, or early data off on either side. (A server cannot tell
-    /// this from early data it declined.)
+    /// early data, or early data off on either side. (A server with early
+    /// data off cannot tell this from early data it ignored.)
     #[default]
     NotUsed,
     /// Early data was taken.
     Accepted,
-    /// Clients only: the server declined the early data this client sent
-    /// (its settings changed under the same ticket keys, or it asked for
-    /// another key share). quiche sends the data again once the handshake
-    /// is done, so nothing is lost; it only took a round trip longer.
+    /// Early data was sent and not taken: the server's settings changed
+    /// under the same ticket keys, it could not read the ticket (another
+    /// key: a full handshake), or it asked for another key share. On a
+    /// client, quiche sends the data again once the handshake is done, so
+    /// nothing is lost; it took a round trip longer.
     Refused,
 }
 
 impl EarlyData {
-    /// From BoringSSL's `ssl_early_data_reason_t`, as quiche reports it.
-    pub(crate) fn from_reason(reason: u32) -> Self {
-        match reason {
+    /// From BoringSSL's `ssl_early_data_reason_t` as quiche reports it,
+    /// whose meaning depends on the side.
+    pub(crate) fn from_reason(reason: u32, is_server: bool) -> Self {
+        match (reason, is_server) {
             // ssl_early_data_accepted
-            2 => Self::Accepted,
-            // ssl_early_data_peer_declined, ssl_early_data_hello_retry_request
-            4 | 8 => Self::Refused,
+            (2, _) => Self::Accepted,
+            // Clients: peer_declined, session_not_resumed (0-RTT under a
+            // ticket the server did not take), hello_retry_request.
+            (4 | 6 | 8, false) => Self::Refused,
+            // Servers: hello_retry_request, alpn_mismatch, ticket_age_skew,
+            // quic_parameter_mismatch, alps_mismatch. (On a server,
+            // peer_declined means the client offered none.)
+            (8 | 9 | 12 | 13 | 14, true) => Self::Refused,
             _ => Self::NotUsed,
         }
     }
@@ -400,7 +407,9 @@ impl ConnectionHandle {
     /// Waits for the handshake. A resuming client with early data on is
     /// "established" as soon as 0-RTT data can go; its
     /// [`early_data`](HandshakeInfo::early_data) says `NotUsed` until the
-    /// handshake is done, when a second call returns the final word.
+    /// handshake is done. The final info is published before the
+    /// application sees anything the server sent after its handshake, so a
+    /// call made once a response has arrived returns it.
     ///
     /// # Errors
     /// [`QuicError::HandshakeFailed`] with the reason, if the connection

@@ -1,8 +1,9 @@
-//! Hash maps keyed by stream ids (and our own connection numbers), with a
-//! cheap hash in place of SipHash: they are looked up several times per
-//! request, and their keys cannot be chosen to collide. A peer opens
-//! stream ids in order, at most its stream limit ahead of the lowest still
-//! open, so the ids in a map at once are a narrow, nearly consecutive run.
+//! Hash maps keyed by stream ids, with a cheap hash in place of SipHash:
+//! they are looked up several times per request. The hash is fixed, so a
+//! peer that keeps some streams open while opening others could pick ids
+//! that collide; but a map holds only a connection's open streams, at
+//! most the stream limit it was given (100 by default), so a lookup costs
+//! at most that many probes, and only on that peer's own connection.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};

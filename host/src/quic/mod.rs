@@ -205,6 +205,7 @@ pub fn listen_with_generator<M: Metrics>(
         tracker,
         local_addrs,
         tls: TlsReloader {
+            keys: Arc::new(std::sync::Mutex::new(ticket_keys)),
             params: Arc::new(params),
             updates: Arc::new(tls_tx),
             slots: tls_slots,
@@ -219,6 +220,9 @@ pub fn listen_with_generator<M: Metrics>(
 #[derive(Clone)]
 pub struct TlsReloader {
     params: Arc<ConnectionParams>,
+    /// The session-ticket keys in use: kept when a key file cannot be
+    /// read at a reload.
+    keys: Arc<std::sync::Mutex<settings::TicketKeys>>,
     /// Bumped once the slots hold the new configurations.
     updates: Arc<watch::Sender<u64>>,
     slots: Arc<TlsSlots>,
@@ -263,7 +267,18 @@ impl TlsReloader {
         // own 48-hour rotation is off once keys are set; reloading, e.g.
         // daily by SIGHUP, is the rotation.) With an operator's key file,
         // the file read again: a fleet rotates by replacing it everywhere.
-        let keys = settings::TicketKeys::for_listener(self.params.session_ticket_key.as_ref())?;
+        // A key file that no longer reads keeps the keys in use: it must
+        // not hold back a certificate's renewal.
+        let keys = {
+            let mut current = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            match settings::TicketKeys::for_listener(self.params.session_ticket_key.as_ref()) {
+                Ok(k) => *current = k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "session-ticket keys not rotated; the ones in use stay")
+                }
+            }
+            current.clone()
+        };
         let mut fresh = std::collections::HashMap::new();
         for i in 0..self.sockets {
             fresh.insert(i, self.params.to_quiche_config_with(true, Some(&keys))?);

@@ -14,10 +14,18 @@ use super::error::QuicError;
 /// take each other's 0-RTT); without it, each listener has random keys and
 /// a client that lands on another host makes a full handshake.
 ///
-/// Anyone holding the secret can decrypt the tickets it made, and with them
-/// the traffic of resumed sessions (TLS 1.3 resumption without a fresh key
-/// exchange is not forward secret against the ticket key), so keep the file
-/// as private as the certificate's key, and rotate it.
+/// Anyone holding the secret can make tickets the servers accept, and so
+/// impersonate them to every client holding one of their tickets (a
+/// resumed handshake shows no certificate), and can read the 0-RTT data
+/// sent under those tickets; resumed 1-RTT traffic stays forward secret
+/// (BoringSSL resumes with a fresh key exchange). Keep the file as private
+/// as a certificate's key, and rotate it with a compromised certificate.
+/// Every host sharing it takes the 0-RTT data of the others, so a captured
+/// 0-RTT flight can be replayed to each of them.
+///
+/// Keys are derived per listener ([`for_listener`](Self::for_listener)):
+/// one listener does not resume another's sessions, whose certificate and
+/// application may differ.
 ///
 /// ```
 /// use tq_host::quic::SessionTicketKey;
@@ -31,6 +39,8 @@ pub struct SessionTicketKey {
     /// Where it was read from: a certificate reload reads it again, which
     /// is how the key is rotated.
     file: Option<PathBuf>,
+    /// Mixed into every derived key: the listener's name.
+    context: String,
 }
 
 impl std::fmt::Debug for SessionTicketKey {
@@ -56,7 +66,19 @@ impl SessionTicketKey {
         Ok(Self {
             secret: Arc::from(secret),
             file: None,
+            context: String::new(),
         })
+    }
+
+    /// The same secret, with keys of their own for the listener `name`:
+    /// hosts agree as long as they name their listeners alike (the same
+    /// configuration file), and two listeners of a host never accept each
+    /// other's tickets.
+    pub fn for_listener(&self, name: &str) -> Self {
+        Self {
+            context: name.to_owned(),
+            ..self.clone()
+        }
     }
 
     /// Reads a key file: 64 or more hex digits, or 32 or more raw bytes.
@@ -65,53 +87,90 @@ impl SessionTicketKey {
     /// # Errors
     /// The file cannot be read or holds too short a key.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let text = std::str::from_utf8(&bytes).map(str::trim).ok();
-        let secret = text.and_then(super::decode_hex).unwrap_or(bytes);
+        let secret = read_secret(path)?;
         let mut key = Self::new(&secret).map_err(|e| format!("{}: {e}", path.display()))?;
         key.file = Some(path.to_owned());
         Ok(key)
     }
 
+    /// Whether `other` holds the same secret.
+    pub(crate) fn same_secret_as(&self, other: &Self) -> bool {
+        self.secret == other.secret
+    }
+
     /// The key as it is now: read again from its file, if it has one.
     pub(crate) fn current(&self) -> Result<Self, QuicError> {
         match &self.file {
-            Some(f) => Self::from_file(f).map_err(QuicError::Tls),
+            Some(f) => Ok(Self {
+                context: self.context.clone(),
+                ..Self::from_file(f).map_err(QuicError::Tls)?
+            }),
             None => Ok(self.clone()),
         }
     }
 
     /// BoringSSL's 48 bytes (16 of key name, 16 of HMAC key, 16 of AES
     /// key), each part derived from the secret under its own label, so the
-    /// name that travels in every ticket says nothing of the keys.
-    fn ticket_keys(&self) -> TicketKeys {
+    /// name that travels in every ticket says nothing of the keys. The
+    /// labels are longer than any connection id (20 bytes), so these MACs
+    /// can never be a stateless reset token made from the same secret.
+    fn ticket_keys(&self) -> Result<TicketKeys, QuicError> {
         let mut k = [0u8; 48];
         for (part, label) in k.chunks_mut(16).zip([
-            &b"tq-host ticket name"[..],
-            b"tq-host ticket hmac",
-            b"tq-host ticket aes",
+            "tq-host session ticket key name v1",
+            "tq-host session ticket hmac key v1",
+            "tq-host session ticket aes key v1",
         ]) {
             let mac =
                 boring::hmac::Hmac::init(&self.secret, &boring::hash::MessageDigest::sha256())
                     .and_then(|mut h| {
-                        h.update(label)?;
+                        h.update(label.as_bytes())?;
+                        h.update(&[0])?;
+                        h.update(self.context.as_bytes())?;
                         h.finalize()
                     })
-                    // HMAC with a valid key fails only when allocation does;
-                    // a hash of the same inputs is as good a derivation.
-                    .unwrap_or_else(|_| {
-                        boring::sha::sha256(&[&self.secret[..], label].concat()).to_vec()
-                    });
+                    // A host that derived other keys than its fleet would turn
+                    // every resumption there into a full handshake, silently.
+                    .map_err(|e| {
+                        QuicError::Tls(format!("cannot derive session-ticket keys: {e}"))
+                    })?;
             part.copy_from_slice(&mac[..16]);
         }
-        TicketKeys(k)
+        Ok(TicketKeys(k))
     }
+}
+
+/// A key file's secret: hex digits (whitespace between them allowed, as
+/// `xxd -p` wraps them), else the raw bytes. Warns when the file can be
+/// read by others than its owner.
+fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "a key file others can read: chmod 600 it");
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(&bytes) {
+        let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_hexdigit()) {
+            return super::decode_hex(&digits).ok_or_else(|| {
+                format!(
+                    "{}: an odd number of hex digits ({}); expected raw bytes or pairs of hex digits",
+                    path.display(),
+                    digits.len()
+                )
+            });
+        }
+    }
+    Ok(bytes)
 }
 
 /// The keys one listener's TLS contexts share (see
 /// [`ConnectionParams::to_quiche_config_with`](super::ConnectionParams)):
 /// every socket of a listener then resumes the sessions of the others.
+#[derive(Clone)]
 pub(crate) struct TicketKeys([u8; 48]);
 
 impl TicketKeys {
@@ -127,7 +186,7 @@ impl TicketKeys {
     /// its file), or random without one.
     pub(crate) fn for_listener(key: Option<&SessionTicketKey>) -> Result<Self, QuicError> {
         match key {
-            Some(k) => Ok(k.current()?.ticket_keys()),
+            Some(k) => k.current()?.ticket_keys(),
             None => Self::random(),
         }
     }
@@ -157,37 +216,67 @@ impl TicketKeys {
 mod tests {
     use super::*;
 
+    fn keys(k: &SessionTicketKey) -> [u8; 48] {
+        k.ticket_keys().unwrap().0
+    }
+
     #[test]
-    fn one_secret_gives_one_set_of_keys_and_files_are_read_as_hex_or_bytes() {
-        let a = SessionTicketKey::new(&[1; 32]).unwrap().ticket_keys().0;
-        assert_eq!(a, SessionTicketKey::new(&[1; 32]).unwrap().ticket_keys().0);
-        assert_ne!(a, SessionTicketKey::new(&[2; 32]).unwrap().ticket_keys().0);
+    fn one_secret_and_listener_give_one_set_of_keys_and_files_are_read_as_hex_or_bytes() {
+        let k1 = SessionTicketKey::new(&[1; 32]).unwrap();
+        let a = keys(&k1.for_listener("web"));
+        assert_eq!(
+            a,
+            keys(&SessionTicketKey::new(&[1; 32]).unwrap().for_listener("web"))
+        );
+        assert_ne!(
+            a,
+            keys(&SessionTicketKey::new(&[2; 32]).unwrap().for_listener("web"))
+        );
+        assert_ne!(
+            a,
+            keys(&k1.for_listener("api")),
+            "listeners get keys of their own"
+        );
         assert_ne!(a[..16], a[16..32], "name and keys are derived apart");
 
         let dir = std::env::temp_dir().join(format!("tq-stek-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let hex = dir.join("hex");
-        std::fs::write(&hex, format!("{}\n", "01".repeat(32))).unwrap();
-        let raw = dir.join("raw");
+        let hex = dir.join("key-as-text");
+        // Wrapped, as `xxd -p` writes it.
+        std::fs::write(&hex, format!("{}\n{}\n", "01".repeat(30), "01".repeat(2))).unwrap();
+        let raw = dir.join("key-as-bytes");
         std::fs::write(&raw, [1u8; 32]).unwrap();
         for f in [&hex, &raw] {
-            let k = SessionTicketKey::from_file(f).unwrap();
-            assert_eq!(k.current().unwrap().ticket_keys().0, a, "{}", f.display());
+            let k = SessionTicketKey::from_file(f).unwrap().for_listener("web");
+            assert_eq!(keys(&k.current().unwrap()), a, "{}", f.display());
         }
-        // The file is read again: a new secret there is a new key.
-        std::fs::write(&raw, [2u8; 40]).unwrap();
-        let k = SessionTicketKey::from_file(&hex).unwrap();
-        let rotated = SessionTicketKey::from_file(&raw).unwrap();
-        assert_ne!(rotated.current().unwrap().ticket_keys().0, a);
+        // The file is read again, the listener kept: a new secret there is
+        // a new key.
+        let k = SessionTicketKey::from_file(&hex)
+            .unwrap()
+            .for_listener("web");
+        std::fs::write(&hex, "02".repeat(40)).unwrap();
+        let rotated = k.current().unwrap();
+        assert_ne!(keys(&rotated), a);
+        assert_eq!(
+            keys(&rotated),
+            keys(&SessionTicketKey::new(&[2; 40]).unwrap().for_listener("web"))
+        );
         std::fs::write(&hex, "abcd").unwrap();
         let err = k.current().unwrap_err().to_string();
         assert!(
-            err.contains("at least 32 bytes") && err.contains("hex"),
+            err.contains("at least 32 bytes") && err.contains(&hex.display().to_string()),
             "{err}"
         );
+        std::fs::write(&hex, "abc").unwrap();
+        let err = k.current().unwrap_err().to_string();
+        assert!(err.contains("odd number of hex digits"), "{err}");
         std::fs::remove_file(&hex).unwrap();
         let err = k.current().unwrap_err().to_string();
-        assert!(err.contains("cannot read"), "{err}");
+        assert!(
+            err.contains("cannot read") && err.contains(&hex.display().to_string()),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

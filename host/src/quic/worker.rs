@@ -284,6 +284,22 @@ impl<M: Metrics> WorkerParts<M> {
                 }
             }
 
+            // Before the application reads what came with the end of the
+            // handshake: whoever sees a response then sees the final info.
+            if in_early_data && self.conn.is_established() {
+                in_early_data = false;
+                if let Stage::Running(info) | Stage::Closing(info) = &mut stage {
+                    *info = self.handshake_info();
+                    let done = ConnectionState::Established(info.clone());
+                    self.state.send_if_modified(|s| {
+                        let live = matches!(s, ConnectionState::Established(_));
+                        if live {
+                            *s = done;
+                        }
+                        live
+                    });
+                }
+            }
             if stage.is_running() && app.should_act() {
                 if received > 0 {
                     if let Err(e) = app.process_reads(&mut self.conn) {
@@ -304,22 +320,11 @@ impl<M: Metrics> WorkerParts<M> {
                         *failure_reported = self.report_failed_handshake();
                     }
                 }
-                Stage::Running(info) | Stage::Closing(info) => {
+                Stage::Running(_) | Stage::Closing(_) => {
                     if !self.conn.is_closed() {
                         self.refresh_connection_ids();
                     }
-                    if in_early_data && self.conn.is_established() {
-                        in_early_data = false;
-                        *info = self.handshake_info();
-                        let done = ConnectionState::Established(info.clone());
-                        self.state.send_if_modified(|s| {
-                            let live = matches!(s, ConnectionState::Established(_));
-                            if live {
-                                *s = done;
-                            }
-                            live
-                        });
-                    }
+
                     if let Some(sink) = &mut self.session_sink {
                         sink.observe(&self.conn);
                     }
@@ -762,7 +767,10 @@ impl<M: Metrics> WorkerParts<M> {
             local_addr: self.socket.local_addr(),
             handshake_duration: self.started_at.elapsed(),
             is_resumed: self.conn.is_resumed(),
-            early_data: EarlyData::from_reason(self.conn.early_data_reason()),
+            early_data: EarlyData::from_reason(
+                self.conn.early_data_reason(),
+                self.conn.is_server(),
+            ),
         }
     }
 

@@ -129,7 +129,8 @@ fn poll_writable(cx: &mut Context<'_>, waits: &mut IdMap<WritableWait>) -> Poll<
     }
 }
 
-/// The most events delivered between two `wait-for-data` calls.
+/// The most events delivered between two `wait-for-data` calls: a bound,
+/// so the plugin's idea of what it waits for is asked often enough.
 const MAX_BATCH: usize = 32;
 
 async fn run(
@@ -186,49 +187,64 @@ async fn run(
     // Made once, not per event: each makes a watch subscription.
     let mut retired = std::pin::pin!(plugin.live.wait_retired());
     let mut killed = std::pin::pin!(plugin.live.wait_killed());
-    // An event already queued when the last one was delivered, and how
-    // many went in this batch: `wait-for-data` is asked once per batch (as
-    // the WIT says), not after every event, which under load saves a call
-    // per request.
-    let mut queued: Option<H3Event> = None;
+    // How many events went since `wait-for-data` was last asked: it is
+    // asked once per batch (as the WIT says), not after every event, which
+    // under load saves a call per request. A batch goes on while anything
+    // is ready at once, every source in turn as the wait would see them.
     let mut batch = 0usize;
+    let mut deadline: Option<Instant> = None;
     while !failed {
-        let wake = if let Some(ev) = queued.take() {
-            Wake::Event(Some(ev))
+        // After every call: a stream found full in any of them gets its
+        // wait, and its body is not read meanwhile.
+        arm_writable(&mut store, &mut writable);
+        let ready = if batch > 0 && batch < MAX_BATCH {
+            ready_now(
+                &mut writable,
+                &mut bodies,
+                deadline,
+                (&mut killed, &mut retired, &mut shutdown),
+                going_away,
+                &mut controller,
+            )
         } else {
-            batch = 0;
-            requests.set(store.data().conn.streams.len());
-            let wait = match call(&mut store, &app, |s, a: &Http3App| {
-                Box::pin(async move { a.tq_plugin_h3_handler().call_wait_for_data(s).await })
-            })
-            .await
-            {
-                Ok(w) => w,
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            };
-            let deadline = timer_at(store.data().established, wait.deadline_ms, last_timer);
-            // After every call, `wait-for-data` included: a stream found full
-            // in any of them gets its wait, and its body is not read meanwhile.
-            arm_writable(&mut store, &mut writable);
-            tokio::select! {
-                ev = controller.next_event() => Wake::Event(ev),
-                // Room first: it un-pauses a body.
-                w = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(id) = poll_writable(cx, &mut writable) {
-                        return Poll::Ready(Wake::Writable(id));
+            None
+        };
+        let wake = match ready {
+            Some(w) => w,
+            None => {
+                batch = 0;
+                requests.set(store.data().conn.streams.len());
+                let wait = match call(&mut store, &app, |s, a: &Http3App| {
+                    Box::pin(async move { a.tq_plugin_h3_handler().call_wait_for_data(s).await })
+                })
+                .await
+                {
+                    Ok(w) => w,
+                    Err(_) => {
+                        failed = true;
+                        break;
                     }
-                    bodies.poll_frame(cx, &writable).map(|(id, f)| Wake::Frame(id, f))
-                }) => w,
-                () = sleep_until(deadline) => Wake::Timer,
-                // Polled no more once done: `going_away` is set, or the loop ends.
-                () = &mut retired, if !going_away => Wake::Retired,
-                () = &mut killed => Wake::Killed,
-                () = &mut shutdown, if !going_away => Wake::Retired,
+                };
+                deadline = timer_at(store.data().established, wait.deadline_ms, last_timer);
+                arm_writable(&mut store, &mut writable);
+                tokio::select! {
+                    ev = controller.next_event() => Wake::Event(ev),
+                    // Room first: it un-pauses a body.
+                    w = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(id) = poll_writable(cx, &mut writable) {
+                            return Poll::Ready(Wake::Writable(id));
+                        }
+                        bodies.poll_frame(cx, &writable).map(|(id, f)| Wake::Frame(id, f))
+                    }) => w,
+                    () = sleep_until(deadline) => Wake::Timer,
+                    // Polled no more once done: `going_away` is set, or the loop ends.
+                    () = &mut retired, if !going_away => Wake::Retired,
+                    () = &mut killed => Wake::Killed,
+                    () = &mut shutdown, if !going_away => Wake::Retired,
+                }
             }
         };
+        batch += 1;
         let event = match wake {
             // The version's drain is over: what is left closes now.
             Wake::Killed => {
@@ -275,6 +291,8 @@ async fn run(
             Wake::Writable(id) => Event::Writable(id),
             Wake::Timer => {
                 last_timer = Some(Instant::now());
+                // Fired: the next comes from the next `wait-for-data`.
+                deadline = None;
                 Event::Timer
             }
             // The server is stopping, or the version was replaced and its
@@ -291,12 +309,6 @@ async fn run(
         })
         .await
         .is_err();
-        // Bounded, so a busy connection still notices retirement and its
-        // timer in time.
-        if !failed && batch < MAX_BATCH {
-            batch += 1;
-            queued = controller.try_next_event();
-        }
     }
 
     if failed {
@@ -311,6 +323,45 @@ async fn run(
         debug!("plugin connection finished");
     }
     log_final_output(&mut store);
+}
+
+/// What the wait in [`run`] would wake for at once, if anything, looked at
+/// without waiting: room on a stream, a body frame, the timer, the
+/// version's end, then the controller's next event (the order the wait
+/// takes them in). `None`: nothing is ready, and the caller waits.
+fn ready_now(
+    writable: &mut IdMap<WritableWait>,
+    bodies: &mut Bodies,
+    deadline: Option<Instant>,
+    (killed, retired, shutdown): (
+        &mut Pin<&mut impl Future<Output = ()>>,
+        &mut Pin<&mut impl Future<Output = ()>>,
+        &mut Pin<&mut impl Future<Output = ()>>,
+    ),
+    going_away: bool,
+    controller: &mut H3Controller,
+) -> Option<Wake> {
+    // A no-op waker: whatever is pending is polled again by the real wait,
+    // with the task's waker, before the task sleeps.
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    if let Poll::Ready(id) = poll_writable(&mut cx, writable) {
+        return Some(Wake::Writable(id));
+    }
+    if let Poll::Ready((id, f)) = bodies.poll_frame(&mut cx, writable) {
+        return Some(Wake::Frame(id, f));
+    }
+    if deadline.is_some_and(|d| d <= Instant::now()) {
+        return Some(Wake::Timer);
+    }
+    if killed.as_mut().poll(&mut cx).is_ready() {
+        return Some(Wake::Killed);
+    }
+    if !going_away
+        && (retired.as_mut().poll(&mut cx).is_ready() || shutdown.as_mut().poll(&mut cx).is_ready())
+    {
+        return Some(Wake::Retired);
+    }
+    controller.try_next_event().map(|ev| Wake::Event(Some(ev)))
 }
 
 /// Starts a wait for room on every stream the plugin found full.

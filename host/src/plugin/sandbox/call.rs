@@ -106,7 +106,7 @@ pub(crate) async fn bounded<C: Send, W: ?Sized, R>(
     store.data_mut().start_call();
     store.set_epoch_deadline(1);
     // One clock read for both the start and the wall-clock limit: a call
-    // is made twice per request, and each read counts.
+    // is made once or twice per request, and each read counts.
     let started = tokio::time::Instant::now();
     let fut = f(store, with);
     let res = match started.checked_add(limit) {
