@@ -457,6 +457,13 @@ fn one_config_serves_two_plugins_and_check_names_every_error() {
              [listener.limits]\ninstances = 0\n",
             vec!["instances.toml:3", "`instances` must be at least 1"],
         ),
+        (
+            // A name picks the ticket keys: two alike would share them.
+            "names.toml",
+            "[[listener]]\nname = \"site\"\nlisten = [\"127.0.0.1:0\"]\n\n\
+             [[listener]]\nname = \"site\"\nlisten = [\"127.0.0.1:0\"]\n",
+            vec!["site: another listener has this name"],
+        ),
     ];
     for (name, text, wanted) in cases {
         let path = dir.join(name);

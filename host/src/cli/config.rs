@@ -52,7 +52,11 @@ pub(crate) struct ConfigFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListenerConfig {
-    /// A name for logs and `/versions`; default `listener[N]`.
+    /// A name for logs and `/versions`, unique among the listeners;
+    /// default `listener[N]`. With `--session-ticket-key-file` it also
+    /// picks the listener's ticket keys: renaming (or reordering unnamed
+    /// listeners) ends the sessions clients keep, and hosts of a fleet must
+    /// name their listeners alike.
     pub(crate) name: Option<String>,
     /// Addresses to listen on (UDP).
     pub(crate) listen: Option<Spanned<Vec<SocketAddr>>>,

@@ -135,9 +135,20 @@ pub(super) async fn build(
     let mut listeners = Vec::new();
     let mut errors = Vec::new();
     let mut seen_addrs: Vec<(SocketAddr, String)> = Vec::new();
+    let mut seen_names: Vec<String> = Vec::new();
     for (i, (cfg, src)) in configs.into_iter().enumerate() {
         match listener(i, cfg, src, args, &settings, metrics.clone(), mode).await {
             Ok(l) => {
+                // A name picks the listener's session-ticket keys (with
+                // --session-ticket-key-file) and its line in /versions:
+                // two alike would share both.
+                if seen_names.contains(&l.name) {
+                    errors.push(format!(
+                        "{}: another listener has this name; give each its own `name`",
+                        l.name
+                    ));
+                }
+                seen_names.push(l.name.clone());
                 for a in &l.listen {
                     if let Some((_, other)) =
                         seen_addrs.iter().find(|(b, _)| b == a && a.port() != 0)

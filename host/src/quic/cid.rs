@@ -77,18 +77,13 @@ impl StatelessResetKey {
         Ok(Self(Arc::from(key)))
     }
 
-    /// Reads a key file: 64 or more hex digits, or 32 or more raw bytes.
+    /// Reads a key file: 64 or more hex digits (whitespace between them
+    /// allowed), or 32 or more raw bytes.
     ///
     /// # Errors
     /// The file cannot be read or holds too short a key.
     pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let text = std::str::from_utf8(&bytes).map(str::trim).ok();
-        let key = match text.and_then(decode_hex) {
-            Some(k) => k,
-            None => bytes,
-        };
+        let key = super::tickets::read_secret(path)?;
         Self::new(&key).map_err(|e| format!("{}: {e}", path.display()))
     }
 

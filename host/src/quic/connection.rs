@@ -197,10 +197,12 @@ impl EarlyData {
             // Clients: peer_declined, session_not_resumed (0-RTT under a
             // ticket the server did not take), hello_retry_request.
             (4 | 6 | 8, false) => Self::Refused,
-            // Servers: hello_retry_request, alpn_mismatch, ticket_age_skew,
-            // quic_parameter_mismatch, alps_mismatch. (On a server,
+            // Servers: session_not_resumed (a ticket it could not read),
+            // hello_retry_request, alpn_mismatch, ticket_age_skew,
+            // quic_parameter_mismatch, alps_mismatch: each reached only
+            // when the client offered early data. (On a server,
             // peer_declined means the client offered none.)
-            (8 | 9 | 12 | 13 | 14, true) => Self::Refused,
+            (6 | 8 | 9 | 12 | 13 | 14, true) => Self::Refused,
             _ => Self::NotUsed,
         }
     }
@@ -458,5 +460,38 @@ impl ConnectionHandle {
     /// Whether the connection has closed.
     pub fn is_closed(&self) -> bool {
         matches!(*self.state.borrow(), ConnectionState::Closed(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EarlyData;
+
+    /// BoringSSL's reasons (`ssl_early_data_reason_t`), as each side reads
+    /// them.
+    #[test]
+    fn early_data_reasons_are_read_per_side() {
+        use EarlyData::{Accepted, NotUsed, Refused};
+        // unknown, disabled, accepted, protocol_version, peer_declined,
+        // no_session_offered, session_not_resumed, unsupported_for_session,
+        // hello_retry_request, alpn_mismatch, channel_id, (11 unused),
+        // ticket_age_skew, quic_parameter_mismatch, alps_mismatch.
+        let client = [
+            NotUsed, NotUsed, Accepted, NotUsed, Refused, NotUsed, Refused, NotUsed, Refused,
+            NotUsed, NotUsed, NotUsed, NotUsed, NotUsed, NotUsed,
+        ];
+        let server = [
+            NotUsed, NotUsed, Accepted, NotUsed, NotUsed, NotUsed, Refused, NotUsed, Refused,
+            Refused, NotUsed, NotUsed, Refused, Refused, Refused,
+        ];
+        for (reason, (c, s)) in client.iter().zip(&server).enumerate() {
+            let reason = reason as u32;
+            assert_eq!(
+                EarlyData::from_reason(reason, false),
+                *c,
+                "client, {reason}"
+            );
+            assert_eq!(EarlyData::from_reason(reason, true), *s, "server, {reason}");
+        }
     }
 }

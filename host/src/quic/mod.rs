@@ -269,20 +269,20 @@ impl TlsReloader {
         // the file read again: a fleet rotates by replacing it everywhere.
         // A key file that no longer reads keeps the keys in use: it must
         // not hold back a certificate's renewal.
-        let keys = {
-            let mut current = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-            match settings::TicketKeys::for_listener(self.params.session_ticket_key.as_ref()) {
-                Ok(k) => *current = k,
-                Err(e) => {
-                    tracing::warn!(error = %e, "session-ticket keys not rotated; the ones in use stay")
-                }
+        let keys = match settings::TicketKeys::for_listener(self.params.session_ticket_key.as_ref())
+        {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "session-ticket keys not rotated; the ones in use stay");
+                self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone()
             }
-            current.clone()
         };
         let mut fresh = std::collections::HashMap::new();
         for i in 0..self.sockets {
             fresh.insert(i, self.params.to_quiche_config_with(true, Some(&keys))?);
         }
+        // Only now in use: a certificate refused above leaves them unused.
+        *self.keys.lock().unwrap_or_else(|e| e.into_inner()) = keys;
         *self.slots.0.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
         self.updates.send_modify(|g| *g += 1);
         Ok(())

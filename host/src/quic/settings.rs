@@ -247,7 +247,9 @@ impl ConnectionParams {
     }
 
     /// Encrypts session tickets under `key` (servers), so that every host
-    /// given the same key resumes the sessions of the others.
+    /// given the same key resumes the sessions of the others. Give each
+    /// listener its own [`SessionTicketKey::for_listener`] of the shared
+    /// key, so that one listener never resumes another's sessions.
     pub fn session_ticket_key(mut self, key: SessionTicketKey) -> Self {
         self.session_ticket_key = Some(key);
         self

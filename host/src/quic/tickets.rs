@@ -141,20 +141,29 @@ impl SessionTicketKey {
 }
 
 /// A key file's secret: hex digits (whitespace between them allowed, as
-/// `xxd -p` wraps them), else the raw bytes. Warns when the file can be
-/// read by others than its owner.
-fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+/// `xxd -p` wraps them), else the raw bytes. Warns, once per file, when
+/// anyone may read it.
+pub(crate) fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     #[cfg(unix)]
     if let Ok(meta) = std::fs::metadata(path) {
         use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(file = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "a key file others can read: chmod 600 it");
+        static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+        let mode = meta.permissions().mode();
+        if mode & 0o004 != 0 {
+            let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+            if !warned.iter().any(|p| p == path) {
+                warned.push(path.to_owned());
+                tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777), "a key file anyone can read: chmod o-r it");
+            }
         }
     }
     if let Ok(text) = std::str::from_utf8(&bytes) {
         let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-        if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        if digits.is_empty() {
+            return Err(format!("{}: holds no key", path.display()));
+        }
+        if digits.chars().all(|c| c.is_ascii_hexdigit()) {
             return super::decode_hex(&digits).ok_or_else(|| {
                 format!(
                     "{}: an odd number of hex digits ({}); expected raw bytes or pairs of hex digits",
@@ -277,6 +286,63 @@ mod tests {
             err.contains("cannot read") && err.contains(&hex.display().to_string()),
             "{err}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// What a certificate reload does to the ticket keys.
+#[cfg(test)]
+mod reload_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::quic::{ConnectionParams, QuicSettings, TlsReloader};
+
+    #[test]
+    fn a_reload_reads_the_key_file_again_and_keeps_the_keys_when_it_cannot() {
+        let dir = std::env::temp_dir().join(format!("tq-stek-reload-{}", std::process::id()));
+        let paths = crate::tls::SelfSignedCertificate::generate(&["localhost"])
+            .unwrap()
+            .write_to(&dir)
+            .unwrap();
+        let file = dir.join("ticket-key");
+        std::fs::write(&file, [3u8; 32]).unwrap();
+        let key = SessionTicketKey::from_file(&file)
+            .unwrap()
+            .for_listener("web");
+        let first = key.ticket_keys().unwrap().0;
+        let params = ConnectionParams::new_server(QuicSettings::default(), paths.clone())
+            .session_ticket_key(key);
+        let (updates, _rx) = tokio::sync::watch::channel(0u64);
+        let reloader = TlsReloader {
+            keys: Arc::new(Mutex::new(
+                TicketKeys::for_listener(params.session_ticket_key.as_ref()).unwrap(),
+            )),
+            params: Arc::new(params),
+            updates: Arc::new(updates),
+            slots: Default::default(),
+            sockets: 1,
+        };
+        let in_use = || reloader.keys.lock().unwrap().0;
+        assert_eq!(in_use(), first);
+        // The file unchanged: the same keys (sessions survive a reload).
+        reloader.reload().unwrap();
+        assert_eq!(in_use(), first);
+        // Replaced: new keys.
+        std::fs::write(&file, [4u8; 32]).unwrap();
+        reloader.reload().unwrap();
+        let second = in_use();
+        assert_ne!(second, first);
+        // Gone: the certificate still reloads, the keys in use stay.
+        std::fs::remove_file(&file).unwrap();
+        reloader.reload().unwrap();
+        assert_eq!(in_use(), second);
+        // A certificate refused: nothing changes, the new file's keys
+        // included (they were never installed).
+        std::fs::write(&file, [5u8; 32]).unwrap();
+        std::fs::write(&paths.cert, "not a certificate").unwrap();
+        assert!(reloader.reload().is_err());
+        assert_eq!(in_use(), second);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -190,7 +190,7 @@ async fn run(
     // How many events went since `wait-for-data` was last asked: it is
     // asked once per batch (as the WIT says), not after every event, which
     // under load saves a call per request. A batch goes on while anything
-    // is ready at once, every source in turn as the wait would see them.
+    // is ready at once (see `ready_now`) and the plugin's timer is not due.
     let mut batch = 0usize;
     let mut deadline: Option<Instant> = None;
     while !failed {
@@ -205,6 +205,7 @@ async fn run(
                 (&mut killed, &mut retired, &mut shutdown),
                 going_away,
                 &mut controller,
+                batch % 2 == 1,
             )
         } else {
             None
@@ -326,9 +327,12 @@ async fn run(
 }
 
 /// What the wait in [`run`] would wake for at once, if anything, looked at
-/// without waiting: room on a stream, a body frame, the timer, the
-/// version's end, then the controller's next event (the order the wait
-/// takes them in). `None`: nothing is ready, and the caller waits.
+/// without waiting: room on a stream, a body frame, the version's end, and
+/// the controller's next event, which comes first on every other call
+/// (`first`) so that neither new requests nor bodies starve the other.
+/// `None`: nothing is ready, or the plugin's timer is due, which ends the
+/// batch (the plugin may have moved it since: the next `wait-for-data`
+/// says).
 fn ready_now(
     writable: &mut IdMap<WritableWait>,
     bodies: &mut Bodies,
@@ -340,19 +344,14 @@ fn ready_now(
     ),
     going_away: bool,
     controller: &mut H3Controller,
+    events_first: bool,
 ) -> Option<Wake> {
+    if deadline.is_some_and(|d| d <= Instant::now()) {
+        return None;
+    }
     // A no-op waker: whatever is pending is polled again by the real wait,
     // with the task's waker, before the task sleeps.
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    if let Poll::Ready(id) = poll_writable(&mut cx, writable) {
-        return Some(Wake::Writable(id));
-    }
-    if let Poll::Ready((id, f)) = bodies.poll_frame(&mut cx, writable) {
-        return Some(Wake::Frame(id, f));
-    }
-    if deadline.is_some_and(|d| d <= Instant::now()) {
-        return Some(Wake::Timer);
-    }
     if killed.as_mut().poll(&mut cx).is_ready() {
         return Some(Wake::Killed);
     }
@@ -360,6 +359,20 @@ fn ready_now(
         && (retired.as_mut().poll(&mut cx).is_ready() || shutdown.as_mut().poll(&mut cx).is_ready())
     {
         return Some(Wake::Retired);
+    }
+    if events_first {
+        if let Some(ev) = controller.try_next_event() {
+            return Some(Wake::Event(Some(ev)));
+        }
+    }
+    if let Poll::Ready(id) = poll_writable(&mut cx, writable) {
+        return Some(Wake::Writable(id));
+    }
+    if let Poll::Ready((id, f)) = bodies.poll_frame(&mut cx, writable) {
+        return Some(Wake::Frame(id, f));
+    }
+    if events_first {
+        return None;
     }
     controller.try_next_event().map(|ev| Wake::Event(Some(ev)))
 }
