@@ -130,6 +130,7 @@ pub(super) async fn build(
             );
         }
     }
+    let ticket_key = ticket_key(args)?;
     // Every listener is checked, and every problem reported, not only the
     // first.
     let mut listeners = Vec::new();
@@ -138,7 +139,10 @@ pub(super) async fn build(
     let mut seen_names: Vec<String> = Vec::new();
     for (i, (cfg, src)) in configs.into_iter().enumerate() {
         match listener(i, cfg, src, args, &settings, metrics.clone(), mode).await {
-            Ok(l) => {
+            Ok(mut l) => {
+                if let Some(key) = &ticket_key {
+                    l.params = l.params.session_ticket_key(key.for_listener(&l.name));
+                }
                 // A name picks the listener's session-ticket keys (with
                 // --session-ticket-key-file) and its line in /versions:
                 // two alike would share both.
@@ -169,6 +173,25 @@ pub(super) async fn build(
         http3: file.http3,
         listeners,
     })
+}
+
+/// The `--session-ticket-key-file` key, read once for every listener.
+fn ticket_key(args: &ServeArgs) -> anyhow::Result<Option<SessionTicketKey>> {
+    let Some(f) = &args.session_ticket_key_file else {
+        return Ok(None);
+    };
+    let key = SessionTicketKey::from_file(f)
+        .map_err(|e| anyhow::anyhow!("--session-ticket-key-file: {e}"))?;
+    // One secret for two jobs would tie them together: refused.
+    if let Some(r) = &args.stateless_reset_key_file {
+        if SessionTicketKey::from_file(r).is_ok_and(|r| r.same_secret_as(&key)) {
+            bail!(
+                "--session-ticket-key-file and --stateless-reset-key-file hold the same key; \
+                 give each its own (head -c 32 /dev/urandom > FILE)"
+            );
+        }
+    }
+    Ok(Some(key))
 }
 
 /// One listener from its `[[listener]]` (or an empty one) and the flags.
@@ -428,21 +451,7 @@ async fn listener(
         None => super::serve::self_signed()?,
     };
 
-    let mut params = ConnectionParams::new_server(settings, tls);
-    if let Some(f) = &args.session_ticket_key_file {
-        let key = SessionTicketKey::from_file(f)
-            .map_err(|e| anyhow::anyhow!("--session-ticket-key-file: {e}"))?;
-        // One secret for two jobs would tie them together: refused.
-        if let Some(r) = &args.stateless_reset_key_file {
-            if SessionTicketKey::from_file(r).is_ok_and(|r| r.same_secret_as(&key)) {
-                bail!(
-                    "--session-ticket-key-file and --stateless-reset-key-file hold the same key; \
-                     give each its own (head -c 32 /dev/urandom > FILE)"
-                );
-            }
-        }
-        params = params.session_ticket_key(key.for_listener(&name));
-    }
+    let params = ConnectionParams::new_server(settings, tls);
     if params.settings.alpn.is_empty() {
         bail!("{name}: no ALPN configured");
     }

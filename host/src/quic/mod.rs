@@ -269,8 +269,7 @@ impl TlsReloader {
         // the file read again: a fleet rotates by replacing it everywhere.
         // A key file that no longer reads keeps the keys in use: it must
         // not hold back a certificate's renewal.
-        let keys = match settings::TicketKeys::for_listener(self.params.session_ticket_key.as_ref())
-        {
+        let keys = match settings::TicketKeys::for_reload(self.params.session_ticket_key.as_ref()) {
             Ok(k) => k,
             Err(e) => {
                 tracing::warn!(error = %e, "session-ticket keys not rotated; the ones in use stay");

@@ -191,9 +191,18 @@ impl TicketKeys {
         Ok(Self(k))
     }
 
-    /// The keys for a listener with `key`: derived from it (read again from
-    /// its file), or random without one.
+    /// The keys for a listener with `key`: derived from it as given, or
+    /// random without one.
     pub(crate) fn for_listener(key: Option<&SessionTicketKey>) -> Result<Self, QuicError> {
+        match key {
+            Some(k) => k.ticket_keys(),
+            None => Self::random(),
+        }
+    }
+
+    /// As [`for_listener`](Self::for_listener), for a reload: the key read
+    /// again from its file, if it has one.
+    pub(crate) fn for_reload(key: Option<&SessionTicketKey>) -> Result<Self, QuicError> {
         match key {
             Some(k) => k.current()?.ticket_keys(),
             None => Self::random(),

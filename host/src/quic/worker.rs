@@ -324,7 +324,6 @@ impl<M: Metrics> WorkerParts<M> {
                     if !self.conn.is_closed() {
                         self.refresh_connection_ids();
                     }
-
                     if let Some(sink) = &mut self.session_sink {
                         sink.observe(&self.conn);
                     }

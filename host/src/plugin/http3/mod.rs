@@ -194,10 +194,11 @@ async fn run(
     let mut batch = 0usize;
     let mut deadline: Option<Instant> = None;
     while !failed {
-        // After every call: a stream found full in any of them gets its
-        // wait, and its body is not read meanwhile.
-        arm_writable(&mut store, &mut writable);
+        // Before anything is looked at, after every call: a stream found
+        // full in any of them gets its wait, and its body is not read
+        // meanwhile.
         let ready = if batch > 0 && batch < MAX_BATCH {
+            arm_writable(&mut store, &mut writable);
             ready_now(
                 &mut writable,
                 &mut bodies,
