@@ -184,7 +184,14 @@ enum Wake {
 
 impl<M: Metrics> WorkerParts<M> {
     /// Runs the connection to its end. Spawned by `start`/`connect`.
-    pub(crate) async fn run<A: ApplicationOverQuic>(self, app: A) {
+    ///
+    /// Not an `async fn`: that would hold `self` and `app` in its own state
+    /// beside the inner future that takes them, and the spawned task (most
+    /// of an idle connection's memory) would be twice as large.
+    pub(crate) fn run<A: ApplicationOverQuic>(
+        self,
+        app: A,
+    ) -> impl std::future::Future<Output = ()> + Send {
         let span = tracing::info_span!(
             "conn",
             id = %self.conn.trace_id(),
@@ -192,239 +199,250 @@ impl<M: Metrics> WorkerParts<M> {
             side = if self.conn.is_server() { "server" } else { "client" },
             app = self.label.as_deref().unwrap_or(""),
         );
-        self.run_inner(app).instrument(span).await
+        self.run_inner(app).instrument(span)
     }
 
-    async fn run_inner<A: ApplicationOverQuic>(mut self, mut app: A) {
-        let mut stage = Stage::Handshake {
-            failure_reported: false,
-        };
-        let mut result: QuicResult<()> = Ok(());
-        let mut received = 0usize;
-        // The application started in early data; the handshake is not done.
-        let mut in_early_data = false;
-        // The server's certificate did not list the address connected to:
-        // the connection never counts as established.
-        let mut cert_refused = false;
+    /// The connection's loop. An `async` block, not an `async fn`: an
+    /// async fn's state keeps its arguments and the locals they move into
+    /// apart (rust-lang/rust#62958), which doubled the task's size.
+    #[allow(clippy::manual_async_fn)]
+    fn run_inner<A: ApplicationOverQuic>(
+        mut self,
+        mut app: A,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let mut stage = Stage::Handshake {
+                failure_reported: false,
+            };
+            let mut result: QuicResult<()> = Ok(());
+            let mut received = 0usize;
+            // The application started in early data; the handshake is not done.
+            let mut in_early_data = false;
+            // The server's certificate did not list the address connected to:
+            // the connection never counts as established.
+            let mut cert_refused = false;
 
-        loop {
-            received += self.drain_inbox();
-            // A migration asked for while the connection is busy (the wait
-            // below may not be reached for many turns).
-            while let Some(cmd) = self
-                .migration
-                .as_mut()
-                .and_then(|m| m.commands.try_recv().ok())
-            {
-                self.on_command(cmd);
-            }
-            // A turn that follows a bounded flush did not wait on the timer,
-            // so fire it here if it is due.
-            if self
-                .conn
-                .timeout_instant()
-                .is_some_and(|d| d <= Instant::now())
-            {
-                self.conn.on_timeout();
-            }
-            // Once the connection is closing (by the application's own
-            // close() or an error), the application has nothing left to do.
-            // Both conditions are sticky in quiche, so a connection that began
-            // closing during the handshake is still seen closing below, when
-            // its handshake completes.
-            let conn_closing = self.conn.local_error().is_some() || self.conn.is_draining();
-            if conn_closing {
-                stage.close();
-            }
-
-            // The address is proven by the client's Finished (not by 0-RTT,
-            // which a client can replay from spoofed addresses).
-            if self.unvalidated.is_some() && self.conn.is_established() {
-                self.unvalidated = None;
-            }
-            if stage.is_handshake() && self.conn.is_established() {
-                if let Some(ip) = self.expect_ip.take() {
-                    if let Err(why) = certificate_covers(self.conn.peer_cert(), ip) {
-                        info!(error = %why, "server certificate refused");
-                        // TLS alert bad_certificate (42) as a QUIC
-                        // CRYPTO_ERROR (0x100 + alert).
-                        let reason = &why.as_bytes()[..why.len().min(MAX_CLOSE_REASON)];
-                        let _ = self.conn.close(false, 0x100 + 42, reason);
-                        cert_refused = true;
-                        stage = Stage::Handshake {
-                            failure_reported: self.report_failed_handshake(),
-                        };
-                    }
+            loop {
+                received += self.drain_inbox();
+                // A migration asked for while the connection is busy (the wait
+                // below may not be reached for many turns).
+                while let Some(cmd) = self
+                    .migration
+                    .as_mut()
+                    .and_then(|m| m.commands.try_recv().ok())
+                {
+                    self.on_command(cmd);
                 }
-            }
-            if stage.is_handshake()
-                && !cert_refused
-                && (self.conn.is_established() || self.conn.is_in_early_data())
-            {
-                if let Some(sig) = &self.unreachable {
-                    sig.established
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                // A turn that follows a bounded flush did not wait on the timer,
+                // so fire it here if it is due.
+                if self
+                    .conn
+                    .timeout_instant()
+                    .is_some_and(|d| d <= Instant::now())
+                {
+                    self.conn.on_timeout();
                 }
-                let info = self.handshake_info();
-                // Started in early data: the handle learns the final word
-                // (0-RTT taken or refused, the real duration) once the
-                // handshake is done.
-                in_early_data = !self.conn.is_established();
-                self.metrics.handshake_completed(info.handshake_duration);
-                debug!(alpn = %String::from_utf8_lossy(&info.alpn), elapsed = ?info.handshake_duration, "handshake complete");
-                self.state
-                    .send_replace(ConnectionState::Established(info.clone()));
-                let established = app.on_conn_established(&mut self.conn, &info);
-                stage = Stage::Running(info);
+                // Once the connection is closing (by the application's own
+                // close() or an error), the application has nothing left to do.
+                // Both conditions are sticky in quiche, so a connection that began
+                // closing during the handshake is still seen closing below, when
+                // its handshake completes.
+                let conn_closing = self.conn.local_error().is_some() || self.conn.is_draining();
                 if conn_closing {
                     stage.close();
                 }
-                if let Err(e) = established {
-                    self.fail(&mut result, &mut stage, e);
-                }
-            }
 
-            // Before the application reads what came with the end of the
-            // handshake: whoever sees a response then sees the final info.
-            if in_early_data && self.conn.is_established() {
-                in_early_data = false;
-                if let Stage::Running(info) | Stage::Closing(info) = &mut stage {
-                    *info = self.handshake_info();
-                    let done = ConnectionState::Established(info.clone());
-                    self.state.send_if_modified(|s| {
-                        let live = matches!(s, ConnectionState::Established(_));
-                        if live {
-                            *s = done;
+                // The address is proven by the client's Finished (not by 0-RTT,
+                // which a client can replay from spoofed addresses).
+                if self.unvalidated.is_some() && self.conn.is_established() {
+                    self.unvalidated = None;
+                }
+                if stage.is_handshake() && self.conn.is_established() {
+                    if let Some(ip) = self.expect_ip.take() {
+                        if let Err(why) = certificate_covers(self.conn.peer_cert(), ip) {
+                            info!(error = %why, "server certificate refused");
+                            // TLS alert bad_certificate (42) as a QUIC
+                            // CRYPTO_ERROR (0x100 + alert).
+                            let reason = &why.as_bytes()[..why.len().min(MAX_CLOSE_REASON)];
+                            let _ = self.conn.close(false, 0x100 + 42, reason);
+                            cert_refused = true;
+                            stage = Stage::Handshake {
+                                failure_reported: self.report_failed_handshake(),
+                            };
                         }
-                        live
-                    });
+                    }
                 }
-            }
-            if stage.is_running() && app.should_act() {
-                if received > 0 {
-                    if let Err(e) = app.process_reads(&mut self.conn) {
+                if stage.is_handshake()
+                    && !cert_refused
+                    && (self.conn.is_established() || self.conn.is_in_early_data())
+                {
+                    if let Some(sig) = &self.unreachable {
+                        sig.established
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let info = self.handshake_info();
+                    // Started in early data: the handle learns the final word
+                    // (0-RTT taken or refused, the real duration) once the
+                    // handshake is done.
+                    in_early_data = !self.conn.is_established();
+                    self.metrics.handshake_completed(info.handshake_duration);
+                    debug!(alpn = %String::from_utf8_lossy(&info.alpn), elapsed = ?info.handshake_duration, "handshake complete");
+                    self.state
+                        .send_replace(ConnectionState::Established(info.clone()));
+                    let established = app.on_conn_established(&mut self.conn, &info);
+                    stage = Stage::Running(info);
+                    if conn_closing {
+                        stage.close();
+                    }
+                    if let Err(e) = established {
                         self.fail(&mut result, &mut stage, e);
                     }
                 }
-                if stage.is_running() {
-                    if let Err(e) = app.process_writes(&mut self.conn) {
-                        self.fail(&mut result, &mut stage, e);
-                    }
-                }
-            }
-            received = 0;
 
-            match &mut stage {
-                Stage::Handshake { failure_reported } => {
-                    if !*failure_reported {
-                        *failure_reported = self.report_failed_handshake();
+                // Before the application reads what came with the end of the
+                // handshake: whoever sees a response then sees the final info.
+                if in_early_data && self.conn.is_established() {
+                    in_early_data = false;
+                    if let Stage::Running(info) | Stage::Closing(info) = &mut stage {
+                        *info = self.handshake_info();
+                        let done = ConnectionState::Established(info.clone());
+                        self.state.send_if_modified(|s| {
+                            let live = matches!(s, ConnectionState::Established(_));
+                            if live {
+                                *s = done;
+                            }
+                            live
+                        });
                     }
                 }
-                Stage::Running(_) | Stage::Closing(_) => {
-                    if !self.conn.is_closed() {
-                        self.refresh_connection_ids();
+                if stage.is_running() && app.should_act() {
+                    if received > 0 {
+                        if let Err(e) = app.process_reads(&mut self.conn) {
+                            self.fail(&mut result, &mut stage, e);
+                        }
                     }
-                    if let Some(sink) = &mut self.session_sink {
-                        sink.observe(&self.conn);
+                    if stage.is_running() {
+                        if let Err(e) = app.process_writes(&mut self.conn) {
+                            self.fail(&mut result, &mut stage, e);
+                        }
                     }
                 }
-            }
-            self.drain_path_events();
-            let more_to_send = {
-                // Lent for each flush (see `scratch`): an idle connection
-                // holds none. Sized now, not at the start: the packet size
-                // quiche may use grows once the peer's limits are known.
-                let out_len = gso::send_buffer_len(
-                    self.socket.max_gso_segments(),
-                    self.conn.max_send_udp_payload_size(),
-                );
-                let mut out = super::scratch::Scratch::take(out_len);
-                self.flush(&mut out).await
-            };
-            if self.conn.is_closed() {
-                break;
-            }
-            if stage.is_handshake() && self.is_unreachable() {
-                info!("nothing listens at the server's address (ICMP port unreachable)");
-                break;
-            }
-            if more_to_send {
-                // Yield so that a bulk sender shares the runtime fairly.
-                tokio::task::yield_now().await;
-                continue;
-            }
-            // A resuming client enters 0-RTT once its ClientHello is out:
-            // start the application now, not when the server answers, so
-            // its first requests go in early data.
-            if stage.is_handshake() && !self.conn.is_server() && self.conn.is_in_early_data() {
-                continue;
-            }
+                received = 0;
 
-            let deadline = self.conn.timeout_instant();
-            let app_wait = stage.is_running() && app.should_act();
-            let wake = {
-                let timer = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d.into()).await,
-                        None => std::future::pending().await,
+                match &mut stage {
+                    Stage::Handshake { failure_reported } => {
+                        if !*failure_reported {
+                            *failure_reported = self.report_failed_handshake();
+                        }
                     }
+                    Stage::Running(_) | Stage::Closing(_) => {
+                        if !self.conn.is_closed() {
+                            self.refresh_connection_ids();
+                        }
+                        if let Some(sink) = &mut self.session_sink {
+                            sink.observe(&self.conn);
+                        }
+                    }
+                }
+                self.drain_path_events();
+                let more_to_send = {
+                    // Lent for each flush (see `scratch`): an idle connection
+                    // holds none. Sized now, not at the start: the packet size
+                    // quiche may use grows once the peer's limits are known.
+                    let out_len = gso::send_buffer_len(
+                        self.socket.max_gso_segments(),
+                        self.conn.max_send_udp_payload_size(),
+                    );
+                    let mut out = super::scratch::Scratch::take(out_len);
+                    self.flush(&mut out).await
                 };
-                let conn = &mut self.conn;
-                tokio::select! {
-                    biased;
-                    // The timer first: a connection whose inbox never empties
-                    // must still see its loss-detection and idle timers fire.
-                    () = timer => Wake::Timer,
-                    p = self.inbox.recv() => Wake::Packet(p),
-                    r = app.wait_for_data(conn), if app_wait => Wake::App(r),
-                    c = next_command(&mut self.migration) => Wake::Command(c),
-                }
-            };
-            match wake {
-                Wake::Timer => self.conn.on_timeout(),
-                Wake::Packet(Some(d)) => {
-                    self.feed(d);
-                    received += 1;
-                }
-                Wake::Packet(None) => {
-                    // The router is gone, so is the socket: nothing can be sent.
-                    if self.is_unreachable() {
-                        info!("nothing listens at the server's address (ICMP port unreachable)");
-                    } else {
-                        warn!("endpoint shut down under a live connection");
-                    }
+                if self.conn.is_closed() {
                     break;
                 }
-                Wake::App(Ok(())) => {}
-                Wake::App(Err(e)) => self.fail(&mut result, &mut stage, e),
-                Wake::Command(cmd) => self.on_command(cmd),
-            }
-            if self.conn.is_closed() {
-                break;
-            }
-        }
+                if stage.is_handshake() && self.is_unreachable() {
+                    info!("nothing listens at the server's address (ICMP port unreachable)");
+                    break;
+                }
+                if more_to_send {
+                    // Yield so that a bulk sender shares the runtime fairly.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                // A resuming client enters 0-RTT once its ClientHello is out:
+                // start the application now, not when the server answers, so
+                // its first requests go in early data.
+                if stage.is_handshake() && !self.conn.is_server() && self.conn.is_in_early_data() {
+                    continue;
+                }
 
-        let (handshake, failure_reported) = match stage {
-            Stage::Handshake { failure_reported } => (None, failure_reported),
-            Stage::Running(info) | Stage::Closing(info) => (Some(info), false),
-        };
-        let outcome = self.outcome(handshake, &result);
-        if outcome.handshake.is_none() {
-            if !failure_reported {
-                self.metrics
-                    .handshake_failed(classify_handshake_failure(&outcome));
+                let deadline = self.conn.timeout_instant();
+                let app_wait = stage.is_running() && app.should_act();
+                let wake = {
+                    let timer = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let conn = &mut self.conn;
+                    tokio::select! {
+                        biased;
+                        // The timer first: a connection whose inbox never empties
+                        // must still see its loss-detection and idle timers fire.
+                        () = timer => Wake::Timer,
+                        p = self.inbox.recv() => Wake::Packet(p),
+                        r = app.wait_for_data(conn), if app_wait => Wake::App(r),
+                        c = next_command(&mut self.migration) => Wake::Command(c),
+                    }
+                };
+                match wake {
+                    Wake::Timer => self.conn.on_timeout(),
+                    Wake::Packet(Some(d)) => {
+                        self.feed(d);
+                        received += 1;
+                    }
+                    Wake::Packet(None) => {
+                        // The router is gone, so is the socket: nothing can be sent.
+                        if self.is_unreachable() {
+                            info!(
+                                "nothing listens at the server's address (ICMP port unreachable)"
+                            );
+                        } else {
+                            warn!("endpoint shut down under a live connection");
+                        }
+                        break;
+                    }
+                    Wake::App(Ok(())) => {}
+                    Wake::App(Err(e)) => self.fail(&mut result, &mut stage, e),
+                    Wake::Command(cmd) => self.on_command(cmd),
+                }
+                if self.conn.is_closed() {
+                    break;
+                }
             }
-            info!(reason = %outcome.describe(), "handshake failed");
-        } else {
-            info!(reason = %outcome.describe(), sent = outcome.stats.bytes_sent, received = outcome.stats.bytes_received, "connection closed");
+
+            let (handshake, failure_reported) = match stage {
+                Stage::Handshake { failure_reported } => (None, failure_reported),
+                Stage::Running(info) | Stage::Closing(info) => (Some(info), false),
+            };
+            let outcome = self.outcome(handshake, &result);
+            if outcome.handshake.is_none() {
+                if !failure_reported {
+                    self.metrics
+                        .handshake_failed(classify_handshake_failure(&outcome));
+                }
+                info!(reason = %outcome.describe(), "handshake failed");
+            } else {
+                info!(reason = %outcome.describe(), sent = outcome.stats.bytes_sent, received = outcome.stats.bytes_received, "connection closed");
+            }
+            app.on_conn_close(&mut self.conn, &self.metrics, &result);
+            let _ = self.router.send(RouterCommand::Closed {
+                conn_id: self.conn_id,
+            });
+            self.metrics.connection_closed(close_cause(&outcome));
+            self.state
+                .send_replace(ConnectionState::Closed(Arc::new(outcome)));
         }
-        app.on_conn_close(&mut self.conn, &self.metrics, &result);
-        let _ = self.router.send(RouterCommand::Closed {
-            conn_id: self.conn_id,
-        });
-        self.metrics.connection_closed(close_cause(&outcome));
-        self.state
-            .send_replace(ConnectionState::Closed(Arc::new(outcome)));
     }
 
     fn on_command(&mut self, cmd: WorkerCommand) {
@@ -868,5 +886,33 @@ fn certificate_covers(der: Option<&[u8]>, ip: std::net::IpAddr) -> Result<(), St
         Ok(())
     } else {
         Err(format!("the server certificate is not valid for {ip}"))
+    }
+}
+
+#[cfg(test)]
+mod task_size {
+    use super::WorkerParts;
+    use crate::http3::ServerH3Driver;
+    use crate::metrics::DefaultMetrics;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned<A, B, Fut, F: FnOnce(A, B) -> Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// An idle connection's memory is mostly its task, whose future holds
+    /// the worker's parts (quiche's `Connection` inline) and the
+    /// application. Written as `async fn`s, `run` and `run_inner` each
+    /// kept a second copy of both (39 KiB a connection in all, for 9.7 KiB
+    /// of parts and driver).
+    #[test]
+    fn a_connection_task_holds_its_parts_once() {
+        type P = WorkerParts<DefaultMetrics>;
+        let parts = std::mem::size_of::<P>() + std::mem::size_of::<ServerH3Driver>();
+        let task = returned(&|p: P, a: ServerH3Driver| p.run(a));
+        assert!(
+            task < parts + 4096,
+            "the task's future is {task} bytes for {parts} bytes of parts"
+        );
     }
 }
