@@ -22,17 +22,21 @@ use clap::Parser;
 use serde::Serialize;
 use tq_bench::LoadReport;
 
+mod wasm;
+
 #[derive(Parser, Clone)]
 #[command(about = "tq-host side by side with tokio-quiche and quinn + h3 (see BENCHMARKS.md)")]
 struct Args {
     /// Rounds: every scenario runs every server once per round.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Scenarios, comma-separated: small, bulk, handshakes, idle.
+    /// Scenarios, comma-separated: small, bulk, handshakes, idle, wasm
+    /// (plugin costs from tq-host's metrics, and reloads under load; run
+    /// by the servers with a plugin).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "small,bulk,handshakes,idle"
+        default_value = "small,bulk,handshakes,idle,wasm"
     )]
     scenarios: Vec<String>,
     /// Servers, comma-separated (default: all): tq-native, tq-native-2w,
@@ -224,6 +228,18 @@ fn rss_kib(pid: u32) -> anyhow::Result<f64> {
     Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
 }
 
+/// Proportional set size of a process, in KiB: pages it shares with other
+/// mappings (a plugin's memory image, mapped once per instance) count in
+/// part, where RSS counts them whole in every mapping.
+fn pss_kib(pid: u32) -> anyhow::Result<f64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let line = rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .context("no Pss")?;
+    Ok(line.split_whitespace().nth(1).context("Pss")?.parse()?)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
@@ -243,6 +259,16 @@ fn pinned(setup: &Setup, cpu: Option<usize>, program: &Path) -> Command {
 }
 
 fn start(setup: &Setup, spec: &ServerSpec, log: &Path) -> anyhow::Result<Running> {
+    start_with(setup, spec, log, &[])
+}
+
+/// [`start`], with more flags for a tq-host server.
+fn start_with(
+    setup: &Setup,
+    spec: &ServerSpec,
+    log: &Path,
+    extra: &[String],
+) -> anyhow::Result<Running> {
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let cpu = spec.pinned.then_some(0);
@@ -261,6 +287,7 @@ fn start(setup: &Setup, spec: &ServerSpec, log: &Path) -> anyhow::Result<Running
                 .arg("--cache-dir")
                 .arg(setup.work.join("cache"))
                 .args(flags)
+                .args(extra)
                 .env("TQ_LOG", "warn");
             cmd
         }
@@ -417,6 +444,7 @@ fn idle(setup: &Setup, spec: &ServerSpec, log: &Path, conns: u64) -> anyhow::Res
     // Let the probe's connection close and the allocator settle.
     std::thread::sleep(Duration::from_secs(1));
     let base = rss_kib(server.pid())?;
+    let base_pss = pss_kib(server.pid())?;
     let mut cmd = pinned(setup, Some(1), &setup.bin_dir.join("bench-load"));
     let mut child = cmd
         .arg("--addr")
@@ -436,8 +464,13 @@ fn idle(setup: &Setup, spec: &ServerSpec, log: &Path, conns: u64) -> anyhow::Res
         Ok(r) if r.done == conns => {
             std::thread::sleep(Duration::from_secs(2));
             let rss = rss_kib(server.pid())?;
+            let pss = pss_kib(server.pid())?;
             let mut m = Metrics::new();
             m.insert("kib_per_connection".into(), (rss - base) / conns as f64);
+            m.insert(
+                "pss_kib_per_connection".into(),
+                (pss - base_pss) / conns as f64,
+            );
             m.insert("server_rss_mib".into(), rss / 1024.0);
             m.insert("open_secs".into(), r.secs);
             Ok(m)
@@ -518,6 +551,7 @@ fn headline(scenario: &str) -> &'static str {
         "small" => "requests_per_s",
         "download" | "upload" => "mb_per_s",
         s if s.starts_with("handshakes") => "connections_per_s",
+        "wasm" => "instantiate_us",
         _ => "kib_per_connection",
     }
 }
@@ -549,12 +583,14 @@ fn print_tables(
         for spec in servers {
             let mine: Vec<&&Summary> = rows.iter().filter(|s| s.server == spec.name).collect();
             if mine.is_empty() {
-                let err = samples
+                // A server the scenario does not apply to has no sample.
+                if let Some(s) = samples
                     .iter()
                     .find(|s| s.server == spec.name && &s.scenario == scenario)
-                    .and_then(|s| s.error.clone())
-                    .unwrap_or_else(|| "not run".into());
-                println!("| {} | failed: {err} |", spec.name);
+                {
+                    let err = s.error.as_deref().unwrap_or("no figures");
+                    println!("| {} | failed: {err} |", spec.name);
+                }
                 continue;
             }
             print!("| {} |", spec.name);
@@ -669,8 +705,11 @@ fn main() -> anyhow::Result<()> {
                 expanded.extend(["handshakes-1".to_string(), "handshakes-50".to_string()])
             }
             "idle" => expanded.extend(args.idle.iter().map(|n| format!("idle-{n}"))),
+            "wasm" => expanded.push("wasm".to_string()),
             other => {
-                bail!("no scenario {other:?}; the scenarios are small, bulk, handshakes, idle")
+                bail!(
+                    "no scenario {other:?}; the scenarios are small, bulk, handshakes, idle, wasm"
+                )
             }
         }
     }
@@ -679,6 +718,9 @@ fn main() -> anyhow::Result<()> {
     for round in 1..=args.rounds {
         for scenario in &expanded {
             for spec in &chosen {
+                if scenario == "wasm" && !wasm::applies(spec) {
+                    continue;
+                }
                 let log = work
                     .join("logs")
                     .join(format!("{}-{scenario}-{round}.log", spec.name));
@@ -689,6 +731,7 @@ fn main() -> anyhow::Result<()> {
                     "upload" => bulk(&setup, &args, spec, &log, true),
                     "handshakes-1" => handshakes(&setup, &args, spec, &log, 1),
                     "handshakes-50" => handshakes(&setup, &args, spec, &log, 50),
+                    "wasm" => wasm::run(&setup, spec, &log, round),
                     s => idle(&setup, spec, &log, s["idle-".len()..].parse()?),
                 };
                 let (metrics, error) = match result {
@@ -731,7 +774,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("# tq-bench, {date}, commit {commit}");
     println!("\nmachine: {:?}", machine());
-    println!("small: 10 connections x 16 in flight, GET /bytes/100, {} requests in all; bulk: {} MiB each way on one connection; handshakes: {} new connections with one GET each, 1 and 50 at a time; idle: server RSS growth per connection held after one GET", args.requests, args.bulk_mib, args.handshakes);
+    println!("small: 10 connections x 16 in flight, GET /bytes/100, {} requests in all; bulk: {} MiB each way on one connection; handshakes: {} new connections with one GET each, 1 and 50 at a time; idle: server RSS (and PSS) growth per connection held after one GET; wasm (plugin servers): mean plugin call times from tq-host's metrics over 200,000 small requests (and 500 new connections for per-connection instantiation), and 3 reloads with changed bytes under load", args.requests, args.bulk_mib, args.handshakes);
     print_tables(&summary, &expanded, &chosen, &samples);
     println!("\nservers:");
     for s in &chosen {

@@ -291,7 +291,7 @@ fn the_dashboard_queries_only_metrics_the_server_exports() {
         completed: true,
     });
     m.version_loaded("v");
-    m.plugin_call("v", Duration::ZERO, CallOutcome::Ok);
+    m.plugin_call("v", CallKind::Hook, Duration::ZERO, CallOutcome::Ok);
     m.plugin_instances("v", 1);
     m.reload(ReloadOutcome::Reloaded, Duration::ZERO);
     m.set_plugin_versions([("v".to_owned(), 1)]);

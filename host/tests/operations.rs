@@ -233,6 +233,19 @@ fn metrics_move_by_exactly_what_a_scripted_sequence_did() {
     );
     assert_eq!(d("tq_requests_total", &[]), 4.0);
     assert_eq!(d("tq_plugin_calls_total", &["outcome=trap"]), 1.0);
+    // Each wasi:http request is one call, with a fresh instance made
+    // inside it (and counted on its own as well).
+    assert_eq!(d("tq_plugin_calls_total", &["call=request"]), 4.0);
+    assert_eq!(
+        d("tq_plugin_calls_total", &["call=request", "outcome=trap"]),
+        1.0
+    );
+    assert_eq!(
+        d("tq_plugin_call_duration_seconds_count", &["call=request"]),
+        4.0
+    );
+    assert!(d("tq_plugin_calls_total", &["call=instantiate"]) >= 4.0);
+    assert_eq!(d("tq_plugin_calls_total", &["call=hook"]), 0.0);
     assert_eq!(d("tq_reloads_total", &["result=reloaded"]), 1.0);
     assert_eq!(d("tq_reloads_total", &["result=refused"]), 1.0);
     assert_eq!(d("tq_reload_duration_seconds_count", &[]), 2.0);

@@ -162,6 +162,42 @@ pub enum CallOutcome {
     Timeout,
 }
 
+/// What a call into a plugin was, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    /// Creating an instance (per connection for the tq worlds; per request
+    /// for a fresh wasi:http instance, where it is also inside `Request`).
+    Instantiate,
+    /// The plugin's optional `init` (or another optional export).
+    Init,
+    /// One hook of the raw-QUIC or HTTP/3 world (`on-event`,
+    /// `wait-for-data`, ...).
+    Hook,
+    /// One wasi:http request, whole: instantiation where it happens, the
+    /// handler, and the response body.
+    Request,
+}
+
+impl CallKind {
+    /// A short label: `instantiate`, `init`, `hook`, `request`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Instantiate => "instantiate",
+            CallKind::Init => "init",
+            CallKind::Hook => "hook",
+            CallKind::Request => "request",
+        }
+    }
+
+    /// Every kind, for code that walks the series.
+    pub const ALL: [CallKind; 4] = [
+        CallKind::Instantiate,
+        CallKind::Init,
+        CallKind::Hook,
+        CallKind::Request,
+    ];
+}
+
 impl CallOutcome {
     /// A short label: `ok`, `trap`, `deadline`, `memory`, `timeout`.
     pub fn as_str(self) -> &'static str {
@@ -218,8 +254,16 @@ impl ReloadOutcome {
 pub trait ServiceMetrics: Send + Sync + 'static {
     /// A request ended (see [`RequestRecord`]).
     fn request_finished(&self, _r: &RequestRecord<'_>) {}
-    /// A call into plugin `version` (a hook, instantiation, `init`) ended.
-    fn plugin_call(&self, _version: &str, _duration: Duration, _outcome: CallOutcome) {}
+    /// A call into plugin `version` (a hook, instantiation, `init`, a
+    /// wasi:http request: `kind`) ended after `duration` of wall-clock time.
+    fn plugin_call(
+        &self,
+        _version: &str,
+        _kind: CallKind,
+        _duration: Duration,
+        _outcome: CallOutcome,
+    ) {
+    }
     /// An instance of plugin `version` was created (`+1`) or dropped (`-1`).
     fn plugin_instances(&self, _version: &str, _delta: i64) {}
     /// A reload ended, `latency` after it began.
@@ -247,8 +291,8 @@ impl ServiceMetrics for Tee {
     fn request_finished(&self, r: &RequestRecord<'_>) {
         self.0.iter().for_each(|s| s.request_finished(r));
     }
-    fn plugin_call(&self, v: &str, d: Duration, o: CallOutcome) {
-        self.0.iter().for_each(|s| s.plugin_call(v, d, o));
+    fn plugin_call(&self, v: &str, k: CallKind, d: Duration, o: CallOutcome) {
+        self.0.iter().for_each(|s| s.plugin_call(v, k, d, o));
     }
     fn plugin_instances(&self, v: &str, delta: i64) {
         self.0.iter().for_each(|s| s.plugin_instances(v, delta));

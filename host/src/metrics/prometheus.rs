@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use super::{
-    CallOutcome, CloseCause, HandshakeFailure, Metrics, PacketDropReason, ReloadOutcome,
+    CallKind, CallOutcome, CloseCause, HandshakeFailure, Metrics, PacketDropReason, ReloadOutcome,
     RequestRecord, ServiceMetrics,
 };
 
@@ -67,7 +67,14 @@ struct Version {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     version: String,
+    call: &'static str,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallKindLabels {
+    version: String,
+    call: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -94,7 +101,7 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<World, Histogram, Hist>,
     plugin_calls: Family<CallLabels, Counter>,
-    plugin_call_seconds: Family<Version, Histogram, Hist>,
+    plugin_call_seconds: Family<CallKindLabels, Histogram, Hist>,
     plugin_instances: Family<Version, Gauge>,
     reloads: Family<ReloadLabels, Counter>,
     reload_seconds: Histogram,
@@ -419,17 +426,19 @@ impl ServiceMetrics for PrometheusMetrics {
         i.body_out.inc_by(r.bytes_out);
     }
 
-    fn plugin_call(&self, version: &str, duration: Duration, outcome: CallOutcome) {
+    fn plugin_call(&self, version: &str, kind: CallKind, duration: Duration, outcome: CallOutcome) {
         let i = &self.inner;
         i.plugin_calls
             .get_or_create(&CallLabels {
                 version: version.to_owned(),
+                call: kind.as_str(),
                 outcome: outcome.as_str(),
             })
             .inc();
         i.plugin_call_seconds
-            .get_or_create(&Version {
+            .get_or_create(&CallKindLabels {
                 version: version.to_owned(),
+                call: kind.as_str(),
             })
             .observe(duration.as_secs_f64());
     }
@@ -503,21 +512,24 @@ impl ServiceMetrics for PrometheusMetrics {
         i.plugin_instances.remove(&v);
         i.version_connections.remove(&v);
         let Some(version) = evicted else { return };
-        let v = Version {
-            version: version.clone(),
-        };
-        i.plugin_call_seconds.remove(&v);
-        for outcome in [
-            CallOutcome::Ok,
-            CallOutcome::Trap,
-            CallOutcome::Deadline,
-            CallOutcome::Memory,
-            CallOutcome::Timeout,
-        ] {
-            i.plugin_calls.remove(&CallLabels {
-                version: version.to_owned(),
-                outcome: outcome.as_str(),
+        for kind in CallKind::ALL {
+            i.plugin_call_seconds.remove(&CallKindLabels {
+                version: version.clone(),
+                call: kind.as_str(),
             });
+            for outcome in [
+                CallOutcome::Ok,
+                CallOutcome::Trap,
+                CallOutcome::Deadline,
+                CallOutcome::Memory,
+                CallOutcome::Timeout,
+            ] {
+                i.plugin_calls.remove(&CallLabels {
+                    version: version.clone(),
+                    call: kind.as_str(),
+                    outcome: outcome.as_str(),
+                });
+            }
         }
     }
 }
@@ -611,13 +623,18 @@ mod tests {
     fn only_the_last_unloaded_versions_keep_their_series() {
         let m = PrometheusMetrics::new();
         m.version_loaded("abc");
-        m.plugin_call("abc", Duration::from_millis(1), CallOutcome::Trap);
+        m.plugin_call(
+            "abc",
+            CallKind::Hook,
+            Duration::from_millis(1),
+            CallOutcome::Trap,
+        );
         m.plugin_instances("abc", 1);
         m.plugin_instances("abc", -1);
         m.version_unloaded("abc");
         let text = m.render();
         assert!(
-            text.contains("version=\"abc\",outcome=\"trap\"} 1"),
+            text.contains("version=\"abc\",call=\"hook\",outcome=\"trap\"} 1"),
             "{text}"
         );
         assert!(
@@ -627,7 +644,12 @@ mod tests {
         for n in 0..UNLOADED_KEPT {
             let v = format!("v{n}");
             m.version_loaded(&v);
-            m.plugin_call(&v, Duration::from_millis(1), CallOutcome::Ok);
+            m.plugin_call(
+                &v,
+                CallKind::Hook,
+                Duration::from_millis(1),
+                CallOutcome::Ok,
+            );
             m.version_unloaded(&v);
         }
         let text = m.render();

@@ -15,7 +15,7 @@ use wasmtime::component::{ComponentNamedList, Instance, InstancePre, Lift, Lower
 
 use super::engine::Sandbox;
 use super::state::PluginState;
-use crate::metrics::CallOutcome;
+use crate::metrics::{CallKind, CallOutcome};
 
 /// A store for one instance, with its limits, deadline callback and WASI
 /// context (nothing granted but the operator's grants).
@@ -86,21 +86,20 @@ pub(crate) async fn call<C: Send, A, R>(
     f: impl for<'a> FnOnce(&'a mut Store<PluginState<C>>, &'a A) -> CallFuture<'a, R>,
 ) -> Result<R, String> {
     let limit = store.data().call_timeout;
-    bounded(store, app, limit, "one call", f)
+    bounded(store, app, limit, CallKind::Hook, f)
         .await
         .inspect_err(|why| warn!(error = %why, "plugin failed; closing its connection"))
 }
 
 /// Runs `f` on the instance (with `with`, what the call also borrows) as
-/// one unit of work: a fresh CPU budget, at most `limit` of wall-clock time
-/// (`what` names the unit in the error), what it printed logged afterwards.
-/// The error is a one-line reason. Every call into an instance goes
-/// through here.
+/// one unit of work of `kind`: a fresh CPU budget, at most `limit` of
+/// wall-clock time, what it printed logged afterwards. The error is a
+/// one-line reason. Every call into an instance goes through here.
 pub(crate) async fn bounded<C: Send, W: ?Sized, R>(
     store: &mut Store<PluginState<C>>,
     with: &W,
     limit: std::time::Duration,
-    what: &str,
+    kind: CallKind,
     f: impl for<'a> FnOnce(&'a mut Store<PluginState<C>>, &'a W) -> CallFuture<'a, R>,
 ) -> Result<R, String> {
     store.data_mut().start_call();
@@ -120,14 +119,18 @@ pub(crate) async fn bounded<C: Send, W: ?Sized, R>(
         Ok(Err(e)) => (Err(failure(store.data(), &e)), classify(store.data(), &e)),
         Err(_) => (
             Err(format!(
-                "exceeded its wall-clock limit of {limit:?} for {what}"
+                "exceeded its wall-clock limit of {limit:?} for {}",
+                match kind {
+                    CallKind::Request => "one request",
+                    _ => "one call",
+                }
             )),
             CallOutcome::Timeout,
         ),
     };
     let s = store.data();
     s.metrics
-        .plugin_call(&s.version, started.elapsed(), outcome);
+        .plugin_call(&s.version, kind, started.elapsed(), outcome);
     out
 }
 
@@ -245,11 +248,22 @@ where
     };
     let limit = store.data().call_timeout;
     Some(
-        bounded(store, &typed, limit, "one call", |s, typed| {
+        bounded(store, &typed, limit, CallKind::Init, |s, typed| {
             Box::pin(async move { typed.call_async(s, params).await.map(|(r,)| r) })
         })
         .await,
     )
+}
+
+/// Reports an instantiation made inside a larger call (a fresh wasi:http
+/// instance, made within its request's budget) as a call of its own.
+pub(crate) fn instantiated<C>(s: &PluginState<C>, began: std::time::Instant) {
+    s.metrics.plugin_call(
+        &s.version,
+        CallKind::Instantiate,
+        began.elapsed(),
+        CallOutcome::Ok,
+    );
 }
 
 /// Instantiates with a fresh CPU deadline.
@@ -258,7 +272,7 @@ pub(crate) async fn instantiate<C: Send>(
     store: &mut Store<PluginState<C>>,
 ) -> anyhow::Result<Instance> {
     let limit = store.data().call_timeout;
-    bounded(store, pre, limit, "one call", |s, pre| {
+    bounded(store, pre, limit, CallKind::Instantiate, |s, pre| {
         Box::pin(pre.instantiate_async(s))
     })
     .await

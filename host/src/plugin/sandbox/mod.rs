@@ -13,7 +13,8 @@ mod state;
 
 pub use cache::{default_cache_dir, Compiled};
 pub(crate) use call::{
-    bounded, call, call_export, instantiate, log_final_output, new_store, sleep_until, timer_at,
+    bounded, call, call_export, instantiate, instantiated, log_final_output, new_store,
+    sleep_until, timer_at,
 };
 pub use limits::{ComponentLimits, DirGrant, PluginGrants, PluginLimits};
 pub(crate) use state::PluginState;

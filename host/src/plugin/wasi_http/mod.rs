@@ -25,7 +25,7 @@ use tracing::{debug, warn, Instrument};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpView};
 
-use super::sandbox::{bounded, instantiate, log_final_output, new_store};
+use super::sandbox::{bounded, instantiate, instantiated, log_final_output, new_store};
 use super::version::{ConnectionPin, RequestGauge, Version};
 use super::world::ConnectionMeta;
 use crate::http3::{
@@ -33,6 +33,7 @@ use crate::http3::{
     serve_requests, H3Controller, IncomingRequest, OutboundFrame, OutboundSender, PipeError,
     RequestBody, H3_INTERNAL_ERROR, H3_REQUEST_CANCELLED,
 };
+use crate::metrics::CallKind;
 use host::{HttpConn, Idle, Pool, ProxyPre};
 
 /// A wasi:http component linked and ready to instantiate, by WASI release.
@@ -192,12 +193,17 @@ async fn run_request(
                 &mut store,
                 &pre,
                 request_timeout,
-                "one request",
+                CallKind::Request,
                 |s, pre| {
                     Box::pin(async move {
                         let proxy = match proxy {
                             Some(p) => p,
-                            None => pre.instantiate_async(&mut *s).await?,
+                            None => {
+                                let began = std::time::Instant::now();
+                                let proxy = pre.instantiate_async(&mut *s).await?;
+                                instantiated(s.data(), began);
+                                proxy
+                            }
                         };
                         proxy
                             .wasi_http_incoming_handler()

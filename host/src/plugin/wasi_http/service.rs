@@ -20,11 +20,12 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::Request;
 use wasmtime_wasi_http::WasiHttpView;
 
-use super::super::sandbox::{bounded, log_final_output, PluginState};
+use super::super::sandbox::{bounded, instantiated, log_final_output, PluginState};
 use super::super::version::Version;
 use super::host::HttpConn;
 use super::{fail, fresh_store, incoming, is_head, refused, Failure};
 use crate::http3::{declared_length, pipe_body, send_end, send_head, IncomingRequest, PipeError};
+use crate::metrics::CallKind;
 
 /// A WASI 0.3 wasi:http component linked and ready to instantiate.
 pub(crate) type ServicePre = wasmtime_wasi_http::p3::bindings::ServicePre<PluginState<HttpConn>>;
@@ -59,9 +60,11 @@ pub(super) async fn run_request(
     let head_sent = Arc::new(AtomicBool::new(false));
     let sent = head_sent.clone();
     let limit = plugin.sandbox.limits.request_timeout;
-    let res = bounded(&mut store, &pre, limit, "one request", |s, pre| {
+    let res = bounded(&mut store, &pre, limit, CallKind::Request, |s, pre| {
         Box::pin(async move {
+            let began = std::time::Instant::now();
             let service = pre.instantiate_async(&mut *s).await?;
+            instantiated(s.data(), began);
             s.run_concurrent(async move |acc| -> wasmtime::Result<Outcome> {
                 let res = match service.handle(acc, wreq).await? {
                     Ok(res) => res,
