@@ -342,6 +342,9 @@ pub trait Metrics: ServiceMetrics + Clone {
     /// A datagram reached another of the listener's sockets than its
     /// connection's (the client's address changed) and was handed over.
     fn packet_handed_over(&self) {}
+    /// `count` datagrams just sent carried a release time for the kernel
+    /// (pacing offload, `SO_TXTIME`; also counted by `packets_out`).
+    fn packets_paced(&self, _count: u64) {}
     /// A stateless reset was sent for a connection id no connection has.
     fn stateless_reset_sent(&self) {}
     /// A stateless Retry was sent.
@@ -383,6 +386,7 @@ struct Counters {
     retries: AtomicU64,
     version_negotiations: AtomicU64,
     handed_over: AtomicU64,
+    paced: AtomicU64,
     resets: AtomicU64,
 }
 
@@ -437,6 +441,8 @@ pub struct MetricsSnapshot {
     pub version_negotiations_sent: u64,
     /// Datagrams handed from one socket's router to another's connection.
     pub packets_handed_over: u64,
+    /// Datagrams sent with a release time (pacing offload).
+    pub packets_paced: u64,
     /// Stateless resets sent.
     pub stateless_resets_sent: u64,
 }
@@ -488,6 +494,7 @@ impl DefaultMetrics {
             retries_sent: get(&c.retries),
             version_negotiations_sent: get(&c.version_negotiations),
             packets_handed_over: get(&c.handed_over),
+            packets_paced: get(&c.paced),
             stateless_resets_sent: get(&c.resets),
         }
     }
@@ -562,6 +569,9 @@ impl Metrics for DefaultMetrics {
     }
     fn packet_handed_over(&self) {
         inc(&self.inner.handed_over, 1);
+    }
+    fn packets_paced(&self, count: u64) {
+        inc(&self.inner.paced, count);
     }
     fn stateless_reset_sent(&self) {
         inc(&self.inner.resets, 1);

@@ -97,6 +97,7 @@ struct Inner {
     retries: Counter,
     version_negotiations: Counter,
     handed_over: Counter,
+    paced: Counter,
     resets: Counter,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<World, Histogram, Hist>,
@@ -235,6 +236,13 @@ impl PrometheusMetrics {
              (the client's address changed) and were handed over",
             handed_over.clone(),
         );
+        let paced = Counter::default();
+        r.register(
+            "packets_paced",
+            "Datagrams sent with a release time for the kernel's pacing \
+             (pacing_offload, SO_TXTIME); also counted in packets",
+            paced.clone(),
+        );
         let resets = Counter::default();
         r.register(
             "stateless_resets_sent",
@@ -326,6 +334,7 @@ impl PrometheusMetrics {
                 retries,
                 version_negotiations,
                 handed_over,
+                paced,
                 resets,
                 requests,
                 request_seconds,
@@ -588,6 +597,9 @@ impl Metrics for PrometheusMetrics {
     }
     fn packet_handed_over(&self) {
         self.inner.handed_over.inc();
+    }
+    fn packets_paced(&self, count: u64) {
+        self.inner.paced.inc_by(count);
     }
     fn stateless_reset_sent(&self) {
         self.inner.resets.inc();

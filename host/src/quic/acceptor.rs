@@ -286,7 +286,7 @@ impl<M: Metrics> Acceptor<M> {
     async fn send(&self, pkt: &[u8], to: SocketAddr, from: SocketAddr) {
         if let Err(e) = self
             .socket
-            .send(to, self.socket.source_ip(from), pkt, None)
+            .send(to, self.socket.source_ip(from), pkt, None, None)
             .await
         {
             debug!(error = %e, "send failed");

@@ -7,6 +7,7 @@
 //! the worker only sends what [`GsoBatch::take`] hands it.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use super::socket::MAX_DATAGRAM;
 
@@ -21,6 +22,8 @@ pub(crate) struct GsoBatch {
     count: usize,
     to: Option<SocketAddr>,
     from: Option<SocketAddr>,
+    /// The latest release time quiche's pacer gave a packet of the batch.
+    at: Option<Instant>,
 }
 
 /// A finished batch: the first `len` bytes of the send buffer, for one send.
@@ -32,6 +35,9 @@ pub(crate) struct GsoSend {
     pub(crate) count: usize,
     pub(crate) to: SocketAddr,
     pub(crate) from: SocketAddr,
+    /// When the batch may leave (with `SO_TXTIME`): the latest release
+    /// time of its packets, so that none leaves before its own.
+    pub(crate) at: Option<Instant>,
 }
 
 impl GsoBatch {
@@ -44,6 +50,7 @@ impl GsoBatch {
             count: 0,
             to: None,
             from: None,
+            at: None,
         }
     }
 
@@ -82,6 +89,12 @@ impl GsoBatch {
         n < self.segment
     }
 
+    /// Notes the release time quiche's pacer gave the packet about to be
+    /// pushed: the batch leaves no earlier than its latest.
+    pub(crate) fn pace(&mut self, at: Instant) {
+        self.at = Some(self.at.map_or(at, |a| a.max(at)));
+    }
+
     /// Empties the batch, returning what to send, if anything.
     pub(crate) fn take(&mut self) -> Option<GsoSend> {
         let send = match (self.to, self.from) {
@@ -91,12 +104,14 @@ impl GsoBatch {
                 count: self.count,
                 to,
                 from,
+                at: self.at,
             }),
             _ => None,
         };
         self.len = 0;
         self.count = 0;
         self.to = None;
+        self.at = None;
         send
     }
 }
@@ -133,7 +148,8 @@ mod tests {
                 segment: Some(1200),
                 count: 3,
                 to: a,
-                from: me
+                from: me,
+                at: None,
             })
         );
         assert_eq!(b.take(), None, "take empties the batch");
@@ -157,6 +173,23 @@ mod tests {
             "another source starts a new batch"
         );
         assert_eq!(b.take().map(|s| s.to), Some(c));
+    }
+
+    #[test]
+    fn a_batch_leaves_at_its_latest_release_time() {
+        let (a, me) = (addr(1), addr(9));
+        let now = Instant::now();
+        let mut b = GsoBatch::new(8);
+        b.pace(now + std::time::Duration::from_millis(2));
+        b.push(1200, a, me);
+        b.pace(now + std::time::Duration::from_millis(5));
+        b.push(1200, a, me);
+        b.pace(now);
+        b.push(1200, a, me);
+        let sent = b.take().unwrap();
+        assert_eq!(sent.at, Some(now + std::time::Duration::from_millis(5)));
+        b.push(1200, a, me);
+        assert_eq!(b.take().unwrap().at, None, "take forgets the time");
     }
 
     #[test]

@@ -153,12 +153,8 @@ pub fn listen_with_generator<M: Metrics>(
     let shared = (sockets.len() > 1).then(|| Arc::new(route::SharedRoutes::default()));
     for (index, s) in sockets.into_iter().enumerate() {
         let socket = Arc::new(
-            QuicSocket::new(
-                s,
-                settings.socket_recv_buffer_size,
-                settings.socket_send_buffer_size,
-            )
-            .map_err(QuicError::io("setup"))?,
+            QuicSocket::new(s, &socket::SocketOptions::from_settings(&settings))
+                .map_err(QuicError::io("setup"))?,
         );
         local_addrs.push(socket.local_addr());
         let (router_tx, commands) = mpsc::unbounded_channel();
@@ -481,7 +477,7 @@ impl<M: Metrics> Connector<M> {
     ) -> Result<ConnectionHandle, QuicError> {
         let s = &self.params.settings;
         let socket = Arc::new(
-            QuicSocket::new(socket, s.socket_recv_buffer_size, s.socket_send_buffer_size)
+            QuicSocket::new(socket, &socket::SocketOptions::from_settings(s))
                 .map_err(QuicError::io("setup"))?,
         );
         let peer = socket.peer_addr().map_err(|_| {
@@ -578,7 +574,7 @@ impl<M: Metrics> Connector<M> {
             migration: Some(worker::Migration::new(
                 worker_commands,
                 own_inbox,
-                (s.socket_recv_buffer_size, s.socket_send_buffer_size),
+                socket::SocketOptions::from_settings(s),
             )),
         };
         self.metrics.connection_opened();

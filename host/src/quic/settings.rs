@@ -85,9 +85,18 @@ pub struct QuicSettings {
     pub enable_early_data: bool,
     /// Congestion controller. Default: `cubic`.
     pub congestion_control: CongestionControl,
-    /// Let quiche pace packets. Default: on. The send times quiche computes are
-    /// not yet enforced with `SO_TXTIME`; packets leave as soon as they are ready.
+    /// Let quiche pace packets: it gives each packet a release time.
+    /// Default: on. Without [`pacing_offload`](Self::pacing_offload) the
+    /// times are not enforced: packets leave as soon as they are ready.
     pub enable_pacing: bool,
+    /// Linux: hand those release times to the kernel with `SO_TXTIME`
+    /// (`CLOCK_MONOTONIC`), so that the `fq` qdisc holds each batch of
+    /// packets until its time. Default: off. It needs the `fq` qdisc on the
+    /// egress interface (`tc qdisc replace dev eth0 root fq`); other qdiscs
+    /// ignore the times, and `etf`, which expects `CLOCK_TAI`, drops the
+    /// packets. Where the kernel refuses `SO_TXTIME`, a warning, and sends
+    /// stay unpaced.
+    pub pacing_offload: bool,
     /// Largest UDP payload we accept. Default: 1472 (a 1500-byte Ethernet MTU).
     pub max_recv_udp_payload_size: usize,
     /// Largest UDP payload we send. Default: 1350, which fits most paths.
@@ -155,6 +164,7 @@ impl Default for QuicSettings {
             enable_early_data: false,
             congestion_control: CongestionControl::default(),
             enable_pacing: true,
+            pacing_offload: false,
             max_recv_udp_payload_size: 1472,
             max_send_udp_payload_size: 1350,
             enable_retry: true,

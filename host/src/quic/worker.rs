@@ -96,7 +96,7 @@ pub(crate) struct Migration {
     /// [`MAX_MIGRATED_SOCKETS`]: the oldest goes first.
     sockets: std::collections::VecDeque<(Arc<QuicSocket>, tokio_util::sync::CancellationToken)>,
     /// Buffer sizes asked for new sockets, as for the first.
-    buffers: (usize, usize),
+    sockets_with: super::socket::SocketOptions,
     /// Stops the forwarders when the worker ends.
     stop: tokio_util::sync::CancellationToken,
     _stop_on_drop: tokio_util::sync::DropGuard,
@@ -106,14 +106,14 @@ impl Migration {
     pub(crate) fn new(
         commands: mpsc::UnboundedReceiver<WorkerCommand>,
         inbox: mpsc::WeakSender<Datagram>,
-        buffers: (usize, usize),
+        sockets_with: super::socket::SocketOptions,
     ) -> Self {
         let stop = tokio_util::sync::CancellationToken::new();
         Self {
             commands,
             inbox,
             sockets: std::collections::VecDeque::new(),
-            buffers,
+            sockets_with,
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
         }
@@ -486,9 +486,8 @@ impl<M: Metrics> WorkerParts<M> {
                 "the server asked clients not to migrate (disable_active_migration)".into(),
             ));
         }
-        let qs = Arc::new(
-            QuicSocket::new(socket, m.buffers.0, m.buffers.1).map_err(QuicError::io("setup"))?,
-        );
+        let qs =
+            Arc::new(QuicSocket::new(socket, &m.sockets_with).map_err(QuicError::io("setup"))?);
         let local = qs.local_addr();
         // quiche keeps the old path (and a connection id on each side for
         // it), so the connection can fall back to it if the new one fails
@@ -712,6 +711,7 @@ impl<M: Metrics> WorkerParts<M> {
                             self.send_batch(out, batch.take()).await;
                             out.copy_within(at..at + n, 0);
                         }
+                        batch.pace(info.at);
                         batch.push(n, info.to, info.from)
                     }
                     Err(quiche::Error::Done) => {
@@ -762,8 +762,13 @@ impl<M: Metrics> WorkerParts<M> {
             _ => &self.socket,
         };
         let src = socket.source_ip(s.from);
-        match socket.send(s.to, src, &out[..s.len], s.segment).await {
-            Ok(()) => self.metrics.packets_out(s.count as u64, s.len as u64),
+        match socket.send(s.to, src, &out[..s.len], s.segment, s.at).await {
+            Ok(paced) => {
+                self.metrics.packets_out(s.count as u64, s.len as u64);
+                if paced {
+                    self.metrics.packets_paced(s.count as u64);
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 if let Some(sig) = &self.unreachable {
                     if !sig.established.load(std::sync::atomic::Ordering::Relaxed) {
