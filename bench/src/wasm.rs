@@ -136,7 +136,7 @@ pub(crate) fn run(
     // Reloads, each with new bytes, while the load runs.
     let mut loader = pinned(setup, Some(1), &setup.bin_dir.join("bench-load"));
     let requests = (REQUESTS * 5).to_string();
-    let mut child = loader
+    let child = loader
         .arg("--addr")
         .arg(server.addr.to_string())
         .arg("--ca")
@@ -155,6 +155,9 @@ pub(crate) fn run(
         .stderr(Stdio::inherit())
         .spawn()
         .context("running bench-load small")?;
+    // Killed if a reload fails midway: an orphaned load generator would
+    // skew every run after this one.
+    let mut child = KillOnDrop(child);
     let mut latencies = Vec::new();
     let mut compiles = Vec::new();
     let mut under_load = 0;
@@ -180,17 +183,18 @@ pub(crate) fn run(
         if let Some(c) = reply["compile_ms"].as_f64() {
             compiles.push(c);
         }
-        if child.try_wait()?.is_none() {
+        if child.0.try_wait()?.is_none() {
             under_load += 1;
         }
     }
     let mut out = String::new();
     child
+        .0
         .stdout
         .take()
         .context("bench-load's output")?
         .read_to_string(&mut out)?;
-    let status = child.wait()?;
+    let status = child.0.wait()?;
     if !status.success() {
         bail!("bench-load small (during reloads) failed ({status})");
     }
@@ -207,6 +211,16 @@ pub(crate) fn run(
     drop(server);
     let _ = std::fs::remove_file(&copy);
     Ok(m)
+}
+
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {

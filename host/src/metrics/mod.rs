@@ -168,8 +168,11 @@ pub enum CallKind {
     /// Creating an instance (per connection for the tq worlds; per request
     /// for a fresh wasi:http instance, where it is also inside `Request`).
     Instantiate,
-    /// The plugin's optional `init` (or another optional export).
+    /// The plugin's optional `init`.
     Init,
+    /// `export-state` or `import-state`: a raw-QUIC connection moving to
+    /// a new plugin version at a reload.
+    Migrate,
     /// One hook of the raw-QUIC or HTTP/3 world (`on-event`,
     /// `wait-for-data`, ...).
     Hook,
@@ -179,20 +182,22 @@ pub enum CallKind {
 }
 
 impl CallKind {
-    /// A short label: `instantiate`, `init`, `hook`, `request`.
+    /// A short label: `instantiate`, `init`, `migrate`, `hook`, `request`.
     pub fn as_str(self) -> &'static str {
         match self {
             CallKind::Instantiate => "instantiate",
             CallKind::Init => "init",
+            CallKind::Migrate => "migrate",
             CallKind::Hook => "hook",
             CallKind::Request => "request",
         }
     }
 
     /// Every kind, for code that walks the series.
-    pub const ALL: [CallKind; 4] = [
+    pub const ALL: [CallKind; 5] = [
         CallKind::Instantiate,
         CallKind::Init,
+        CallKind::Migrate,
         CallKind::Hook,
         CallKind::Request,
     ];

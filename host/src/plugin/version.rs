@@ -154,8 +154,15 @@ impl Version {
         if !self.has_init {
             return Ok(());
         }
-        match call_export::<C, (), Result<(), String>>(store, instance, INIT_EXPORT, "init", ())
-            .await
+        match call_export::<C, (), Result<(), String>>(
+            store,
+            instance,
+            crate::metrics::CallKind::Init,
+            INIT_EXPORT,
+            "init",
+            (),
+        )
+        .await
         {
             None => Err(format!(
                 "it exports {INIT_EXPORT} without an `init` function"

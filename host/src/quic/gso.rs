@@ -11,6 +11,9 @@ use std::time::Instant;
 
 use super::socket::MAX_DATAGRAM;
 
+/// How far apart the release times of one paced batch's packets may be.
+pub(crate) const PACED_SPREAD: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// A batch of packets being written at the front of a send buffer.
 #[derive(Debug)]
 pub(crate) struct GsoBatch {
@@ -22,7 +25,7 @@ pub(crate) struct GsoBatch {
     count: usize,
     to: Option<SocketAddr>,
     from: Option<SocketAddr>,
-    /// The latest release time quiche's pacer gave a packet of the batch.
+    /// The release time quiche's pacer gave the batch's first packet.
     at: Option<Instant>,
 }
 
@@ -35,8 +38,10 @@ pub(crate) struct GsoSend {
     pub(crate) count: usize,
     pub(crate) to: SocketAddr,
     pub(crate) from: SocketAddr,
-    /// When the batch may leave (with `SO_TXTIME`): the latest release
-    /// time of its packets, so that none leaves before its own.
+    /// When the batch may leave (with `SO_TXTIME`): its first packet's
+    /// release time. (quiche works a packet's time out after counting it
+    /// sent, so it is really the next packet's slot: the earliest time is
+    /// the one to honour, as quiche's own example servers do.)
     pub(crate) at: Option<Instant>,
 }
 
@@ -89,10 +94,23 @@ impl GsoBatch {
         n < self.segment
     }
 
+    /// With pacing offloaded, whether a packet of `n` bytes with release
+    /// time `at` may join. The batch leaves as one burst at its first
+    /// packet's time, so it takes only packets due within
+    /// [`PACED_SPREAD`] of that, and at most `quantum` bytes (quiche's send
+    /// quantum, about a millisecond at the pacing rate): a 64 KiB burst
+    /// would undo the pacing on a slow path.
+    pub(crate) fn paced_admits(&self, at: Instant, n: usize, quantum: usize) -> bool {
+        match self.at {
+            None => true,
+            Some(first) => at <= first + PACED_SPREAD && self.len + n <= quantum,
+        }
+    }
+
     /// Notes the release time quiche's pacer gave the packet about to be
-    /// pushed: the batch leaves no earlier than its latest.
+    /// pushed: the batch leaves at the earliest.
     pub(crate) fn pace(&mut self, at: Instant) {
-        self.at = Some(self.at.map_or(at, |a| a.max(at)));
+        self.at = Some(self.at.map_or(at, |a| a.min(at)));
     }
 
     /// Empties the batch, returning what to send, if anything.
@@ -176,18 +194,26 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_leaves_at_its_latest_release_time() {
+    fn a_paced_batch_leaves_at_its_first_time_and_stays_small() {
+        use std::time::Duration;
         let (a, me) = (addr(1), addr(9));
-        let now = Instant::now();
-        let mut b = GsoBatch::new(8);
-        b.pace(now + std::time::Duration::from_millis(2));
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_micros(n * 1000);
+        let mut b = GsoBatch::new(64);
+        assert!(
+            b.paced_admits(ms(2), 1200, 3000),
+            "an empty batch takes any"
+        );
+        b.pace(ms(2));
         b.push(1200, a, me);
-        b.pace(now + std::time::Duration::from_millis(5));
+        assert!(b.paced_admits(ms(3), 1200, 3000), "within the spread");
+        assert!(!b.paced_admits(ms(3) + Duration::from_micros(1), 1200, 3000));
+        b.pace(ms(3));
         b.push(1200, a, me);
-        b.pace(now);
-        b.push(1200, a, me);
+        assert!(!b.paced_admits(ms(3), 1200, 3000), "past the quantum");
+        assert!(b.paced_admits(ms(3), 600, 3000));
         let sent = b.take().unwrap();
-        assert_eq!(sent.at, Some(now + std::time::Duration::from_millis(5)));
+        assert_eq!(sent.at, Some(ms(2)), "the first packet's time");
         b.push(1200, a, me);
         assert_eq!(b.take().unwrap().at, None, "take forgets the time");
     }

@@ -192,7 +192,10 @@ impl<M: Metrics> WorkerParts<M> {
         self,
         app: A,
     ) -> impl std::future::Future<Output = ()> + Send {
+        // No parent: the connection's span must not nest in (and keep
+        // open) whatever span the caller of `start`/`connect` is in.
         let span = tracing::info_span!(
+            parent: None,
             "conn",
             id = %self.conn.trace_id(),
             peer = %self.peer_addr,
@@ -696,6 +699,10 @@ impl<M: Metrics> WorkerParts<M> {
     async fn flush(&mut self, out: &mut [u8]) -> bool {
         let mut batch = GsoBatch::new(self.socket.max_gso_segments());
         let mut packets = 0;
+        // With pacing offloaded, a batch is a burst at one release time:
+        // kept within quiche's send quantum.
+        let paced = self.socket.paces();
+        let quantum = if paced { self.conn.send_quantum() } else { 0 };
         loop {
             let max = self.conn.max_send_udp_payload_size();
             let done = if !batch.has_room(out.len(), max) {
@@ -705,7 +712,9 @@ impl<M: Metrics> WorkerParts<M> {
                 match self.conn.send(&mut out[at..at + max]) {
                     Ok((n, info)) => {
                         packets += 1;
-                        if !batch.admits(n, info.to, info.from) {
+                        if !batch.admits(n, info.to, info.from)
+                            || (paced && !batch.paced_admits(info.at, n, quantum))
+                        {
                             // Send the batch, then start anew with this packet
                             // at the front.
                             self.send_batch(out, batch.take()).await;

@@ -277,6 +277,7 @@ async fn migrate(
     let state = match call_export::<_, (), Option<Vec<u8>>>(
         &mut cur.store,
         &cur.instance,
+        crate::metrics::CallKind::Migrate,
         MIGRATE_EXPORT,
         "export-state",
         (),
@@ -299,6 +300,7 @@ async fn migrate(
     match call_export::<_, (Vec<u8>,), Result<(), String>>(
         &mut new.store,
         &new.instance,
+        crate::metrics::CallKind::Migrate,
         MIGRATE_EXPORT,
         "import-state",
         (state,),

@@ -225,11 +225,12 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Calls `func` of the exported interface `iface` if the instance exports
-/// it (`None` if not), with a fresh CPU deadline. The error is a one-line
-/// reason.
+/// it (`None` if not), with a fresh CPU deadline; `kind` labels it in the
+/// metrics. The error is a one-line reason.
 pub(crate) async fn call_export<C, P, R>(
     store: &mut Store<PluginState<C>>,
     instance: &Instance,
+    kind: CallKind,
     iface: &str,
     func: &str,
     params: P,
@@ -248,7 +249,7 @@ where
     };
     let limit = store.data().call_timeout;
     Some(
-        bounded(store, &typed, limit, CallKind::Init, |s, typed| {
+        bounded(store, &typed, limit, kind, |s, typed| {
             Box::pin(async move { typed.call_async(s, params).await.map(|(r,)| r) })
         })
         .await,
@@ -256,14 +257,19 @@ where
 }
 
 /// Reports an instantiation made inside a larger call (a fresh wasi:http
-/// instance, made within its request's budget) as a call of its own.
-pub(crate) fn instantiated<C>(s: &PluginState<C>, began: std::time::Instant) {
-    s.metrics.plugin_call(
-        &s.version,
-        CallKind::Instantiate,
-        began.elapsed(),
-        CallOutcome::Ok,
-    );
+/// instance, made within its request's budget) as a call of its own,
+/// failed or not.
+pub(crate) fn instantiated<C, T>(
+    s: &PluginState<C>,
+    began: std::time::Instant,
+    result: &wasmtime::Result<T>,
+) {
+    let outcome = match result {
+        Ok(_) => CallOutcome::Ok,
+        Err(e) => classify(s, e),
+    };
+    s.metrics
+        .plugin_call(&s.version, CallKind::Instantiate, began.elapsed(), outcome);
 }
 
 /// Instantiates with a fresh CPU deadline.

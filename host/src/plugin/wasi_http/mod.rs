@@ -200,9 +200,9 @@ async fn run_request(
                             Some(p) => p,
                             None => {
                                 let began = std::time::Instant::now();
-                                let proxy = pre.instantiate_async(&mut *s).await?;
-                                instantiated(s.data(), began);
-                                proxy
+                                let proxy = pre.instantiate_async(&mut *s).await;
+                                instantiated(s.data(), began, &proxy);
+                                proxy?
                             }
                         };
                         proxy

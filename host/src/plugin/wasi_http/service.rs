@@ -63,8 +63,9 @@ pub(super) async fn run_request(
     let res = bounded(&mut store, &pre, limit, CallKind::Request, |s, pre| {
         Box::pin(async move {
             let began = std::time::Instant::now();
-            let service = pre.instantiate_async(&mut *s).await?;
-            instantiated(s.data(), began);
+            let service = pre.instantiate_async(&mut *s).await;
+            instantiated(s.data(), began, &service);
+            let service = service?;
             s.run_concurrent(async move |acc| -> wasmtime::Result<Outcome> {
                 let res = match service.handle(acc, wreq).await? {
                     Ok(res) => res,
