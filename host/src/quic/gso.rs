@@ -97,9 +97,10 @@ impl GsoBatch {
     /// With pacing offloaded, whether a packet of `n` bytes with release
     /// time `at` may join. The batch leaves as one burst at its first
     /// packet's time, so it takes only packets due within
-    /// [`PACED_SPREAD`] of that, and at most `quantum` bytes (quiche's send
-    /// quantum, about a millisecond at the pacing rate): a 64 KiB burst
-    /// would undo the pacing on a slow path.
+    /// [`PACED_SPREAD`] of that, and at most `quantum` bytes: quiche's
+    /// send quantum, the burst its pacer allows (under bbr2, the pacing
+    /// rate times 50 us, one or two datagrams at least, 64 KiB at most).
+    /// A 64 KiB burst would undo the pacing on a slow path.
     pub(crate) fn paced_admits(&self, at: Instant, n: usize, quantum: usize) -> bool {
         match self.at {
             None => true,

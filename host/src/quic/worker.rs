@@ -700,8 +700,10 @@ impl<M: Metrics> WorkerParts<M> {
         let mut batch = GsoBatch::new(self.socket.max_gso_segments());
         let mut packets = 0;
         // With pacing offloaded, a batch is a burst at one release time:
-        // kept within quiche's send quantum.
-        let paced = self.socket.paces();
+        // kept within quiche's send quantum. Only quiche's gcongestion
+        // (bbr2) gives release times; under cubic and reno the cap would
+        // only shrink batches.
+        let paced = self.socket.paces() && self.conn.gcongestion_enabled() == Some(true);
         let quantum = if paced { self.conn.send_quantum() } else { 0 };
         loop {
             let max = self.conn.max_send_udp_payload_size();

@@ -199,6 +199,8 @@ async fn run_request(
                         let proxy = match proxy {
                             Some(p) => p,
                             None => {
+                                // Counted on its own, failed or not (one cut short by the
+                                // request's wall-clock limit shows only as the request's timeout).
                                 let began = std::time::Instant::now();
                                 let proxy = pre.instantiate_async(&mut *s).await;
                                 instantiated(s.data(), began, &proxy);

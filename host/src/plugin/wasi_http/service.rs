@@ -62,6 +62,8 @@ pub(super) async fn run_request(
     let limit = plugin.sandbox.limits.request_timeout;
     let res = bounded(&mut store, &pre, limit, CallKind::Request, |s, pre| {
         Box::pin(async move {
+            // Counted on its own, failed or not (one cut short by the
+            // request's wall-clock limit shows only as the request's timeout).
             let began = std::time::Instant::now();
             let service = pre.instantiate_async(&mut *s).await;
             instantiated(s.data(), began, &service);
