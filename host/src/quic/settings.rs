@@ -85,9 +85,11 @@ pub struct QuicSettings {
     pub enable_early_data: bool,
     /// Congestion controller. Default: `cubic`.
     pub congestion_control: CongestionControl,
-    /// Let quiche pace packets: it gives each packet a release time.
-    /// Default: on. Without [`pacing_offload`](Self::pacing_offload) the
-    /// times are not enforced: packets leave as soon as they are ready.
+    /// Let quiche pace packets: under bbr2 it gives each packet a release
+    /// time (under cubic and reno, quiche 0.30 does not pace). Default: on.
+    /// The worker holds a batch back until its first packet is due within
+    /// `max_release_into_future` (1-5 ms); [`pacing_offload`](Self::pacing_offload)
+    /// hands the exact times to the kernel.
     pub enable_pacing: bool,
     /// Linux: hand those release times to the kernel with `SO_TXTIME`
     /// (`CLOCK_MONOTONIC`), so that the `fq` qdisc holds each batch of

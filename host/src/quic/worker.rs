@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, trace, warn, Instrument};
 
 use super::cid::ConnectionIdGenerator;
 use super::connection::{
@@ -173,6 +173,17 @@ impl Stage {
             other => other,
         };
     }
+}
+
+/// How a flush ended.
+enum Flushed {
+    /// quiche has nothing more to send.
+    Done,
+    /// Stopped at the per-turn bound, with more to send.
+    More,
+    /// quiche's pacer holds the next packet for later than it lets a
+    /// packet go early: flush again at this time (or on the next packet).
+    HoldUntil(Instant),
 }
 
 enum Wake {
@@ -348,7 +359,7 @@ impl<M: Metrics> WorkerParts<M> {
                     }
                 }
                 self.drain_path_events();
-                let more_to_send = {
+                let flushed = {
                     // Lent for each flush (see `scratch`): an idle connection
                     // holds none. Sized now, not at the start: the packet size
                     // quiche may use grows once the peer's limits are known.
@@ -366,11 +377,15 @@ impl<M: Metrics> WorkerParts<M> {
                     info!("nothing listens at the server's address (ICMP port unreachable)");
                     break;
                 }
-                if more_to_send {
-                    // Yield so that a bulk sender shares the runtime fairly.
-                    tokio::task::yield_now().await;
-                    continue;
-                }
+                let hold = match flushed {
+                    Flushed::More => {
+                        // Yield so that a bulk sender shares the runtime fairly.
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    Flushed::Done => None,
+                    Flushed::HoldUntil(at) => Some(at),
+                };
                 // A resuming client enters 0-RTT once its ClientHello is out:
                 // start the application now, not when the server answers, so
                 // its first requests go in early data.
@@ -378,7 +393,12 @@ impl<M: Metrics> WorkerParts<M> {
                     continue;
                 }
 
-                let deadline = self.conn.timeout_instant();
+                // quiche's on_timeout does nothing before one of its own
+                // timers is due, so waking early for the pacer is harmless.
+                let deadline = match (self.conn.timeout_instant(), hold) {
+                    (Some(t), Some(h)) => Some(t.min(h)),
+                    (t, h) => t.or(h),
+                };
                 let app_wait = stage.is_running() && app.should_act();
                 let wake = {
                     let timer = async {
@@ -695,8 +715,10 @@ impl<M: Metrics> WorkerParts<M> {
     }
 
     /// Sends what quiche has, batching equal-sized packets to one destination
-    /// into GSO sends. Returns true if it stopped at its per-turn bound.
-    async fn flush(&mut self, out: &mut [u8]) -> bool {
+    /// into GSO sends, until quiche has nothing more, the per-turn bound,
+    /// or (under a pacing congestion controller) a packet due later than it
+    /// may go early.
+    async fn flush(&mut self, out: &mut [u8]) -> Flushed {
         let mut batch = GsoBatch::new(self.socket.max_gso_segments());
         let mut packets = 0;
         // With pacing offloaded, a batch is a burst at one release time:
@@ -705,7 +727,25 @@ impl<M: Metrics> WorkerParts<M> {
         // only shrink batches.
         let paced = self.socket.paces() && self.conn.gcongestion_enabled() == Some(true);
         let quantum = if paced { self.conn.send_quantum() } else { 0 };
+        // Under gcongestion (bbr2) with pacing, quiche's pacer says when the
+        // next packet is due. Without a hold here packets leave as fast as
+        // they are built (and with the offload, pile up in the qdisc): a
+        // batch starts only when its first packet is due within
+        // `max_release_into_future` (1/8 of the RTT, 1-5 ms), as
+        // tokio-quiche does.
+        let hold_back = self.conn.pacing_enabled() && self.conn.gcongestion_enabled() == Some(true);
         loop {
+            if hold_back && batch.offset() == 0 {
+                let now = Instant::now();
+                let due = self.conn.get_next_release_time().and_then(|r| r.time(now));
+                if let Some(due) = due {
+                    let early = self.conn.max_release_into_future();
+                    if due.duration_since(now) >= early {
+                        trace!(due_in = ?due.duration_since(now), "the pacer holds the next packet");
+                        return Flushed::HoldUntil(now + early.mul_f32(0.8));
+                    }
+                }
+            }
             let max = self.conn.max_send_udp_payload_size();
             let done = if !batch.has_room(out.len(), max) {
                 true
@@ -727,20 +767,20 @@ impl<M: Metrics> WorkerParts<M> {
                     }
                     Err(quiche::Error::Done) => {
                         self.send_batch(out, batch.take()).await;
-                        return false;
+                        return Flushed::Done;
                     }
                     Err(e) => {
                         warn!(error = %e, "quiche failed to build a packet");
                         let _ = self.conn.close(false, 0x1, b"internal error");
                         self.send_batch(out, batch.take()).await;
-                        return false;
+                        return Flushed::Done;
                     }
                 }
             };
             if done {
                 self.send_batch(out, batch.take()).await;
                 if packets >= SEND_PER_TURN {
-                    return true;
+                    return Flushed::More;
                 }
             }
         }
