@@ -200,7 +200,7 @@ async fn the_router_follows_connection_id_changes() {
 
 /// bbr2 over a link with a 20 ms round trip (on bare loopback quiche's
 /// pacer almost never puts a packet in the future), paced in user space
-/// (the worker holds a batch back until its first packet is nearly due)
+/// (the worker waits while the next packet is not nearly due)
 /// and then with the release times handed to the kernel as well
 /// (`SO_TXTIME`): the echo is intact both ways, and only the second sends
 /// datagrams with a release time. Loopback has no `fq` qdisc, so the
@@ -238,9 +238,10 @@ async fn paced_by_bbr2_an_echo_is_intact_with_and_without_the_kernel() {
         assert_eq!((res[0].len, res[0].sha256), (data.len(), sha256(&data)));
         let m = server.metrics.snapshot();
         eprintln!(
-            "offload {offload}: paced {} of {} datagrams",
-            m.packets_paced, m.packets_out
+            "offload {offload}: paced {} of {} datagrams, {} holds",
+            m.packets_paced, m.packets_out, m.pacer_holds
         );
+        assert!(m.pacer_holds > 0, "the server waited for its pacer");
         if offload {
             assert!(
                 m.packets_paced > 0 && m.packets_paced <= m.packets_out,

@@ -350,6 +350,9 @@ pub trait Metrics: ServiceMetrics + Clone {
     /// `count` datagrams just sent carried a release time for the kernel
     /// (pacing offload, `SO_TXTIME`; also counted by `packets_out`).
     fn packets_paced(&self, _count: u64) {}
+    /// A connection held its next packets back until quiche's pacer let
+    /// them go (bbr2).
+    fn pacer_held(&self) {}
     /// A stateless reset was sent for a connection id no connection has.
     fn stateless_reset_sent(&self) {}
     /// A stateless Retry was sent.
@@ -392,6 +395,7 @@ struct Counters {
     version_negotiations: AtomicU64,
     handed_over: AtomicU64,
     paced: AtomicU64,
+    held: AtomicU64,
     resets: AtomicU64,
 }
 
@@ -448,6 +452,8 @@ pub struct MetricsSnapshot {
     pub packets_handed_over: u64,
     /// Datagrams sent with a release time (pacing offload).
     pub packets_paced: u64,
+    /// Times a connection waited for quiche's pacer.
+    pub pacer_holds: u64,
     /// Stateless resets sent.
     pub stateless_resets_sent: u64,
 }
@@ -500,6 +506,7 @@ impl DefaultMetrics {
             version_negotiations_sent: get(&c.version_negotiations),
             packets_handed_over: get(&c.handed_over),
             packets_paced: get(&c.paced),
+            pacer_holds: get(&c.held),
             stateless_resets_sent: get(&c.resets),
         }
     }
@@ -577,6 +584,9 @@ impl Metrics for DefaultMetrics {
     }
     fn packets_paced(&self, count: u64) {
         inc(&self.inner.paced, count);
+    }
+    fn pacer_held(&self) {
+        inc(&self.inner.held, 1);
     }
     fn stateless_reset_sent(&self) {
         inc(&self.inner.resets, 1);

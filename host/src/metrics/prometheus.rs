@@ -98,6 +98,7 @@ struct Inner {
     version_negotiations: Counter,
     handed_over: Counter,
     paced: Counter,
+    held: Counter,
     resets: Counter,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<World, Histogram, Hist>,
@@ -243,6 +244,13 @@ impl PrometheusMetrics {
              (pacing_offload, SO_TXTIME); also counted in packets",
             paced.clone(),
         );
+        let held = Counter::default();
+        r.register(
+            "pacer_holds",
+            "Times a connection held its next packets back until quiche's pacer \
+             let them go (bbr2)",
+            held.clone(),
+        );
         let resets = Counter::default();
         r.register(
             "stateless_resets_sent",
@@ -335,6 +343,7 @@ impl PrometheusMetrics {
                 version_negotiations,
                 handed_over,
                 paced,
+                held,
                 resets,
                 requests,
                 request_seconds,
@@ -600,6 +609,9 @@ impl Metrics for PrometheusMetrics {
     }
     fn packets_paced(&self, count: u64) {
         self.inner.paced.inc_by(count);
+    }
+    fn pacer_held(&self) {
+        self.inner.held.inc();
     }
     fn stateless_reset_sent(&self) {
         self.inner.resets.inc();

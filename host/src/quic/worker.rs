@@ -721,29 +721,28 @@ impl<M: Metrics> WorkerParts<M> {
     async fn flush(&mut self, out: &mut [u8]) -> Flushed {
         let mut batch = GsoBatch::new(self.socket.max_gso_segments());
         let mut packets = 0;
-        // With pacing offloaded, a batch is a burst at one release time:
-        // kept within quiche's send quantum. Only quiche's gcongestion
-        // (bbr2) gives release times; under cubic and reno the cap would
-        // only shrink batches.
-        let paced = self.socket.paces() && self.conn.gcongestion_enabled() == Some(true);
-        let quantum = if paced { self.conn.send_quantum() } else { 0 };
-        // Under gcongestion (bbr2) with pacing, quiche's pacer says when the
-        // next packet is due. Without a hold here packets leave as fast as
-        // they are built (and with the offload, pile up in the qdisc): a
-        // batch starts only when its first packet is due within
-        // `max_release_into_future` (1/8 of the RTT, 1-5 ms), as
-        // tokio-quiche does.
-        let hold_back = self.conn.pacing_enabled() && self.conn.gcongestion_enabled() == Some(true);
+        // Under gcongestion (bbr2) with pacing, quiche's pacer gives every
+        // packet a release time (under cubic and reno it gives none, and
+        // nothing here applies). Two rules pace the sends:
+        // - a batch is one burst at its first packet's time, so it holds
+        //   at most quiche's send quantum and packets due within 1 ms of
+        //   that (`paced_admits`);
+        // - before each packet, if the next one is due later than quiche
+        //   lets a packet go early (`max_release_into_future`, 1/8 of the
+        //   RTT, 1-5 ms), the batch goes and the worker waits.
+        // With the offload the kernel then releases each batch at its
+        // time; without it the batches leave at once, paced to within
+        // that 1-5 ms. (tokio-quiche holds back only with its offload on.)
+        // The hold applies to whatever quiche would send next, ACKs and
+        // probes included: at most a few ms.
+        let pace = self.conn.pacing_enabled() && self.conn.gcongestion_enabled() == Some(true);
+        let quantum = if pace { self.conn.send_quantum() } else { 0 };
         loop {
-            if hold_back && batch.offset() == 0 {
-                let now = Instant::now();
-                let due = self.conn.get_next_release_time().and_then(|r| r.time(now));
-                if let Some(due) = due {
-                    let early = self.conn.max_release_into_future();
-                    if due.duration_since(now) >= early {
-                        trace!(due_in = ?due.duration_since(now), "the pacer holds the next packet");
-                        return Flushed::HoldUntil(now + early.mul_f32(0.8));
-                    }
+            if pace {
+                if let Some(until) = self.pacer_hold() {
+                    self.send_batch(out, batch.take()).await;
+                    self.metrics.pacer_held();
+                    return Flushed::HoldUntil(until);
                 }
             }
             let max = self.conn.max_send_udp_payload_size();
@@ -755,7 +754,7 @@ impl<M: Metrics> WorkerParts<M> {
                     Ok((n, info)) => {
                         packets += 1;
                         if !batch.admits(n, info.to, info.from)
-                            || (paced && !batch.paced_admits(info.at, n, quantum))
+                            || (pace && !batch.paced_admits(info.at, n, quantum))
                         {
                             // Send the batch, then start anew with this packet
                             // at the front.
@@ -779,11 +778,26 @@ impl<M: Metrics> WorkerParts<M> {
             };
             if done {
                 self.send_batch(out, batch.take()).await;
-                if packets >= SEND_PER_TURN {
-                    return Flushed::More;
-                }
+            }
+            if packets >= SEND_PER_TURN {
+                self.send_batch(out, batch.take()).await;
+                return Flushed::More;
             }
         }
+    }
+
+    /// When quiche's pacer holds the next packet longer than it lets one go
+    /// early: the time to flush again, a little before the packet is due
+    /// (one wake-up then lets it go).
+    fn pacer_hold(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let due = self.conn.get_next_release_time()?.time(now)?;
+        let early = self.conn.max_release_into_future();
+        if due.duration_since(now) < early {
+            return None;
+        }
+        trace!(due_in = ?due.duration_since(now), "the pacer holds the next packet");
+        Some(due - early.mul_f32(0.8))
     }
 
     /// Sends a finished batch from the front of `out`.
