@@ -350,8 +350,8 @@ pub trait Metrics: ServiceMetrics + Clone {
     /// `count` datagrams just sent carried a release time for the kernel
     /// (pacing offload, `SO_TXTIME`; also counted by `packets_out`).
     fn packets_paced(&self, _count: u64) {}
-    /// A connection held its next packets back until quiche's pacer let
-    /// them go (bbr2).
+    /// A connection began to wait for quiche's pacer to let its next
+    /// packet go (bbr2).
     fn pacer_held(&self) {}
     /// A stateless reset was sent for a connection id no connection has.
     fn stateless_reset_sent(&self) {}

@@ -94,8 +94,8 @@ impl GsoBatch {
         n < self.segment
     }
 
-    /// Under a pacing congestion controller, whether a packet of `n` bytes
-    /// with release time `at` may join. The batch leaves as one burst at its first
+    /// With pacing offloaded, whether a packet of `n` bytes with release
+    /// time `at` may join. The batch leaves as one burst at its first
     /// packet's time, so it takes only packets due within
     /// [`PACED_SPREAD`] of that, and at most `quantum` bytes: quiche's
     /// send quantum, the burst its pacer allows (under bbr2, the pacing

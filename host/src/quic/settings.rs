@@ -87,10 +87,10 @@ pub struct QuicSettings {
     pub congestion_control: CongestionControl,
     /// Let quiche pace packets: under bbr2 it gives each packet a release
     /// time (under cubic and reno, quiche 0.30 does not pace). Default: on.
-    /// The worker sends bursts of at most quiche's send quantum and waits
-    /// while the next packet is due later than `max_release_into_future`
-    /// (1-5 ms) ahead; [`pacing_offload`](Self::pacing_offload) hands the
-    /// exact times to the kernel.
+    /// The worker waits while the next packet is due later than
+    /// `max_release_into_future` (1-5 ms) ahead;
+    /// [`pacing_offload`](Self::pacing_offload) hands the exact times to
+    /// the kernel.
     pub enable_pacing: bool,
     /// Linux: hand those release times to the kernel with `SO_TXTIME`
     /// (`CLOCK_MONOTONIC`), so that the `fq` qdisc holds each batch of

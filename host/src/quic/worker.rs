@@ -235,6 +235,8 @@ impl<M: Metrics> WorkerParts<M> {
             // The server's certificate did not list the address connected to:
             // the connection never counts as established.
             let mut cert_refused = false;
+            // The pacer's last wait, so that it is counted once.
+            let mut last_hold: Option<Instant> = None;
 
             loop {
                 received += self.drain_inbox();
@@ -384,7 +386,15 @@ impl<M: Metrics> WorkerParts<M> {
                         continue;
                     }
                     Flushed::Done => None,
-                    Flushed::HoldUntil(at) => Some(at),
+                    Flushed::HoldUntil(at) => {
+                        // A flush while a wait is pending (a datagram came)
+                        // finds the same one: counted once.
+                        if last_hold != Some(at) {
+                            self.metrics.pacer_held();
+                        }
+                        last_hold = Some(at);
+                        Some(at)
+                    }
                 };
                 // A resuming client enters 0-RTT once its ClientHello is out:
                 // start the application now, not when the server answers, so
@@ -723,25 +733,24 @@ impl<M: Metrics> WorkerParts<M> {
         let mut packets = 0;
         // Under gcongestion (bbr2) with pacing, quiche's pacer gives every
         // packet a release time (under cubic and reno it gives none, and
-        // nothing here applies). Two rules pace the sends:
-        // - a batch is one burst at its first packet's time, so it holds
-        //   at most quiche's send quantum and packets due within 1 ms of
-        //   that (`paced_admits`);
-        // - before each packet, if the next one is due later than quiche
-        //   lets a packet go early (`max_release_into_future`, 1/8 of the
-        //   RTT, 1-5 ms), the batch goes and the worker waits.
-        // With the offload the kernel then releases each batch at its
-        // time; without it the batches leave at once, paced to within
-        // that 1-5 ms. (tokio-quiche holds back only with its offload on.)
-        // The hold applies to whatever quiche would send next, ACKs and
-        // probes included: at most a few ms.
+        // nothing here applies). Before each packet, if the next one is
+        // due later than quiche lets a packet go early
+        // (`max_release_into_future`, 1/8 of the RTT, 1-5 ms), the batch
+        // so far goes and the worker waits: without the offload, sends
+        // are paced to within that. With it, each batch is also one burst
+        // released by the kernel at its first packet's time, so it holds
+        // at most quiche's send quantum and packets due within 1 ms of
+        // that (`paced_admits`); without the offload such a cap would only
+        // split back-to-back sends. (tokio-quiche paces only with its
+        // offload on.) The wait applies to whatever quiche would send
+        // next, ACKs and probes included: at most a few ms.
         let pace = self.conn.pacing_enabled() && self.conn.gcongestion_enabled() == Some(true);
-        let quantum = if pace { self.conn.send_quantum() } else { 0 };
+        let burst = pace && self.socket.paces();
+        let quantum = if burst { self.conn.send_quantum() } else { 0 };
         loop {
             if pace {
                 if let Some(until) = self.pacer_hold() {
                     self.send_batch(out, batch.take()).await;
-                    self.metrics.pacer_held();
                     return Flushed::HoldUntil(until);
                 }
             }
@@ -754,7 +763,7 @@ impl<M: Metrics> WorkerParts<M> {
                     Ok((n, info)) => {
                         packets += 1;
                         if !batch.admits(n, info.to, info.from)
-                            || (pace && !batch.paced_admits(info.at, n, quantum))
+                            || (burst && !batch.paced_admits(info.at, n, quantum))
                         {
                             // Send the batch, then start anew with this packet
                             // at the front.
