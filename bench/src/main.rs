@@ -360,22 +360,23 @@ fn measured(
     Ok((r, cpu_seconds(server.pid())? - before))
 }
 
+/// bench-load's arguments for the small-request load: 10 connections x 16
+/// in flight, `requests` in all.
+fn small_load(requests: &str) -> [&str; 7] {
+    [
+        "small",
+        "--conns",
+        "10",
+        "--in-flight",
+        "16",
+        "--requests",
+        requests,
+    ]
+}
+
 fn small(setup: &Setup, args: &Args, spec: &ServerSpec, log: &Path) -> anyhow::Result<Metrics> {
     let requests = args.requests.to_string();
-    let (r, cpu) = measured(
-        setup,
-        spec,
-        log,
-        &[
-            "small",
-            "--conns",
-            "10",
-            "--in-flight",
-            "16",
-            "--requests",
-            &requests,
-        ],
-    )?;
+    let (r, cpu) = measured(setup, spec, log, &small_load(&requests))?;
     let mut m = Metrics::new();
     m.insert("requests_per_s".into(), r.done as f64 / r.secs);
     m.insert(

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::{free_port, load, pinned, start_with, Metrics, ServerSpec, Setup};
+use crate::{free_port, load, pinned, small_load, start_with, Metrics, ServerSpec, Setup};
 
 /// Requests per load phase: long enough for a steady mean, short enough
 /// for three servers a round.
@@ -72,19 +72,7 @@ pub(crate) fn run(
     // Calls per request and their mean, over the small load alone.
     let before = scrape(admin)?;
     let requests = REQUESTS.to_string();
-    let r = load(
-        setup,
-        server.addr,
-        &[
-            "small",
-            "--conns",
-            "10",
-            "--in-flight",
-            "16",
-            "--requests",
-            &requests,
-        ],
-    )?;
+    let r = load(setup, server.addr, &small_load(&requests))?;
     let after = scrape(admin)?;
     let delta = |call: &str, part: &str| {
         let name = format!("tq_plugin_call_duration_seconds_{part}");
@@ -141,15 +129,7 @@ pub(crate) fn run(
         .arg(server.addr.to_string())
         .arg("--ca")
         .arg(&setup.cert)
-        .args([
-            "small",
-            "--conns",
-            "10",
-            "--in-flight",
-            "16",
-            "--requests",
-            &requests,
-        ])
+        .args(small_load(&requests))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
