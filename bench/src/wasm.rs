@@ -66,7 +66,6 @@ pub(crate) fn run(
     flags[at] = copy.display().to_string();
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let server = start_with(setup, &spec, log, &["--admin".into(), admin.to_string()])?;
-    let per_request = !spec.name.contains("http3");
 
     let mut m = Metrics::new();
     // Calls per request and their mean, over the small load alone.
@@ -74,31 +73,22 @@ pub(crate) fn run(
     let requests = REQUESTS.to_string();
     let r = load(setup, server.addr, &small_load(&requests))?;
     let after = scrape(admin)?;
-    let delta = |call: &str, part: &str| {
-        let name = format!("tq_plugin_call_duration_seconds_{part}");
-        sum(&after, &name, call) - sum(&before, &name, call)
-    };
-    let mean_us = |call: &str| {
-        let n = delta(call, "count");
-        (n > 0.0).then(|| delta(call, "sum") / n * 1e6)
-    };
-    if let Some(us) = mean_us("hook") {
+    let done = r.done as f64;
+    let hooks = calls(&before, &after, "hook");
+    if let Some(us) = hooks.mean_us() {
         m.insert("hook_us".into(), us);
-        m.insert(
-            "hooks_per_request".into(),
-            delta("hook", "count") / r.done as f64,
-        );
+        m.insert("hooks_per_request".into(), hooks.count / done);
     }
-    if let Some(us) = mean_us("request") {
+    let requests_in_guest = calls(&before, &after, "request");
+    if let Some(us) = requests_in_guest.mean_us() {
         m.insert("request_us".into(), us);
     }
-    if per_request {
-        if let Some(us) = mean_us("instantiate") {
+    if requests_in_guest.count > 0.0 {
+        // wasi:http: instances per request (fresh) or per many (reused).
+        let made = calls(&before, &after, "instantiate");
+        if let Some(us) = made.mean_us() {
             m.insert("instantiate_us".into(), us);
-            m.insert(
-                "requests_per_instance".into(),
-                r.done as f64 / delta("instantiate", "count"),
-            );
+            m.insert("requests_per_instance".into(), done / made.count);
         }
     } else {
         // An instance per connection: measured over new connections.
@@ -110,13 +100,8 @@ pub(crate) fn run(
             &["handshakes", "--count", &count, "--parallel", "1"],
         )?;
         let after = scrape(admin)?;
-        let name = "tq_plugin_call_duration_seconds";
-        let n = sum(&after, &format!("{name}_count"), "instantiate")
-            - sum(&before, &format!("{name}_count"), "instantiate");
-        if n > 0.0 {
-            let s = sum(&after, &format!("{name}_sum"), "instantiate")
-                - sum(&before, &format!("{name}_sum"), "instantiate");
-            m.insert("instantiate_us".into(), s / n * 1e6);
+        if let Some(us) = calls(&before, &after, "instantiate").mean_us() {
+            m.insert("instantiate_us".into(), us);
         }
     }
     let mut failed = r.failed as f64;
@@ -245,6 +230,31 @@ fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
         bail!("GET /metrics answered {status}");
     }
     Ok(body)
+}
+
+/// Calls of one kind between two scrapes: how many, and their total
+/// wall-clock time.
+struct Calls {
+    count: f64,
+    secs: f64,
+}
+
+impl Calls {
+    fn mean_us(&self) -> Option<f64> {
+        (self.count > 0.0).then(|| self.secs / self.count * 1e6)
+    }
+}
+
+/// The calls of kind `call` made between scrapes `before` and `after`.
+fn calls(before: &str, after: &str, call: &str) -> Calls {
+    let delta = |part: &str| {
+        let name = format!("tq_plugin_call_duration_seconds_{part}");
+        sum(after, &name, call) - sum(before, &name, call)
+    };
+    Calls {
+        count: delta("count"),
+        secs: delta("sum"),
+    }
 }
 
 /// The sum over every series of `name` whose labels include
