@@ -384,11 +384,7 @@ mod tests {
     #[test]
     fn sockets_of_one_listener_resume_each_other_s_sessions() {
         use crate::quic::test_pair::{flush, CLIENT, SERVER};
-        let dir = std::env::temp_dir().join(format!("tq-ticket-{}", std::process::id()));
-        let paths = crate::tls::SelfSignedCertificate::generate(&["localhost"])
-            .unwrap()
-            .write_to(&dir)
-            .unwrap();
+        let (dir, paths) = crate::quic::test_pair::certificate_dir("ticket");
         let server = ConnectionParams::new_server(QuicSettings::default(), paths);
         let keys = TicketKeys::random().unwrap();
         let mut ccfg = ConnectionParams::new_client(QuicSettings::default())

@@ -3,22 +3,23 @@
 //! application's hooks can be driven and inspected.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{ConnectionParams, QuicSettings};
+use super::{ConnectionParams, QuicSettings, TlsCertificatePaths};
 use crate::tls::SelfSignedCertificate;
 
 /// The client's and the server's addresses.
 pub(crate) const CLIENT: &str = "127.0.0.1:1111";
 pub(crate) const SERVER: &str = "127.0.0.1:2222";
 
-/// A client and a server connection (handshake not yet run) with `settings`
-/// on both sides; the server has a fresh self-signed certificate and the
-/// client does not verify it.
-pub(crate) fn connect(settings: QuicSettings) -> (quiche::Connection, quiche::Connection) {
+/// A fresh self-signed certificate for `localhost`, written to a new
+/// directory of the temp dir named for `tag` (and this process, and a
+/// count): the directory, for the test to remove, and the paths.
+pub(crate) fn certificate_dir(tag: &str) -> (PathBuf, TlsCertificatePaths) {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "tq-test-pair-{}-{}",
+        "tq-{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
@@ -26,6 +27,14 @@ pub(crate) fn connect(settings: QuicSettings) -> (quiche::Connection, quiche::Co
         .unwrap()
         .write_to(&dir)
         .unwrap();
+    (dir, paths)
+}
+
+/// A client and a server connection (handshake not yet run) with `settings`
+/// on both sides; the server has a fresh self-signed certificate and the
+/// client does not verify it.
+pub(crate) fn connect(settings: QuicSettings) -> (quiche::Connection, quiche::Connection) {
+    let (dir, paths) = certificate_dir("test-pair");
     let mut scfg = ConnectionParams::new_server(settings.clone(), paths)
         .to_quiche_config(true)
         .unwrap();

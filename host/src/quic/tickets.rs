@@ -309,11 +309,7 @@ mod reload_tests {
 
     #[test]
     fn a_reload_reads_the_key_file_again_and_keeps_the_keys_when_it_cannot() {
-        let dir = std::env::temp_dir().join(format!("tq-stek-reload-{}", std::process::id()));
-        let paths = crate::tls::SelfSignedCertificate::generate(&["localhost"])
-            .unwrap()
-            .write_to(&dir)
-            .unwrap();
+        let (dir, paths) = crate::quic::test_pair::certificate_dir("stek-reload");
         let file = dir.join("ticket-key");
         std::fs::write(&file, [3u8; 32]).unwrap();
         let key = SessionTicketKey::from_file(&file)
