@@ -162,6 +162,28 @@ pub enum CallOutcome {
     Timeout,
 }
 
+impl CallOutcome {
+    /// A short label: `ok`, `trap`, `deadline`, `memory`, `timeout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Trap => "trap",
+            CallOutcome::Deadline => "deadline",
+            CallOutcome::Memory => "memory",
+            CallOutcome::Timeout => "timeout",
+        }
+    }
+
+    /// Every outcome, for code that walks the series.
+    pub const ALL: [CallOutcome; 5] = [
+        CallOutcome::Ok,
+        CallOutcome::Trap,
+        CallOutcome::Deadline,
+        CallOutcome::Memory,
+        CallOutcome::Timeout,
+    ];
+}
+
 /// What a call into a plugin was, for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CallKind {
@@ -201,19 +223,6 @@ impl CallKind {
         CallKind::Hook,
         CallKind::Request,
     ];
-}
-
-impl CallOutcome {
-    /// A short label: `ok`, `trap`, `deadline`, `memory`, `timeout`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallOutcome::Ok => "ok",
-            CallOutcome::Trap => "trap",
-            CallOutcome::Deadline => "deadline",
-            CallOutcome::Memory => "memory",
-            CallOutcome::Timeout => "timeout",
-        }
-    }
 }
 
 /// What a reload did, for counting.

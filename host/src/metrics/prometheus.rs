@@ -535,13 +535,7 @@ impl ServiceMetrics for PrometheusMetrics {
                 version: version.clone(),
                 call: kind.as_str(),
             });
-            for outcome in [
-                CallOutcome::Ok,
-                CallOutcome::Trap,
-                CallOutcome::Deadline,
-                CallOutcome::Memory,
-                CallOutcome::Timeout,
-            ] {
+            for outcome in CallOutcome::ALL {
                 i.plugin_calls.remove(&CallLabels {
                     version: version.clone(),
                     call: kind.as_str(),
