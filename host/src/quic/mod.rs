@@ -151,9 +151,7 @@ pub fn listen_with_generator<M: Metrics>(
     // With several sockets, a packet may reach another socket than its
     // connection's: the routers share their ids.
     let shared = (sockets.len() > 1).then(|| Arc::new(route::SharedRoutes::default()));
-    if settings.pacing_offload
-        && !(settings.enable_pacing && settings.congestion_control == CongestionControl::Bbr2)
-    {
+    if settings.pacing_offload && !settings.offloads_pacing() {
         tracing::warn!(
             "pacing_offload does nothing here: quiche gives packets release times only with \
              enable_pacing and congestion_control = \"bbr2\""

@@ -187,6 +187,16 @@ impl Default for QuicSettings {
     }
 }
 
+impl QuicSettings {
+    /// Whether `pacing_offload` can do anything: quiche 0.30 gives packets
+    /// release times only when pacing under bbr2 (gcongestion).
+    pub(crate) fn offloads_pacing(&self) -> bool {
+        self.pacing_offload
+            && self.enable_pacing
+            && self.congestion_control == CongestionControl::Bbr2
+    }
+}
+
 /// PEM files holding a certificate chain and its private key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -37,7 +37,7 @@ impl SocketOptions {
         Self {
             recv_buffer: s.socket_recv_buffer_size,
             send_buffer: s.socket_send_buffer_size,
-            txtime: s.pacing_offload && s.enable_pacing,
+            txtime: s.offloads_pacing(),
         }
     }
 }
