@@ -220,24 +220,28 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
+    proc_kib(pid, "status", "VmRSS:")
 }
 
 /// Proportional set size of a process, in KiB: pages it shares with other
 /// mappings (a plugin's memory image, mapped once per instance) count in
 /// part, where RSS counts them whole in every mapping.
 fn pss_kib(pid: u32) -> anyhow::Result<f64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    let line = rollup
+    proc_kib(pid, "smaps_rollup", "Pss:")
+}
+
+/// The KiB figure on the line of `/proc/PID/FILE` that starts with `key`.
+fn proc_kib(pid: u32, file: &str, key: &str) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
+    let line = text
         .lines()
-        .find(|l| l.starts_with("Pss:"))
-        .context("no Pss")?;
-    Ok(line.split_whitespace().nth(1).context("Pss")?.parse()?)
+        .find(|l| l.starts_with(key))
+        .with_context(|| format!("no {key} in /proc/{pid}/{file}"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context(key.to_owned())?
+        .parse()?)
 }
 
 fn free_port() -> anyhow::Result<u16> {
